@@ -1,0 +1,1 @@
+"""Kernel backends behind ``flashnce.pairwise_lse``; chosen by ``flashnce.dispatch``."""

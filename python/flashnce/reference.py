@@ -1,0 +1,106 @@
+"""Materialised pure-PyTorch implementation: the test oracle (and the ``reference`` backend).
+
+It builds the full N x M logit matrix from the textbook formulas, deliberately *not* from the
+kernels' L3 / law-of-cosines forms, so that comparing the two checks the algebra:
+
+* sqeuclidean / euclidean: ``|x_i - y_j|`` from the N x M x d difference tensor;
+* lorentz: explicit hyperboloid points (MERU ``exp_map0``), ``z = c (t t' - <u, u'>)``,
+  ``d = arcosh(z) / sqrt(c)``;
+* poincare: explicit ball points (``expmap0``) and the arcosh form of the Mobius distance.
+
+Gradients come from autograd. Memory is O(N M d): use it for tests and small batches only.
+Run it in float64 to get the oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import MAX_RADIUS, NORM_EPS, get_geometry
+
+
+def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.to(like.dtype)
+    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
+
+
+def _lorentz_points(v, c, on_manifold):
+    """Space components u of points on the hyperboloid (t is implied by u)."""
+    if on_manifold:
+        u = v
+        rho = torch.asinh(c.sqrt() * u.norm(dim=-1, keepdim=True))
+    else:
+        rho = c.sqrt() * v.norm(dim=-1, keepdim=True)
+    rho = rho.clamp(max=MAX_RADIUS)
+    direction = F.normalize(v, dim=-1, eps=NORM_EPS)
+    return torch.sinh(rho) / c.sqrt() * direction
+
+
+def _poincare_points(v, c, on_manifold):
+    if on_manifold:
+        r = 2.0 * torch.atanh(c.sqrt() * v.norm(dim=-1, keepdim=True))
+    else:
+        r = 2.0 * c.sqrt() * v.norm(dim=-1, keepdim=True)
+    r = r.clamp(max=MAX_RADIUS)
+    direction = F.normalize(v, dim=-1, eps=NORM_EPS)
+    return torch.tanh(0.5 * r) / c.sqrt() * direction
+
+
+def reference_logits(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False):
+    """The full [N, M] logit matrix in the dtype of x (use float64 for the oracle)."""
+    geo = get_geometry(geometry)
+    s = _as_tensor(scale, x)
+    c = _as_tensor(curvature, x)
+    if geo.name == "cosine":
+        return s * F.normalize(x, dim=-1, eps=NORM_EPS) @ F.normalize(y, dim=-1, eps=NORM_EPS).T
+    if geo.name == "dot":
+        return s * x @ y.T
+    if geo.name in ("sqeuclidean", "euclidean"):
+        dist2 = (x[:, None, :] - y[None, :, :]).square().sum(-1)
+        return -s * (dist2 if geo.name == "sqeuclidean" else dist2.sqrt())
+    if geo.name == "lorentz":
+        u, w = _lorentz_points(x, c, on_manifold), _lorentz_points(y, c, on_manifold)
+        t_u = torch.sqrt(1.0 / c + u.square().sum(-1))
+        t_w = torch.sqrt(1.0 / c + w.square().sum(-1))
+        z = c * (t_u[:, None] * t_w[None, :] - u @ w.T)
+        return -s * torch.acosh(z.clamp_min(1.0)) / c.sqrt()
+    if geo.name == "poincare":
+        a, b = _poincare_points(x, c, on_manifold), _poincare_points(y, c, on_manifold)
+        dist2 = (a[:, None, :] - b[None, :, :]).square().sum(-1)
+        den = (1.0 - c * a.square().sum(-1))[:, None] * (1.0 - c * b.square().sum(-1))[None, :]
+        return -s * torch.acosh(1.0 + 2.0 * c * dist2 / den) / c.sqrt()
+    raise AssertionError(geo.name)
+
+
+def reference_pairwise_lse(x, y, *, exclude_diagonal=False, **geometry_kwargs):
+    """(row_lse [N], col_lse [M]) of the materialised logits."""
+    logits = reference_logits(x, y, **geometry_kwargs)
+    if exclude_diagonal:
+        k = min(logits.shape)
+        idx = torch.arange(k, device=logits.device)
+        logits = logits.index_put((idx, idx), logits.new_tensor(float("-inf")))
+    return torch.logsumexp(logits, dim=1), torch.logsumexp(logits, dim=0)
+
+
+def reference_infonce(
+    x, y, *, symmetric=True, targets=None, reduction="mean", **geometry_kwargs
+):
+    """InfoNCE via ``F.cross_entropy`` on the materialised logits (see ``flashnce.infonce``)."""
+    logits = reference_logits(x, y, **geometry_kwargs)
+    n = logits.shape[0]
+    if symmetric:
+        labels = torch.arange(n, device=logits.device)
+        per_row = 0.5 * (
+            F.cross_entropy(logits, labels, reduction="none")
+            + F.cross_entropy(logits.T, labels, reduction="none")
+        )
+    else:
+        labels = torch.arange(n, device=logits.device) if targets is None else targets
+        per_row = F.cross_entropy(logits, labels, reduction="none")
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row

@@ -1,0 +1,94 @@
+"""Input checks, run once at the public API edge.
+
+Shape, dtype and device checks are free. Value checks (non-finite features, curvature <= 0 given
+as a tensor, ball points outside the ball) read tensor data, so they cost one host sync on a
+GPU; they are skipped while ``torch.compile`` traces (``torch.compiler.is_compiling()``), where
+data-dependent Python branches would break the graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_features(x, y) -> None:
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D [batch, dim], got shape {tuple(t.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{name} must be float32, float64, bfloat16 or float16, got {t.dtype}")
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): need batch >= 1, dim >= 1")
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"x and y must have the same feature dim, got {x.shape[1]} and {y.shape[1]}")
+    if not _tracing():
+        for name, t in (("x", x), ("y", y)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def as_param(value, name: str, like: torch.Tensor, *, positive: bool) -> torch.Tensor:
+    """A scalar parameter (Python number or 1-element tensor) as a 0-d tensor on x's device.
+
+    Tensors keep their autograd graph (gradients flow back to the caller's tensor); the value
+    is never modified in place.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a float or a 1-element tensor, got {type(value).__name__}")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must have exactly one element, got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        if value.device != like.device and value.device.type != "cpu":
+            raise ValueError(f"{name} is on {value.device} but the features are on {like.device}")
+        if not _tracing():
+            v = float(value.detach().reshape(()))
+            _check_value(v, name, positive)
+        cd = torch.float64 if like.dtype == torch.float64 else torch.float32
+        return value.reshape(()).to(device=like.device, dtype=cd)
+    v = float(value)
+    _check_value(v, name, positive)
+    cd = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(v, dtype=cd, device=like.device)
+
+
+def _check_value(v: float, name: str, positive: bool) -> None:
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+
+
+def check_ball(x: torch.Tensor, curvature: torch.Tensor, name: str) -> None:
+    """Poincare points given on the manifold must satisfy c ||x||^2 < 1."""
+    if _tracing():
+        return
+    sq = x.detach().to(torch.float64).square().sum(-1)
+    worst = float((curvature.detach().to(torch.float64) * sq).max())
+    if worst >= 1.0:
+        raise ValueError(
+            f"{name} has points outside the Poincare ball: max c*||x||^2 = {worst:.6g} >= 1 "
+            "(pass tangent vectors with on_manifold=False, or project the points)")
+
+
+def check_choice(value, name: str, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
