@@ -28,5 +28,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
         "triton": ["triton"],
+        "bench": ["matplotlib", "pytest-benchmark"],
     },
+    entry_points={"console_scripts": ["flashnce-bench=flashnce.bench.cli:main"]},
 )
