@@ -1,0 +1,124 @@
+"""Geometry epilogues as ``@triton.jit`` helper pairs, shared by every kernel.
+
+Mirrors ``flashnce.geometry.tile_logits`` / ``tile_logit_grads`` (the executable spec) for the
+four epilogue kinds, selected at compile time by ``KIND: tl.constexpr``:
+
+    KIND_DOT 0          h = p
+    KIND_SQEUCLIDEAN 1  h = -(a_i + b_j - 2p)
+    KIND_EUCLIDEAN 2    h = -sqrt(max(D, kappa (a_i + b_j)))             D = a_i + b_j - 2p
+    KIND_HYPERBOLIC 3   h = -arcosh(1 + w) / sqrt(c),  w = 2 sinh^2((rho_i - rho_j)/2)
+                                                           + S_i S_j (1 - p / (n_i n_j))
+
+Per-row scalars arrive as broadcastable fields: ``a0, a1, a2`` are [BA, 1] (this program's
+rows), ``b0, b1, b2`` are [1, BB] (the walked columns); kinds that read fewer scalars ignore
+the rest. Every h is symmetric under swapping (x, alpha) with (y, beta), which is why the
+kernels compute column statistics and dY by relaunching the row kernels on swapped operands;
+the gradient helper therefore only returns the row-side partials.
+
+All math is fp32. Clamped entries (euclidean D <= kappa (a + b), hyperbolic w <= kappa S_i S_j)
+take the floor value and get exactly zero gradient (strict masks, GEOMETRY.md P5).
+"""
+
+import triton
+import triton.language as tl
+
+KIND_IDS = {"dot": 0, "sqeuclidean": 1, "euclidean": 2, "hyperbolic": 3}
+NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3}
+
+
+@triton.jit
+def _log1p(x):
+    # Kahan's trick (Goldberg 1991, thm. 4): exact at u == 1, 1-ulp elsewhere; needs no libdevice.
+    u = 1.0 + x
+    d = u - 1.0
+    return tl.where(d == 0.0, x, tl.log(u) * (x / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _expm1(x):
+    # Same trick for expm1 (Kahan); exp overflow to inf stays inf.
+    u = tl.exp(x)
+    d = u - 1.0
+    ok = (d != 0.0) & (u != float("inf"))
+    lu = tl.log(tl.where(ok, u, 2.0))
+    return tl.where(d == 0.0, x, tl.where(u == float("inf"), u, d * (x / tl.where(ok, lu, 1.0))))
+
+
+@triton.jit
+def _sinh(x):
+    # sinh x = (e - 1/e) / 2 = expm1(x) (1 + 1/e) / 2: no cancellation for small |x|.
+    em = _expm1(x)
+    return 0.5 * em * (1.0 + 1.0 / (em + 1.0))
+
+
+@triton.jit
+def _hyperbolic_w(p, a0, a1, a2, b0, b1, b2):
+    """w = z - 1 by the hyperbolic law of cosines, S_i S_j and the cosine (never forms z)."""
+    cos = p / (a0 * b0)
+    ss = a2 * b2
+    half = _sinh(0.5 * (a1 - b1))
+    w = 2.0 * half * half + ss * (1.0 - cos)
+    return w, ss, cos
+
+
+@triton.jit
+def epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND: tl.constexpr, KAPPA: tl.constexpr):
+    """Scale-free logit h(p_ij, alpha_i, beta_j) of a [BA, BB] fp32 tile."""
+    if KIND == 0:
+        h = p
+    elif KIND == 1:
+        h = 2.0 * p - (a0 + b0)
+    elif KIND == 2:
+        dist2 = (a0 + b0) - 2.0 * p
+        floor = KAPPA * (a0 + b0)
+        h = -tl.sqrt(tl.where(dist2 > floor, dist2, floor))
+    else:
+        w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
+        floor = KAPPA * ss
+        w = tl.where(w > floor, w, floor)
+        # arcosh(1 + w) = log1p(w + sqrt(w (w + 2))) (GEOMETRY.md P4).
+        h = -_log1p(w + tl.sqrt(w * (w + 2.0))) * inv_sqrt_c
+    return h
+
+
+@triton.jit
+def epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
+                  KIND: tl.constexpr, KAPPA: tl.constexpr):
+    """Contract an upstream tile g = dL/dlogit with the epilogue's row-side partials.
+
+    Returns tiles (g_p, t0, t1, t2): g_p = g dlogit/dp feeds the gradient GEMM, and
+    sum over axis 1 of t_k is d alpha_k for this program's rows. ``g`` must already be zero
+    on masked / out-of-range entries; every returned tile is then zero there too.
+    """
+    gs = g * scale
+    zero = tl.zeros_like(gs)
+    if KIND == 0:
+        g_p = gs
+        t0 = zero
+        t1 = zero
+        t2 = zero
+    elif KIND == 1:
+        g_p = 2.0 * gs
+        t0 = -gs
+        t1 = zero
+        t2 = zero
+    elif KIND == 2:
+        dist2 = (a0 + b0) - 2.0 * p
+        active = dist2 > KAPPA * (a0 + b0)
+        # dh/dD = -1 / (2 d); zero where clamped, never 0 * inf.
+        g_d = tl.where(active, -0.5 * gs / tl.sqrt(tl.where(active, dist2, 1.0)), 0.0)
+        g_p = -2.0 * g_d
+        t0 = g_d
+        t1 = zero
+        t2 = zero
+    else:
+        w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
+        active = w > KAPPA * ss
+        q = tl.sqrt(w * (w + 2.0))
+        # g_w = g dlogit/dw = -g s / (sqrt(c) q) on active entries only.
+        g_w = tl.where(active, -gs * inv_sqrt_c / tl.where(active, q, 1.0), 0.0)
+        g_p = -g_w * ss / (a0 * b0)
+        t0 = g_w * ss * cos / a0          # dw/dn_i = S_i S_j cos / n_i
+        t1 = g_w * _sinh(a1 - b1)         # dw/drho_i = sinh(rho_i - rho_j)
+        t2 = g_w * (1.0 - cos) * b2       # dw/dS_i = S_j (1 - cos)
+    return g_p, t0, t1, t2

@@ -1,0 +1,43 @@
+"""Tile loaders shared by the forward and backward kernels (int64 offsets, boundary masks)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_row_scalars(S, idx64, ok, NR: tl.constexpr):
+    """The first NR (<= 3) fp32 per-row scalars of rows ``idx64`` as three vectors.
+
+    Out-of-range rows read (1, 0, 0): a unit norm keeps the hyperbolic cosine p / (n_i n_j)
+    finite on masked entries, so masked gradients are 0, never 0 * nan.
+    """
+    one = tl.full(idx64.shape, 1.0, tl.float32)
+    zero = tl.zeros(idx64.shape, tl.float32)
+    s0 = one
+    s1 = zero
+    s2 = zero
+    if NR >= 1:
+        s0 = tl.load(S + idx64 * NR, mask=ok, other=1.0).to(tl.float32)
+    if NR >= 2:
+        s1 = tl.load(S + idx64 * NR + 1, mask=ok, other=0.0).to(tl.float32)
+    if NR >= 3:
+        s2 = tl.load(S + idx64 * NR + 2, mask=ok, other=0.0).to(tl.float32)
+    return s0, s1, s2
+
+
+@triton.jit
+def tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
+             BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+             INPUT_PRECISION: tl.constexpr):
+    """p = A[rows] @ B[cols]^T as a [BLOCK_A, BLOCK_B] fp32 tile, looping over K in BLOCK_K
+    chunks (any K: the last chunk is masked with zeros, which add nothing to the dot)."""
+    acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
+    a_base = A + rows64[:, None] * stride_a
+    b_base = B + cols64[:, None] * stride_b
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_base + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_base + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+    return acc
