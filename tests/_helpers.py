@@ -18,14 +18,28 @@ FP32_LOSS_RTOL = 1e-5
 FP32_GRAD_RTOL = 1e-4
 
 
-def make_features(n, d, *, dtype=torch.float32, seed=0, geometry="cosine", radius=None):
+DISTANCE_GEOMETRIES = ("euclidean", "poincare", "lorentz")
+HALF_LINE_IN_1D = DISTANCE_GEOMETRIES + ("cosine",)
+
+
+def make_features(n, d, *, dtype=torch.float32, seed=0, geometry="cosine", radius=None,
+                  role="x"):
     """Random features suited to a geometry, generated in float64 then rounded to ``dtype``.
 
     Hyperbolic geometries get tangent vectors whose hyperbolic radius is spread over
     [0.2, 2.5] (or exactly ``radius``); Euclidean ones get moderate norms so distances are O(1).
+
+    In d = 1 every point lies on one line, so random x and y would contain pairs closer than
+    the fp32 resolution of a GEMM-built distance (GEOMETRY.md P3), which the kernels clamp on
+    purpose. For the distance geometries, d = 1 therefore puts role "x" on the positive and
+    role "y" on the negative half-line: every (x_i, y_j) pair is resolvable. Cosine in d = 1
+    has an identically zero true gradient whose rounding grows like 1/|x|, so its norms are
+    kept >= 0.5 the same way.
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    if d == 1 and geometry in HALF_LINE_IN_1D:
+        x = (0.5 + x.abs()) * (1.0 if role == "x" else -1.0)
     if geometry in HYPERBOLIC:
         direction = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         if radius is None:
@@ -40,34 +54,62 @@ def make_features(n, d, *, dtype=torch.float32, seed=0, geometry="cosine", radiu
 
 
 def oracle(x, y, *, params=(), **kwargs):
-    """float64 reference infonce and gradients w.r.t. x, y and each tensor in ``params``."""
+    """float64 reference infonce, its gradients w.r.t. x, y and each tensor in ``params``
+    (scale, then curvature), and the natural scale of each of those quantities.
+
+    The scales are |mean positive logit| and max|d(mean positive logit)/dt|: the size of the
+    terms that cancel in the loss. They are the comparison floor for degenerate cases such as
+    N = 1, where the loss is identically zero and its gradient is pure rounding.
+    """
     x64 = x.detach().double().requires_grad_()
     y64 = y.detach().double().requires_grad_()
     p64 = [p.detach().double().requires_grad_() for p in params]
-    names = {0: "scale", 1: "curvature"}
     kw = dict(kwargs)
-    for i, p in enumerate(p64):
-        kw[names[i]] = p
+    for name, p in zip(("scale", "curvature"), p64):
+        kw[name] = p
+    inputs = [x64, y64, *p64]
     loss = flashnce.reference_infonce(x64, y64, **kw)
-    grads = torch.autograd.grad(loss, [x64, y64, *p64])
-    return loss.detach(), grads
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+    geo_kw = {k: v for k, v in kw.items() if k not in ("symmetric", "targets", "reduction")}
+    logits = flashnce.reference_logits(x64, y64, **geo_kw)
+    cols = kw.get("targets")
+    cols = torch.arange(logits.shape[0]) if cols is None else cols
+    positive = logits[torch.arange(logits.shape[0]), cols].mean()
+    pos_grads = torch.autograd.grad(positive, inputs, allow_unused=True)
+    # Natural derivative scales: a logit changes by ~|l_pos| per unit change of a feature row
+    # (1/N of it in a mean loss), of the scale, or of the curvature.
+    pos = abs(positive.item())
+    n = logits.shape[0]
+    natural = [pos / (n * x64.abs().max().item()), pos / (n * y64.abs().max().item())]
+    natural += [pos / max(abs(p.item()), 1e-12) for p in p64]
+    floors = [pos] + [max(nat, 0.0 if g is None else g.abs().max().item())
+                      for nat, g in zip(natural, pos_grads)]
+    return loss.detach(), grads, floors
 
 
-def rel_maxnorm_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (absolute when expected is all zero)."""
+def rel_maxnorm_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 0.0) -> float:
+    """max |actual - expected| / max(max |expected|, floor).
+
+    ``floor`` only matters when the expected tensor is (nearly) zero, e.g. the gradient of a
+    normalisation in d = 1, where any rounding is an "infinite" relative error.
+    """
     a, e = actual.detach().double(), expected.detach().double()
-    scale = e.abs().max().item() if e.numel() else 0.0
+    scale = max(e.abs().max().item() if e.numel() else 0.0, floor)
     err = (a - e).abs().max().item() if e.numel() else 0.0
     return err / scale if scale > 0 else err
 
 
-def assert_close(actual, expected, rtol, name=""):
-    """Max-norm relative comparison that reports where and how badly it fails."""
+def assert_close(actual, expected, rtol, name="", floor=1e-3):
+    """Max-norm relative comparison that reports where and how badly it fails.
+
+    Passes when max|actual - expected| <= rtol * max(max|expected|, floor).
+    """
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     a, e = actual.detach().double(), expected.detach().double()
     bad = ~torch.isfinite(a)
     assert not bad.any(), f"{name}: {int(bad.sum())} non-finite values, first at {bad.nonzero()[0].tolist()}"
-    err = rel_maxnorm_error(a, e)
+    err = rel_maxnorm_error(a, e, floor)
     if err > rtol:
         diff = (a - e).abs()
         idx = divmod(int(diff.argmax()), a.shape[-1]) if a.dim() == 2 else int(diff.argmax())
