@@ -22,6 +22,7 @@ import os
 
 import torch
 import triton
+from torch.library import wrap_triton
 
 from .epilogue import KIND_IDS, NUM_ROW_SCALARS
 from .lse_backward import _lse_bwd_kernel
@@ -109,10 +110,10 @@ def _row_lse(a, b, sa, sb, scale, inv_sqrt_c, flags):
             _bucket(na), _bucket(nb))
     if autotune_enabled():
         grid = lambda meta: (triton.cdiv(na, meta["BLOCK_A"]),)  # noqa: E731
-        _autotuned_kernel("fwd")[grid](*args, **flags)
+        wrap_triton(_autotuned_kernel("fwd"))[grid](*args, **flags)
     else:
         ba, bb, bk, warps, stages = DEFAULT_CONFIGS[a.dtype]["fwd"]
-        _lse_fwd_kernel[(triton.cdiv(na, ba),)](
+        wrap_triton(_lse_fwd_kernel)[(triton.cdiv(na, ba),)](
             *args, **flags, BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=_block_k(bk, k),
             num_warps=warps, num_stages=stages)
     return out
@@ -144,11 +145,11 @@ def _row_grads(a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, flags, w
     if autotune_enabled():
         grid = lambda meta: (triton.cdiv(na, meta["BLOCK_A"]),  # noqa: E731
                              triton.cdiv(k, meta["BLOCK_D"]))
-        _autotuned_kernel("bwd")[grid](*args, **flags, WRITE_GH=write_gh)
+        wrap_triton(_autotuned_kernel("bwd"))[grid](*args, **flags, WRITE_GH=write_gh)
     else:
         ba, bb, bk, bd, warps, stages = DEFAULT_CONFIGS[a.dtype]["bwd"]
         bd = max(16, min(bd, triton.next_power_of_2(k)))
-        _lse_bwd_kernel[(triton.cdiv(na, ba), triton.cdiv(k, bd))](
+        wrap_triton(_lse_bwd_kernel)[(triton.cdiv(na, ba), triton.cdiv(k, bd))](
             *args, **flags, WRITE_GH=write_gh, BLOCK_A=ba, BLOCK_B=bb,
             BLOCK_K=_block_k(bk, k), BLOCK_D=bd, num_warps=warps, num_stages=stages)
     return da, dsa, gh.sum()
