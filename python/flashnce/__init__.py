@@ -4,15 +4,21 @@ Public API:
     infonce(x, y, *, geometry, scale, curvature, ...)   symmetric / one-way InfoNCE (CLIP)
     pairwise_lse(x, y, *, geometry, ...)                 the row/column log-sum-exp primitive
     GEOMETRIES                                           the geometry registry
+    nn.ContrastiveLoss, nn.ClipLoss                      modules (learnable scale/curvature)
+    infonce(..., group=pg)                               torch.distributed, exact gradients
 """
 
 from .geometry import GEOMETRIES, get_geometry
 from .losses import infonce, pairwise_lse
+from . import distributed, nn
+from .nn import ClipLoss, ContrastiveLoss
 from .reference import reference_infonce, reference_logits, reference_pairwise_lse
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClipLoss",
+    "ContrastiveLoss",
     "GEOMETRIES",
     "get_geometry",
     "infonce",
@@ -20,5 +26,7 @@ __all__ = [
     "reference_infonce",
     "reference_logits",
     "reference_pairwise_lse",
+    "distributed",
+    "nn",
     "__version__",
 ]

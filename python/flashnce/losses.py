@@ -88,7 +88,8 @@ def pairwise_lse(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifo
 
 
 def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False,
-            symmetric=True, targets=None, reduction="mean", backend="auto"):
+            symmetric=True, targets=None, reduction="mean", backend="auto", group=None,
+            group_mode="gather"):
     """InfoNCE / CLIP loss over pairwise logits in any geometry, memory O((N + M) d).
 
     symmetric=True (CLIP):  x [N, d], y [N, d]; positives are (x_i, y_i);
@@ -105,9 +106,24 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
             parts) instead of tangent vectors at the origin.
         reduction: "mean" (default), "sum", or "none" (per-row losses [N]).
         backend: "auto", "triton", "cuda", "cpu", "torch" or "reference" (materialised).
+        group: a torch.distributed ProcessGroup: each rank passes its local rows (sizes may
+            differ); the global batch is their concatenation in rank order (targets, if
+            given, are global column indices). DDP convention: rank r returns
+            (W / N) * sum of its rows' losses ("mean"), so the mean over ranks is the global
+            loss, and gradients averaged over ranks (features through the model, scale,
+            curvature) equal the single-process gradients (open_clip ClipLoss with
+            local_loss=True, gather_with_grad=True). See ``flashnce.distributed``.
+        group_mode: "gather" (all-gather columns, memory O(N d)) or "ring" (pass column
+            blocks rank to rank, Inf-CL style, memory O(N_local d)).
 
     Returns the loss in fp32 (float64 for float64 inputs).
     """
+    if group is not None:
+        from .distributed import distributed_infonce
+        return distributed_infonce(
+            x, y, group=group, group_mode=group_mode, geometry=geometry, scale=scale,
+            curvature=curvature, on_manifold=on_manifold, symmetric=symmetric,
+            targets=targets, reduction=reduction, backend=backend)
     dispatch.check_backend_name(backend)
     check_choice(reduction, "reduction", REDUCTIONS)
     if not isinstance(symmetric, bool):

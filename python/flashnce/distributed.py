@@ -1,0 +1,413 @@
+"""InfoNCE across ranks on torch.distributed, with exact gradients.
+
+Each rank passes its local rows ``x_r [n_r, d]``, ``y_r [n_r, d]``; the global batch is their
+concatenation in rank order (N = sum n_r). Rank r computes open_clip's "local loss": its rows
+against all N columns and all N rows against its columns, through the same pairwise-LSE
+primitive as the single-process loss (never an n_r x N tensor).
+
+Gradient convention (the one DDP uses): gradients of replicated parameters are **averaged**
+over ranks. Rank r returns
+
+    loss_r = (W / N) * sum_{i in rank r} per_row_i        (reduction="mean"; W = world size)
+
+so that mean_r loss_r equals the single-process loss on the concatenated batch, also for uneven
+n_r (with equal n_r it is exactly open_clip's ``ClipLoss(local_loss=True,
+gather_with_grad=True)``: a mean over local rows). Features are gathered with autograd, and the
+gather's backward sums the gradients every rank's loss sends to a row, so that
+
+    x_r.grad = sum_q d loss_q / d x_r = W * dL/dx_r,
+    mean_r(scale.grad_r) = dL/dscale,   mean_r(curvature.grad_r) = dL/dcurvature,
+
+i.e. after DDP averages the model's (and the scale's / curvature's) gradients over ranks, they
+equal the single-process gradients. Per-rank scale / curvature gradients are partial sums;
+only their mean is meaningful (which is all DDP uses).
+
+Modes (``group_mode``), with n = n_r, N = global batch, d = feature dim, W = world size:
+
+* ``"gather"`` (default): all-gather the prologue's outputs (GEMM operands and per-row scalars)
+  of x and y, then run local rows x all columns (row LSE) and all rows x local columns (column
+  LSE). Memory O(N d) per rank for the gathered copies; communication: one all-gather of
+  2 N d elements forward and one reduce-scatter of the same size backward; compute 2 n N d
+  (each rank also computes the unused LSE of each call: forward work only, its upstream
+  gradient is zero).
+* ``"ring"``: Inf-CL style. Column blocks (operand, scalars and a running column LSE) travel
+  around the ring rank -> rank + 1; each rank folds its local rows x the visiting block into
+  its row LSE and the block's column LSE. Backward passes the blocks again, carrying their
+  gradient accumulators home. Memory O(n d) per rank (two blocks in flight), never O(N d);
+  communication W point-to-point steps of n (d + r + 1) elements forward and about twice
+  that backward (blocks travel in the compute dtype: fp32 for bf16 / fp16 inputs); compute
+  n N d forward, 2 n N d backward. Steps are synchronous (no compute / communication overlap).
+
+Uneven local batches are supported: a small handshake (one all-gather of a few integers per
+rank, one host sync) exchanges sizes, dims, dtypes and whether each rank's inputs passed
+validation. If any rank's inputs are invalid, or ranks disagree on the dim or dtype, **every**
+rank raises before any feature collective starts, so nothing hangs. Every rank needs >= 1 row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from . import dispatch
+from .geometry import compute_dtype, paired_logits, tile_logits
+from .ops import pairwise_lse_prepared
+from .validate import REDUCTIONS, SUPPORTED_DTYPES, check_choice, check_features
+
+GROUP_MODES = ("gather", "ring")
+
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+@dataclass(frozen=True)
+class Comm:
+    """Who holds which rows of the global batch (agreed by the handshake)."""
+
+    group: object
+    rank: int
+    world: int
+    sizes: tuple  # rows per rank, rank order
+
+    @property
+    def n_local(self) -> int:
+        return self.sizes[self.rank]
+
+    @property
+    def offset(self) -> int:
+        return sum(self.sizes[: self.rank])
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def even(self) -> bool:
+        return len(set(self.sizes)) == 1
+
+    def peer(self, group_rank: int) -> int:
+        """Global rank of a rank in the group (P2P ops address global ranks)."""
+        return dist.get_global_rank(self.group, group_rank % self.world)
+
+
+def check_group(group):
+    """The process group as given, after checking torch.distributed is up."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("group= needs torch.distributed to be initialised "
+                           "(torch.distributed.init_process_group)")
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be a torch.distributed.ProcessGroup (e.g. "
+                        f"torch.distributed.group.WORLD), got {type(group).__name__}")
+    return group
+
+
+# --------------------------------------------------------------------------------------------
+# Row gather with autograd: all-gather forward, reduce-scatter (sum) backward.
+# --------------------------------------------------------------------------------------------
+
+
+def gather_rows(t: torch.Tensor, comm: Comm) -> torch.Tensor:
+    """[n_r, ...] on every rank -> [N, ...] (rank order) on every rank, no autograd."""
+    t = t.contiguous()
+    rest = tuple(t.shape[1:])
+    if comm.even:
+        out = t.new_empty((comm.total, *rest))
+        _all_gather(out, t, group=comm.group)
+        return out
+    n_max = max(comm.sizes)
+    buf = t.new_zeros((n_max, *rest))
+    buf[: t.shape[0]] = t
+    out = t.new_empty((comm.world * n_max, *rest))
+    _all_gather(out, buf, group=comm.group)
+    return torch.cat([out[r * n_max: r * n_max + n] for r, n in enumerate(comm.sizes)])
+
+
+def reduce_scatter_rows(g: torch.Tensor, comm: Comm) -> torch.Tensor:
+    """[N, ...] on every rank -> [n_r, ...]: this rank's rows summed over all ranks."""
+    g = g.contiguous()
+    rest = tuple(g.shape[1:])
+    if comm.even:
+        out = g.new_empty((comm.n_local, *rest))
+        _reduce_scatter(out, g, group=comm.group)
+        return out
+    n_max = max(comm.sizes)
+    buf = g.new_zeros((comm.world, n_max, *rest))
+    for r, (lo, n) in enumerate(_spans(comm.sizes)):
+        buf[r, :n] = g[lo: lo + n]
+    out = g.new_empty((n_max, *rest))
+    _reduce_scatter(out, buf.reshape(comm.world * n_max, *rest), group=comm.group)
+    return out[: comm.n_local]
+
+
+def _spans(sizes):
+    lo = 0
+    for n in sizes:
+        yield lo, n
+        lo += n
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather whose backward sums each row's gradient over the ranks (reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, t, comm):
+        ctx.comm = comm
+        return gather_rows(t, comm)
+
+    @staticmethod
+    def backward(ctx, g):
+        return reduce_scatter_rows(g, ctx.comm), None
+
+
+def all_gather_with_grad(t: torch.Tensor, comm: Comm) -> torch.Tensor:
+    """Rows of every rank concatenated; gradients flow back to each rank's own rows, summed
+    over the ranks' losses. Empty trailing dims (no per-row scalars) need no collective."""
+    if t.dim() == 2 and t.shape[1] == 0:
+        return t.new_zeros((comm.total, 0))
+    return _GatherRows.apply(t, comm)
+
+
+# --------------------------------------------------------------------------------------------
+# Ring pairwise LSE (Inf-CL style): column blocks travel rank -> rank + 1.
+# --------------------------------------------------------------------------------------------
+
+
+def _pack(parts):
+    return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1).reshape(-1)
+
+
+def _unpack(flat, n, widths):
+    out, lo = [], 0
+    mat = flat.view(n, sum(widths))
+    for w in widths:
+        out.append(mat[:, lo: lo + w].contiguous())
+        lo += w
+    return out
+
+
+def _shift(comm: Comm, parts, src_rows: int, widths):
+    """Send ``parts`` (rows x widths, compute dtype) to rank + 1; receive rank - 1's block
+    (``src_rows`` rows) in the same layout."""
+    flat = _pack(parts)
+    recv = flat.new_empty(src_rows * sum(widths))
+    ops = [dist.P2POp(dist.isend, flat, comm.peer(comm.rank + 1), comm.group),
+           dist.P2POp(dist.irecv, recv, comm.peer(comm.rank - 1), comm.group)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    return _unpack(recv, src_rows, widths)
+
+
+class _RingLSE(torch.autograd.Function):
+    """(row_lse [n_r], col_lse [n_r]) of local rows / local columns against the global batch."""
+
+    @staticmethod
+    def forward(ctx, x, y, alpha, beta, scale, inv_sqrt_c, spec, impl, comm):
+        cd = alpha.dtype
+        w, d, r = comm.world, y.shape[1], beta.shape[1]
+        row = torch.full((x.shape[0],), float("-inf"), dtype=cd, device=x.device)
+        y_b, beta_b = y, beta
+        col_b = torch.full((y.shape[0],), float("-inf"), dtype=cd, device=x.device)
+        for step in range(w):
+            owner = (comm.rank - step) % w
+            r_part, c_part = impl.forward(x, y_b, alpha, beta_b, scale, inv_sqrt_c, spec)
+            row = torch.logaddexp(row, r_part)
+            col_b = torch.logaddexp(col_b, c_part)
+            src = comm.sizes[(owner - 1) % w]
+            if w == 1:
+                break
+            if step < w - 1:
+                y_b, beta_b, col_b = _shift(comm, [y_b.to(cd), beta_b, col_b], src, [d, r, 1])
+                y_b = y_b.to(x.dtype)
+                col_b = col_b.reshape(-1)
+            else:  # last hop: only the finished column LSE goes home
+                (col_b,) = _shift(comm, [col_b], src, [1])
+                col_b = col_b.reshape(-1)
+        ctx.save_for_backward(x, y, alpha, beta, scale, inv_sqrt_c, row, col_b)
+        ctx.spec, ctx.impl, ctx.comm = spec, impl, comm
+        ctx.set_materialize_grads(False)
+        return row, col_b
+
+    @staticmethod
+    def backward(ctx, g_row, g_col):
+        x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
+        spec, impl, comm = ctx.spec, ctx.impl, ctx.comm
+        cd = alpha.dtype
+        w, d, r = comm.world, y.shape[1], beta.shape[1]
+        g_row = torch.zeros_like(row_lse) if g_row is None else g_row.contiguous()
+        g_col = torch.zeros_like(col_lse) if g_col is None else g_col.contiguous()
+        dx = torch.zeros(x.shape, dtype=cd, device=x.device)
+        d_alpha = torch.zeros_like(alpha)
+        gh = torch.zeros((), dtype=cd, device=x.device)
+        y_b, beta_b, col_b, gcol_b = y, beta, col_lse, g_col
+        dy_b = torch.zeros(y.shape, dtype=cd, device=y.device)
+        dbeta_b = torch.zeros_like(beta)
+        for step in range(w):
+            owner = (comm.rank - step) % w
+            dx_p, dy_p, da_p, db_p, gh_p = impl.backward(
+                x, y_b, alpha, beta_b, scale, inv_sqrt_c, spec, row_lse, col_b, g_row, gcol_b)
+            dx += dx_p.to(cd)
+            d_alpha += da_p
+            gh += gh_p
+            dy_b += dy_p.to(cd)
+            dbeta_b += db_p
+            if w == 1:
+                break
+            src = comm.sizes[(owner - 1) % w]
+            if step < w - 1:
+                y_b, beta_b, col_b, gcol_b, dy_b, dbeta_b = _shift(
+                    comm, [y_b.to(cd), beta_b, col_b, gcol_b, dy_b, dbeta_b], src,
+                    [d, r, 1, 1, d, r])
+                y_b = y_b.to(x.dtype)
+                col_b, gcol_b = col_b.reshape(-1), gcol_b.reshape(-1)
+            else:  # last hop: the block's finished gradients go home
+                dy_b, dbeta_b = _shift(comm, [dy_b, dbeta_b], src, [d, r])
+        d_scale = gh if ctx.needs_input_grad[4] else None
+        d_inv_sqrt_c = None
+        if ctx.needs_input_grad[5] and spec.kind == "hyperbolic":
+            d_inv_sqrt_c = scale * gh / inv_sqrt_c  # logit is proportional to 1/sqrt(c)
+        return (dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_scale, d_inv_sqrt_c,
+                None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# The distributed InfoNCE.
+# --------------------------------------------------------------------------------------------
+
+
+def _dtype_code(t) -> int:
+    return SUPPORTED_DTYPES.index(t.dtype) if t.dtype in SUPPORTED_DTYPES else -1
+
+
+def _handshake(group, x, y, targets, error):
+    """One all-gather of [ok, n_x, n_y, d, dtype, targets min, targets max] per rank; raise on
+    every rank if any rank failed validation or the ranks disagree."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    ok = error is None
+    has_t = ok and targets is not None and targets.numel() > 0
+    meta = [int(ok),
+            x.shape[0] if ok else 0, y.shape[0] if ok else 0, x.shape[1] if ok else 0,
+            _dtype_code(x) if ok else -1,
+            int(targets.min()) if has_t else 0, int(targets.max()) if has_t else -1]
+    device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    mine = torch.tensor(meta, dtype=torch.int64, device=device)
+    everyone = mine.new_empty((world * len(meta),))
+    _all_gather(everyone, mine, group=group)
+    rows = everyone.view(world, len(meta)).tolist()
+    bad = [q for q, row in enumerate(rows) if not row[0]]
+    if bad:
+        if error is not None:
+            raise error
+        raise RuntimeError(f"flashnce.infonce(group=...): rank(s) {bad} rejected their inputs "
+                           f"(see the error on those ranks); no feature collective was started")
+    dims = {row[3] for row in rows}
+    dtypes = {row[4] for row in rows}
+    if len(dims) > 1 or len(dtypes) > 1:
+        raise ValueError(
+            "all ranks must pass features of the same dim and dtype; got (dim, dtype) per rank: "
+            + ", ".join(f"{row[3]}/{SUPPORTED_DTYPES[row[4]]}" for row in rows))
+    comm = Comm(group, rank, world, tuple(row[1] for row in rows))
+    m_total = sum(row[2] for row in rows)
+    for q, row in enumerate(rows):
+        if row[6] >= 0 and (row[5] < 0 or row[6] >= m_total):
+            raise ValueError(f"targets are global column indices in [0, {m_total}); rank {q} "
+                             f"passed values in [{row[5]}, {row[6]}]")
+    return comm, tuple(row[2] for row in rows)
+
+
+def _check_local(x, y, symmetric, targets, mode):
+    check_features(x, y)
+    n, m = x.shape[0], y.shape[0]
+    if symmetric:
+        if targets is not None:
+            raise ValueError("targets are only used with symmetric=False")
+        if n != m:
+            raise ValueError(f"symmetric InfoNCE needs as many x rows as y rows on each rank, "
+                             f"got {n} and {m}")
+        return
+    if targets is None:
+        if n != m:
+            raise ValueError(f"without targets, row i's positive is column i of the global "
+                             f"batch, which needs x and y sharded alike (equal local rows); "
+                             f"got {n} and {m}")
+        return
+    if mode != "gather":
+        raise ValueError("explicit targets with group= need group_mode='gather'")
+    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64:
+        raise TypeError("targets must be an int64 tensor of global column indices")
+    if targets.shape != (n,):
+        raise ValueError(f"targets must have shape ({n},), got {tuple(targets.shape)}")
+    if targets.device != x.device:
+        raise ValueError(f"targets are on {targets.device} but x is on {x.device}")
+
+
+def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, on_manifold,
+                        symmetric, targets, reduction, backend):
+    """``flashnce.infonce(..., group=...)``; see the module docstring for the convention."""
+    from .losses import _Prepared  # losses imports this module lazily: no import cycle
+
+    check_group(group)
+    error, prep, impl = None, None, None
+    try:
+        dispatch.check_backend_name(backend)
+        check_choice(reduction, "reduction", REDUCTIONS)
+        check_choice(group_mode, "group_mode", GROUP_MODES)
+        if not isinstance(symmetric, bool):
+            raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+        _check_local(x, y, symmetric, targets, group_mode)
+        prep = _Prepared(x, y, geometry, scale, curvature, on_manifold)
+        if group_mode == "ring" and backend == "reference":
+            raise ValueError("group_mode='ring' needs a kernel backend, not 'reference'")
+        impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand,
+                                       prep.spec(False))
+    except Exception as exc:  # re-raised on this rank after the handshake: no hang
+        error = exc
+    comm, y_sizes = _handshake(group, x, y, targets, error)
+
+    px, py = prep.px, prep.py
+    spec = prep.spec(False)
+    args = (prep.scale, prep.inv_sqrt_c)
+    if group_mode == "ring":
+        row_lse, col_lse = _RingLSE.apply(px.operand.contiguous(), py.operand.contiguous(),
+                                          px.scalars.contiguous(), py.scalars.contiguous(),
+                                          *args, spec, impl, comm)
+    else:
+        y_comm = comm if symmetric else Comm(group, comm.rank, comm.world, y_sizes)
+        y_all = all_gather_with_grad(py.operand, y_comm)
+        b_all = all_gather_with_grad(py.scalars, y_comm)
+        if symmetric:
+            x_all = all_gather_with_grad(px.operand, comm)
+            a_all = all_gather_with_grad(px.scalars, comm)
+        row_lse, col_lse = _lse(impl, px.operand, y_all, px.scalars, b_all, args, spec, 0)
+        if symmetric:
+            _, col_lse = _lse(impl, x_all, py.operand, a_all, py.scalars, args, spec, 1)
+
+    if targets is not None:  # gather mode only (checked): positives among the gathered columns
+        positive = _paired(prep, px.operand, y_all[targets], px.scalars, b_all[targets])
+    else:
+        positive = _paired(prep, px.operand, py.operand, px.scalars, py.scalars)
+    if symmetric:
+        per_row = 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
+    else:
+        per_row = row_lse - positive
+    if reduction == "none":
+        return per_row
+    # mean over ranks of the returned losses = the global loss (DDP averages gradients).
+    factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
+    return per_row.sum() * factor
+
+
+def _lse(impl, x, y, a, b, args, spec, which):
+    """Row (which=0) or column (which=1) LSE of x vs y; the other one is forward work only."""
+    if impl == "reference":  # materialised tile in PyTorch autograd (small inputs only)
+        cd = compute_dtype(x.dtype)
+        logits = tile_logits(spec.kind, x.to(cd) @ y.to(cd).T, a, b, *args, spec.kappa)
+        return torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
+    return pairwise_lse_prepared(x, y, a, b, *args, spec, impl)
+
+
+def _paired(prep, ex, ey, sx, sy):
+    cd = compute_dtype(ex.dtype)
+    p = (ex.to(cd) * ey.to(cd)).sum(-1)
+    return paired_logits(prep.geo.kind, p, sx, sy, prep.scale, prep.inv_sqrt_c, prep.kappa)

@@ -1,0 +1,184 @@
+"""nn.Modules over ``flashnce.infonce``: learnable scale / curvature, and an open_clip drop-in.
+
+* ``ContrastiveLoss``: symmetric InfoNCE in any geometry holding its own learnable logit scale
+  and curvature, stored and clamped as GEOMETRY.md recommends (sections 3, 6, 10).
+* ``ClipLoss``: open_clip's ``ClipLoss`` constructor and forward signature (the model owns
+  ``logit_scale``), so switching is one import.
+
+Both take ``group=`` (a torch.distributed ProcessGroup) for multi-process training; the
+gradient convention is DDP's, documented in ``flashnce.distributed``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .geometry import get_geometry
+from .losses import infonce
+
+__all__ = ["ContrastiveLoss", "ClipLoss"]
+
+
+def _positive_float(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+class ContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE (CLIP) in any geometry, with its own learnable scale and curvature.
+
+    Parameters (GEOMETRY.md sections 3 and 6):
+        log_scale      tau = ln s, initialised to ln(scale_init) (default ln(1/0.07) ~ 2.659).
+                       An ``nn.Parameter`` if ``learn_scale`` else a buffer.
+        log_curvature  ln c, initialised to ln(curvature_init); an ``nn.Parameter`` only for
+                       hyperbolic geometries with ``learn_curvature`` (so DDP never sees a
+                       parameter without a gradient), else a buffer.
+
+    Clamping (values, never gradients; MERU style): at the start of every ``forward`` the
+    stored values are clamped in place, tau <= ln(max_scale) and ln c within
+    [ln lo, ln hi] of ``curvature_range``; the gradient of the clamped value is the plain
+    gradient (no zeroed gradient at the bound, unlike clamping inside the graph). Call
+    ``clamp_parameters()`` after ``optimizer.step()`` as well if you log or checkpoint the
+    parameters between steps (open_clip style); it is idempotent. ``max_scale=None`` disables
+    the scale clamp. Neither parameter should get weight decay (open_clip excludes all
+    parameters with ndim < 2; these are 0-d).
+
+    forward(image_features [N, d], text_features [N, d]) -> loss, or
+    ``{"contrastive_loss": loss}`` with ``output_dict=True`` (open_clip's key).
+    With ``group=`` each rank passes its local rows; see ``flashnce.infonce``.
+    """
+
+    def __init__(self, geometry="cosine", scale_init=1 / 0.07, learn_scale=True, max_scale=100.0,
+                 curvature_init=1.0, learn_curvature=True, curvature_range=(0.1, 10.0),
+                 group=None, *, on_manifold=False, backend="auto", group_mode="gather"):
+        super().__init__()
+        self.geometry = get_geometry(geometry).name
+        self._uses_curvature = get_geometry(geometry).uses_curvature
+        scale_init = _positive_float(scale_init, "scale_init")
+        self.max_scale = None if max_scale is None else _positive_float(max_scale, "max_scale")
+        if self.max_scale is not None and scale_init > self.max_scale:
+            raise ValueError(f"scale_init={scale_init} exceeds max_scale={self.max_scale}")
+        curvature_init = _positive_float(curvature_init, "curvature_init")
+        try:
+            lo, hi = (_positive_float(v, "curvature_range bounds") for v in curvature_range)
+        except TypeError:
+            raise ValueError(f"curvature_range must be a pair (lo, hi), got {curvature_range!r}")
+        if not lo <= curvature_init <= hi:
+            raise ValueError(f"curvature_init={curvature_init} is outside curvature_range="
+                             f"({lo}, {hi})")
+        self.curvature_range = (lo, hi)
+        self.on_manifold, self.backend = on_manifold, backend
+        self.group, self.group_mode = group, group_mode
+
+        log_s = torch.tensor(math.log(scale_init))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_s)
+        else:
+            self.register_buffer("log_scale", log_s)
+        log_c = torch.tensor(math.log(curvature_init))
+        if learn_curvature and self._uses_curvature:
+            self.log_curvature = nn.Parameter(log_c)
+        else:
+            self.register_buffer("log_curvature", log_c)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """s = exp(log_scale) (differentiable)."""
+        return self.log_scale.exp()
+
+    @property
+    def curvature(self) -> torch.Tensor:
+        """c = exp(log_curvature) (differentiable)."""
+        return self.log_curvature.exp()
+
+    @torch.no_grad()
+    def clamp_parameters(self) -> None:
+        """Clamp the stored log-scale and log-curvature values in place (not their gradients)."""
+        if self.max_scale is not None:
+            self.log_scale.clamp_(max=math.log(self.max_scale))
+        lo, hi = self.curvature_range
+        self.log_curvature.clamp_(math.log(lo), math.log(hi))
+
+    def forward(self, image_features, text_features, output_dict=False):
+        self.clamp_parameters()
+        loss = infonce(
+            image_features, text_features, geometry=self.geometry, scale=self.scale,
+            curvature=self.curvature if self._uses_curvature else 1.0,
+            on_manifold=self.on_manifold, backend=self.backend, group=self.group,
+            group_mode=self.group_mode)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        s = f"geometry={self.geometry!r}, scale={float(self.log_scale.detach().exp()):.4g}, max_scale={self.max_scale}"
+        if self._uses_curvature:
+            s += f", curvature={float(self.log_curvature.detach().exp()):.4g}, curvature_range={self.curvature_range}"
+        if self.group is not None:
+            s += f", group_mode={self.group_mode!r}"
+        return s
+
+
+class ClipLoss(nn.Module):
+    """Drop-in for open_clip's ``ClipLoss``: same constructor and forward, memory-linear.
+
+    forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
+    ``logit_scale`` is the model's already-exponentiated scale (as open_clip passes it), the
+    features are the model's L2-normalised embeddings, and the logits are
+    ``logit_scale * image @ text.T`` exactly as in open_clip (cosine geometry; the loss does
+    not normalise again, so gradients match open_clip's even for unnormalised inputs).
+    ``logit_bias`` shifts every logit equally, which cannot change InfoNCE; it is accepted
+    and gets an exact zero gradient (so DDP sees it used).
+
+    Distributed (``world_size > 1``, torch.distributed initialised; or an explicit ``group=``):
+    always the exact path, i.e. open_clip's ``local_loss=True, gather_with_grad=True``: the
+    mean over ranks of the returned loss is the global loss, and DDP-averaged gradients equal
+    the single-process ones. ``local_loss=False`` therefore returns the per-rank share (not
+    the global loss open_clip reports; gradients are the same after DDP averaging), and
+    ``gather_with_grad=False`` (open_clip's approximation that drops gradients through other
+    ranks' features) is not reproduced: a warning says so. ``cache_labels`` is accepted and
+    unused (there are no labels to cache); ``use_horovod=True`` is not supported.
+    """
+
+    def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=0,
+                 world_size=1, use_horovod=False, *, group=None, group_mode="gather",
+                 backend="auto"):
+        super().__init__()
+        if use_horovod:
+            raise NotImplementedError("flashnce.nn.ClipLoss runs on torch.distributed only "
+                                      "(use_horovod=True is not supported)")
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
+        self.cache_labels = cache_labels
+        self.rank, self.world_size = rank, world_size
+        self.group, self.group_mode, self.backend = group, group_mode, backend
+        if world_size > 1 and not gather_with_grad:
+            warnings.warn("flashnce.nn.ClipLoss always computes exact gradients (as open_clip "
+                          "with gather_with_grad=True); gather_with_grad=False is ignored",
+                          stacklevel=2)
+
+    def _process_group(self):
+        if self.group is not None:
+            return self.group
+        if self.world_size <= 1:
+            return None
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(f"ClipLoss(world_size={self.world_size}) needs "
+                               "torch.distributed to be initialised")
+        if dist.get_world_size() != self.world_size or dist.get_rank() != self.rank:
+            raise ValueError(f"ClipLoss(rank={self.rank}, world_size={self.world_size}) does not "
+                             f"match torch.distributed (rank {dist.get_rank()} of "
+                             f"{dist.get_world_size()})")
+        return dist.group.WORLD
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None,
+                output_dict=False):
+        loss = infonce(image_features, text_features, geometry="dot", scale=logit_scale,
+                       backend=self.backend, group=self._process_group(),
+                       group_mode=self.group_mode)
+        if isinstance(logit_bias, torch.Tensor) and logit_bias.requires_grad:
+            loss = loss + 0.0 * logit_bias.sum()  # no effect on InfoNCE; exact zero gradient
+        return {"contrastive_loss": loss} if output_dict else loss

@@ -1,0 +1,298 @@
+"""flashnce.infonce(group=...) on gloo CPU processes against the single-process float64 oracle.
+
+One spawn per world size (2 and 3) runs every case and saves each rank's loss and gradients;
+the tests then compare, under DDP's convention (see ``flashnce.distributed``):
+
+    mean_r loss_r        == L(concatenated batch)
+    x_r.grad / W         == dL/dx for rank r's rows   (likewise y)
+    mean_r scale.grad_r  == dL/dscale,   mean_r curvature.grad_r == dL/dcurvature
+
+Processes rendezvous through a FileStore in tmp_path, use a 60 s collective timeout, and the
+whole spawn is killed after SPAWN_TIMEOUT_S, so a hang fails instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import flashnce
+from _helpers import assert_close, make_features, rel_maxnorm_error
+
+SPAWN_TIMEOUT_S = 150
+RTOL = 1e-9  # float64 end to end
+DIM = 6
+SCALE0, CURV0 = 3.0, 0.7
+LAYOUTS = {  # rows per rank
+    2: {"even": (5, 5), "uneven": (3, 7)},
+    3: {"even": (4, 4, 4), "uneven": (5, 1, 6)},
+}
+GEOMS = ("cosine", "sqeuclidean", "lorentz")
+MODES = ("gather", "ring")
+
+
+def _case(geometry, layout, mode, **extra):
+    case = dict(geometry=geometry, layout=layout, mode=mode, symmetric=True, reduction="mean",
+                targets=False)
+    case.update(extra)
+    tag = "-".join(f"{k}={v}" for k, v in sorted(extra.items()))
+    case["name"] = f"{geometry}-{layout}-{mode}" + (f"-{tag}" if tag else "")
+    return case
+
+
+CASES = [_case(g, lay, m) for g in GEOMS for lay in ("even", "uneven") for m in MODES] + [
+    _case("lorentz", "uneven", "gather", reduction="sum"),
+    _case("sqeuclidean", "uneven", "ring", symmetric=False),
+    _case("cosine", "uneven", "gather", symmetric=False, targets=True),
+    _case("lorentz", "uneven", "gather", backend="reference"),
+]
+
+
+def _global_inputs(case, sizes):
+    n = sum(sizes)
+    geo = case["geometry"]
+    x = make_features(n, DIM, dtype=torch.float64, seed=11, geometry=geo)
+    y = make_features(n, DIM, dtype=torch.float64, seed=12, geometry=geo)
+    targets = torch.randperm(n, generator=torch.Generator().manual_seed(3)) if case["targets"] else None
+    return x, y, targets
+
+
+def _params(case):
+    scale = torch.tensor(SCALE0, dtype=torch.float64, requires_grad=True)
+    curv = torch.tensor(CURV0, dtype=torch.float64, requires_grad=True)
+    return scale, curv
+
+
+def _oracle(x, y, params, **kw):
+    """Single-process float64 reference loss and its gradients w.r.t. x, y, *params."""
+    x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+    for name, p in zip(("scale", "curvature"), params):
+        kw[name] = p
+    loss = flashnce.reference_infonce(x, y, **kw)
+    return loss.detach(), torch.autograd.grad(loss, [x, y, *params])
+
+
+def _hyperbolic(case):
+    return flashnce.get_geometry(case["geometry"]).uses_curvature
+
+
+# --------------------------------------------------------------------------------------------
+# Worker (runs in each spawned process)
+# --------------------------------------------------------------------------------------------
+
+
+def _run_case(case, world, rank, group):
+    sizes = LAYOUTS[world][case["layout"]]
+    x_all, y_all, t_all = _global_inputs(case, sizes)
+    lo = sum(sizes[:rank])
+    rows = slice(lo, lo + sizes[rank])
+    x = x_all[rows].clone().requires_grad_()
+    y = y_all[rows].clone().requires_grad_()
+    scale, curv = _params(case)
+    kwargs = {}
+    if not case["symmetric"]:
+        kwargs["symmetric"] = False
+        if t_all is not None:
+            kwargs["targets"] = t_all[rows]
+    loss = flashnce.infonce(
+        x, y, geometry=case["geometry"], scale=scale, curvature=curv, reduction=case["reduction"],
+        backend=case.get("backend", "torch"), group=group, group_mode=case["mode"], **kwargs)
+    loss.backward()
+    return dict(loss=loss.detach(), x_grad=x.grad, y_grad=y.grad, scale_grad=scale.grad,
+                curv_grad=curv.grad)
+
+
+def _expect_error(fn):
+    try:
+        fn()
+    except Exception as exc:  # the point is which type and message every rank sees
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _error_checks(world, rank, group):
+    out = {}
+    n = 3 + rank  # uneven on purpose
+    d = DIM + (1 if rank == world - 1 else 0)
+    x = torch.randn(n, d, dtype=torch.float64)
+    out["dim_mismatch"] = _expect_error(lambda: flashnce.infonce(x, x.clone(), group=group))
+    x = torch.randn(n, DIM, dtype=torch.float64)
+    if rank == 1:
+        x[0, 0] = float("nan")
+    out["nan_on_rank1"] = _expect_error(lambda: flashnce.infonce(x, x.clone(), group=group))
+    # the group still works after both failures (nothing left half-way in a collective)
+    t = torch.ones(1)
+    dist.all_reduce(t, group=group)
+    out["after"] = float(t)
+    return out
+
+
+def _ddp_check(world, rank, group):
+    """DDP(model + flashnce.nn.ContrastiveLoss) on uneven shards == one process on all rows."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    class TwoTower(torch.nn.Module):
+        def __init__(self, loss):
+            super().__init__()
+            self.img = torch.nn.Linear(5, DIM)
+            self.txt = torch.nn.Linear(7, DIM)
+            self.loss = loss
+
+        def forward(self, a, b):
+            return self.loss(self.img(a), self.txt(b))
+
+    sizes = LAYOUTS[world]["uneven"]
+    g = torch.Generator().manual_seed(5)
+    a_all = torch.randn(sum(sizes), 5, generator=g, dtype=torch.float64)
+    b_all = torch.randn(sum(sizes), 7, generator=g, dtype=torch.float64)
+    lo = sum(sizes[:rank])
+    rows = slice(lo, lo + sizes[rank])
+
+    def build(group_):
+        torch.manual_seed(0)
+        loss = flashnce.nn.ContrastiveLoss("lorentz", scale_init=4.0, curvature_init=0.8,
+                                           group=group_, backend="torch")
+        return TwoTower(loss).double()
+
+    single = build(None)
+    single(a_all, b_all).backward()
+    ddp = DDP(build(group), process_group=group)
+    ddp(a_all[rows], b_all[rows]).backward()
+    errs = {}
+    for (name, p_single), p_ddp in zip(single.named_parameters(), ddp.module.parameters()):
+        errs[name] = rel_maxnorm_error(p_ddp.grad, p_single.grad)
+    return errs
+
+
+def _worker(rank, world, store_dir, cases):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{os.path.join(store_dir, 'store')}", rank=rank,
+        world_size=world, timeout=datetime.timedelta(seconds=60))
+    group = dist.group.WORLD
+    results = {}
+    try:
+        for case in cases:
+            try:
+                results[case["name"]] = _run_case(case, world, rank, group)
+            except Exception:
+                results[case["name"]] = traceback.format_exc()
+        results["errors"] = _error_checks(world, rank, group)
+        results["ddp"] = _ddp_check(world, rank, group)
+    finally:
+        torch.save(results, os.path.join(store_dir, f"rank{rank}.pt"))
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _spawn(world, store_dir):
+    ctx = mp.start_processes(_worker, args=(world, store_dir, CASES), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:  # only the processes this test started
+                proc.kill()
+            pytest.fail(f"{world} gloo processes did not finish within {SPAWN_TIMEOUT_S} s")
+    return [torch.load(os.path.join(store_dir, f"rank{r}.pt"), weights_only=False)
+            for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=sorted(LAYOUTS), ids=lambda w: f"world{w}")
+def spawned(request, tmp_path_factory):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available in this torch build")
+    world = request.param
+    return world, _spawn(world, str(tmp_path_factory.mktemp(f"gloo{world}")))
+
+
+def _get(per_rank, name):
+    out = [r[name] for r in per_rank]
+    for rank, res in enumerate(out):
+        if isinstance(res, str):
+            pytest.fail(f"rank {rank} raised in case {name}:\n{res}")
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_matches_single_process(spawned, case):
+    world, per_rank = spawned
+    res = _get(per_rank, case["name"])
+    sizes = LAYOUTS[world][case["layout"]]
+    x, y, targets = _global_inputs(case, sizes)
+    scale, curv = _params(case)
+    params = (scale, curv) if _hyperbolic(case) else (scale,)
+    kw = dict(geometry=case["geometry"], reduction=case["reduction"])
+    if not case["symmetric"]:
+        kw.update(symmetric=False, targets=targets)
+    if not _hyperbolic(case):
+        kw["curvature"] = CURV0
+    loss, grads = _oracle(x, y, params, **kw)
+
+    got_loss = torch.stack([r["loss"] for r in res]).mean()
+    assert_close(got_loss, loss, RTOL, "mean_r loss_r")
+    assert_close(torch.cat([r["x_grad"] for r in res]) / world, grads[0], RTOL, "x.grad / W")
+    assert_close(torch.cat([r["y_grad"] for r in res]) / world, grads[1], RTOL, "y.grad / W")
+    assert_close(torch.stack([r["scale_grad"] for r in res]).mean(), grads[2], RTOL,
+                 "mean_r scale.grad")
+    if _hyperbolic(case):
+        assert_close(torch.stack([r["curv_grad"] for r in res]).mean(), grads[3], RTOL,
+                     "mean_r curvature.grad")
+    else:
+        assert all(r["curv_grad"] is None for r in res)
+
+
+def test_equal_batches_local_loss_is_open_clip_local_mean(spawned):
+    """With equal shards, rank r's loss is the mean over its own rows (open_clip local_loss)."""
+    world, per_rank = spawned
+    case = next(c for c in CASES if c["name"] == "cosine-even-gather")
+    res = _get(per_rank, case["name"])
+    x, y, _ = _global_inputs(case, LAYOUTS[world]["even"])
+    logits = SCALE0 * flashnce.reference_logits(x, y, geometry="cosine")
+    n = LAYOUTS[world]["even"][0]
+    labels = torch.arange(x.shape[0])
+    for rank, r in enumerate(res):
+        rows = slice(rank * n, (rank + 1) * n)
+        expected = 0.5 * (torch.nn.functional.cross_entropy(logits[rows], labels[rows])
+                          + torch.nn.functional.cross_entropy(logits[:, rows].T, labels[rows]))
+        assert_close(r["loss"], expected, RTOL, f"rank {rank} local loss")
+
+
+def test_errors_raise_on_every_rank(spawned):
+    world, per_rank = spawned
+    for rank, r in enumerate(per_rank):
+        err = r["errors"]
+        assert err["dim_mismatch"] and err["dim_mismatch"].startswith("ValueError"), err
+        assert "same dim" in err["dim_mismatch"], err
+        if rank == 1:
+            assert "NaN" in err["nan_on_rank1"], err
+        else:
+            assert "rank(s) [1] rejected" in err["nan_on_rank1"], err
+        assert err["after"] == world
+
+
+def test_ddp_contrastive_loss_module_matches_single_process(spawned):
+    world, per_rank = spawned
+    for rank, r in enumerate(per_rank):
+        errs = r["ddp"]
+        assert set(errs) >= {"loss.log_scale", "loss.log_curvature", "img.weight"}, errs
+        bad = {k: v for k, v in errs.items() if v > RTOL}
+        assert not bad, f"rank {rank}: DDP gradients differ from one process: {bad}"
+
+
+def test_group_argument_checks():
+    x = torch.randn(3, 4)
+    if not dist.is_initialized():
+        with pytest.raises(RuntimeError, match="init_process_group"):
+            flashnce.infonce(x, x, group=object())
