@@ -1,0 +1,260 @@
+"""Results as data: the environment stamp, JSON / CSV files, the on-screen table and plots."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+SCHEMA = "flashnce-bench/1"
+ROW_FIELDS = (
+    "provider", "backend", "geometry", "dtype", "device", "n", "d", "status",
+    "fwd_ms", "fwd_p20_ms", "fwd_p80_ms", "bwd_ms", "bwd_p20_ms", "bwd_p80_ms",
+    "full_ms", "full_p20_ms", "full_p80_ms", "peak_mib", "baseline_mib", "mem_method",
+    "gflops", "gemm_ms", "fwd_x_gemm", "full_x_gemm", "repeats", "wall_s", "note",
+)
+ENV_FIELDS = ("device_name", "cpu_model", "threads", "torch_version", "triton_version",
+              "flashnce_version", "git_sha", "git_dirty", "timestamp")
+
+
+# --------------------------------------------------------------------------- environment
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    import flashnce
+    here = Path(flashnce.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def environment(device: str) -> dict:
+    """Everything needed to compare two runs later: hardware, versions, commit."""
+    import flashnce
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = cpu_model()
+    return {
+        "device": device,
+        "device_name": device_name,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "triton_version": _version("triton"),
+        "flashnce_version": getattr(flashnce, "__version__", None),
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+# --------------------------------------------------------------------------- files
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_json(path: Path, env: dict, config: dict, rows: list[dict]) -> None:
+    doc = {"schema": SCHEMA, "environment": env, "config": config,
+           "rows": [{k: _clean(r.get(k)) for k in ROW_FIELDS} for r in rows]}
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+def write_csv(path: Path, env: dict, rows: list[dict]) -> None:
+    """One row per case, each stamped with the environment (Liger's BenchmarkDataCSVRow idea)."""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*ROW_FIELDS, *ENV_FIELDS])
+        w.writeheader()
+        for r in rows:
+            row = {k: _clean(r.get(k)) for k in ROW_FIELDS}
+            row.update({k: env.get(k) for k in ENV_FIELDS})
+            w.writerow(row)
+
+
+def load_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- table
+
+def group_key(r: dict) -> tuple:
+    return (r["geometry"], r["dtype"], r["d"], r["device"])
+
+
+def group_title(key: tuple) -> str:
+    geometry, dtype, d, device = key
+    return f"{geometry}, {dtype}, d={d}, {device}"
+
+
+def _ms(r, mode):
+    v = r.get(f"{mode}_ms")
+    if v is None or not math.isfinite(v):
+        return "-"
+    lo, hi = r.get(f"{mode}_p20_ms"), r.get(f"{mode}_p80_ms")
+    text = _fmt(v)
+    if mode == "full" and lo is not None and hi is not None and r.get("repeats", 0) > 1:
+        text += f" ({_fmt(lo)}-{_fmt(hi)})"
+    return text
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table per (geometry, dtype, d, device) group; skipped rows listed after."""
+    out = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r), []).append(r)
+    header = ("| provider | backend | N | status | fwd ms | bwd ms | fwd+bwd ms (p20-p80) "
+              "| peak MiB | GFLOP/s | x GEMM |")
+    for key, grows in groups.items():
+        shown = [r for r in grows if r["status"] != "skipped"]
+        out.append(f"{group_title(key)}\n")
+        if shown:
+            out += [header,
+                    "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in sorted(shown, key=lambda r: (r["n"], _provider_order(r["provider"]))):
+            ok = r["status"] == "ok"
+            x_gemm = r.get("full_x_gemm") if r["provider"] != "gemm" else 1.0
+            out.append("| " + " | ".join([
+                r["provider"], r.get("backend") or "", str(r["n"]), r["status"],
+                _ms(r, "fwd") if ok else "-",
+                _ms(r, "bwd") if ok else "-",
+                _ms(r, "full") if ok else "-",
+                _fmt(r.get("peak_mib"), 3) if ok else "-",
+                _fmt(r.get("gflops"), 3) if ok else "-",
+                _fmt(x_gemm, 3) if ok else "-",
+            ]) + " |")
+        notes = [r for r in grows if r["status"] != "ok" and r.get("note")]
+        seen = set()
+        for r in notes:
+            line = f"- {r['provider']}" + ("" if r["status"] == "skipped" else f" N={r['n']}") \
+                   + f" {r['status']}: {r['note']}"
+            if line not in seen:
+                seen.add(line)
+                out.append(("\n" if len(seen) == 1 else "") + line)
+        out.append("")
+    return "\n".join(out)
+
+
+_ORDER = ("gemm", "flashnce", "materialized", "compiled", "open_clip", "pykeops", "inf_cl")
+
+
+def _provider_order(p: str) -> tuple:
+    base = "flashnce" if p.startswith("flashnce") else p
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), p)
+
+
+# --------------------------------------------------------------------------- plots
+
+def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
+    """One PNG per (geometry, dtype, d, device) group: fwd+bwd time and peak memory against
+    N, log-log, one line per provider; failed points (oom / timeout) are marked with an x."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r), []).append(r)
+    paths = []
+    for key, grows in groups.items():
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+        providers = sorted({r["provider"] for r in grows}, key=_provider_order)
+        ymax_t = max([r["full_ms"] for r in grows if r["status"] == "ok"] or [1.0])
+        ymax_m = max([r["peak_mib"] for r in grows if r["status"] == "ok"] or [1.0])
+        for i, p in enumerate(providers):
+            pr = sorted((r for r in grows if r["provider"] == p), key=lambda r: r["n"])
+            ok = [r for r in pr if r["status"] == "ok"]
+            failed = [r for r in pr if r["status"] in ("oom", "timeout", "error")]
+            color = f"C{i}"
+            style = "--" if p == "gemm" else "-"
+            label = p
+            backends = {r.get("backend") for r in ok if r.get("backend")}
+            if p.startswith("flashnce") and backends:
+                label += f" ({', '.join(sorted(backends))})"
+            if ok:
+                ns = [r["n"] for r in ok]
+                ax_t.plot(ns, [r["full_ms"] for r in ok], style, marker="o", color=color,
+                          label=label + (" (forward only)" if p == "gemm" else ""))
+                if p != "gemm":
+                    ax_m.plot(ns, [max(r["peak_mib"], 1e-2) for r in ok], style, marker="o",
+                              color=color, label=label)
+            for r in failed:
+                ax_t.plot([r["n"]], [ymax_t * 1.5], "x", color=color, markersize=9)
+                if p != "gemm":
+                    ax_m.plot([r["n"]], [ymax_m * 1.5], "x", color=color, markersize=9)
+                    ax_m.annotate(r["status"], (r["n"], ymax_m * 1.5), fontsize=7,
+                                  textcoords="offset points", xytext=(4, -3), color=color)
+        mat = sorted((r for r in grows if r["provider"] == "materialized"
+                      and r["status"] == "ok"), key=lambda r: r["n"])
+        if mat:  # an N^2 guide through the materialised loss's last point
+            n_all = sorted({r["n"] for r in grows})
+            n1, m1 = mat[-1]["n"], mat[-1]["peak_mib"]
+            ax_m.plot(n_all, [m1 * (n / n1) ** 2 for n in n_all], ":", color="gray",
+                      label="~ N^2")
+        for ax, title, ylabel in ((ax_t, "forward + backward time", "ms (median)"),
+                                  (ax_m, "peak memory above inputs", "MiB")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("N (batch = rows of x and of y)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        sub = group_title(key)
+        if env:
+            sub += f" | {env.get('device_name')}, {env.get('threads')} threads, " \
+                   f"torch {env.get('torch_version')}"
+        fig.suptitle(f"flashnce InfoNCE: {sub}", fontsize=10)
+        fig.tight_layout()
+        path = Path(f"{prefix}.png") if len(groups) == 1 else Path(
+            f"{prefix}_{key[0]}_{key[1]}_d{key[2]}_{key[3].replace(':', '')}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
