@@ -338,3 +338,81 @@ def run_isolated(case: cases_mod.Case, opts: Options) -> dict:
 
 def run_case(case: cases_mod.Case, opts: Options) -> dict:
     return run_isolated(case, opts) if opts.isolate else run_in_process(case, opts)
+
+
+# --------------------------------------------------------------------------- pytest-benchmark
+
+MODES = ("fwd", "bwd", "full")
+
+
+def mode_callables(inputs, fn, mode: str):
+    """(target, setup) for ``benchmark.pedantic(target, setup=setup)`` timing one mode.
+
+    fwd: the forward with autograd recording (as in training); bwd: backward only, the
+    forward runs in ``setup``; full: forward + backward. ``setup`` clears the gradients.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != "fwd" and not any(t.requires_grad for t in inputs):
+        raise ValueError(f"mode {mode!r} needs inputs that require grad")
+
+    def clear():
+        for t in inputs:
+            t.grad = None
+
+    if mode == "fwd":
+        def setup():
+            clear()
+
+        def target():
+            return fn(*inputs)
+    elif mode == "bwd":
+        def setup():
+            clear()
+            return (fn(*inputs),), {}
+
+        def target(out):
+            out.backward()
+    else:
+        def setup():
+            clear()
+
+        def target():
+            fn(*inputs).backward()
+
+    sync = torch.cuda.synchronize if inputs[0].is_cuda else None
+    if sync is None:
+        return target, setup
+
+    def synced(*args):
+        out = target(*args)
+        sync()
+        return out
+
+    def synced_setup():
+        out = setup()
+        sync()
+        return out
+
+    return synced, synced_setup
+
+
+def peak_in_process(inputs, fn, mode: str) -> float:
+    """Peak MiB above the current usage for one call of a mode, in this process (indicative:
+    other work in the process can distort the CPU number)."""
+    target, setup = mode_callables(inputs, fn, mode)
+    args = setup() or ((), {})
+    if inputs[0].is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        target(*args[0], **args[1])
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        tracker = CpuPeak()
+        tracker.start()
+        target(*args[0], **args[1])
+        peak = tracker.peak_bytes()
+    for t in inputs:
+        t.grad = None
+    return peak / MIB

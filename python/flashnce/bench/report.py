@@ -205,8 +205,6 @@ def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
     for key, grows in groups.items():
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
         providers = sorted({r["provider"] for r in grows}, key=_provider_order)
-        ymax_t = max([r["full_ms"] for r in grows if r["status"] == "ok"] or [1.0])
-        ymax_m = max([r["peak_mib"] for r in grows if r["status"] == "ok"] or [1.0])
         for i, p in enumerate(providers):
             pr = sorted((r for r in grows if r["provider"] == p), key=lambda r: r["n"])
             ok = [r for r in pr if r["status"] == "ok"]
@@ -224,12 +222,13 @@ def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
                 if p != "gemm":
                     ax_m.plot(ns, [max(r["peak_mib"], 1e-2) for r in ok], style, marker="o",
                               color=color, label=label)
-            for r in failed:
-                ax_t.plot([r["n"]], [ymax_t * 1.5], "x", color=color, markersize=9)
-                if p != "gemm":
-                    ax_m.plot([r["n"]], [ymax_m * 1.5], "x", color=color, markersize=9)
-                    ax_m.annotate(r["status"], (r["n"], ymax_m * 1.5), fontsize=7,
-                                  textcoords="offset points", xytext=(4, -3), color=color)
+            for r in failed:  # at the top edge: x in data, y in axes coordinates
+                for ax in (ax_t, ax_m) if p != "gemm" else (ax_t,):
+                    ax.plot([r["n"]], [0.95], "x", color=color, markersize=9,
+                            transform=ax.get_xaxis_transform())
+                    ax.annotate(r["status"], (r["n"], 0.95), xycoords=ax.get_xaxis_transform(),
+                                fontsize=7, textcoords="offset points", xytext=(5, -3),
+                                color=color)
         mat = sorted((r for r in grows if r["provider"] == "materialized"
                       and r["status"] == "ok"), key=lambda r: r["n"])
         if mat:  # an N^2 guide through the materialised loss's last point
@@ -237,9 +236,11 @@ def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
             n1, m1 = mat[-1]["n"], mat[-1]["peak_mib"]
             ax_m.plot(n_all, [m1 * (n / n1) ** 2 for n in n_all], ":", color="gray",
                       label="~ N^2")
+        n_ticks = sorted({r["n"] for r in grows})
         for ax, title, ylabel in ((ax_t, "forward + backward time", "ms (median)"),
                                   (ax_m, "peak memory above inputs", "MiB")):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(n_ticks, [str(n) for n in n_ticks])
             ax.set_yscale("log")
             ax.set_xlabel("N (batch = rows of x and of y)")
             ax.set_ylabel(ylabel)
