@@ -214,3 +214,19 @@ def test_clip_loss_unsupported_setups():
             loss = ClipLoss(world_size=2, rank=0)
         with pytest.raises(RuntimeError, match="torch.distributed"):
             loss(x, x, torch.tensor(1.0))
+
+
+def test_example_trains_single_process(capsys, monkeypatch):
+    """examples/train_two_tower.py runs (single process) and the loss goes down."""
+    import pathlib
+    import runpy
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_two_tower.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--geometry", "lorentz", "--steps", "8",
+                                      "--batch-size", "64"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    losses = [float(line.split()[3]) for line in out.splitlines() if line.startswith("step")]
+    assert len(losses) == 8 and losses[-1] < losses[0], out
