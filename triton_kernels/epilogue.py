@@ -122,3 +122,20 @@ def epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
         t1 = g_w * _sinh(a1 - b1)         # dw/drho_i = sinh(rho_i - rho_j)
         t2 = g_w * (1.0 - cos) * b2       # dw/dS_i = S_j (1 - cos)
     return g_p, t0, t1, t2
+
+
+@triton.jit
+def norm_grad_from_gp(g_p, p, a0, t0, KIND: tl.constexpr):
+    """The first row-scalar partial re-derived from the (possibly rounded) g_p tile.
+
+    The gradient GEMM consumes g_p rounded to the operand dtype; for the distance kinds the
+    norm term must be built from the same values, because the two cancel in dx_i (the
+    gradient of |x_i - y_j| is (x_i - y_j) / d, made of <g_p, y> and a_i's term). In exact
+    arithmetic these equal ``t0`` of ``epilogue_grad``:
+      sq/euclidean: dh/da = -dh/dp / 2;   hyperbolic: dw/dn_i term = -g_p p / n_i.
+    """
+    if KIND == 1 or KIND == 2:
+        t0 = -0.5 * g_p
+    elif KIND == 3:
+        t0 = -g_p * p / a0
+    return t0

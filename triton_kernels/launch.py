@@ -28,6 +28,14 @@ from .epilogue import KIND_IDS, NUM_ROW_SCALARS
 from .lse_backward import _lse_bwd_kernel
 from .lse_forward import _lse_fwd_kernel
 
+try:
+    from triton.runtime.interpreter import InterpretedFunction
+except ImportError:  # pragma: no cover - every supported triton has it
+    InterpretedFunction = ()
+
+# Kernels decorated while TRITON_INTERPRET=1 run in the interpreter (CPU tensors, tests).
+INTERPRETED = isinstance(_lse_fwd_kernel, InterpretedFunction)
+
 AUTOTUNE_ENV = "FLASHNCE_TRITON_AUTOTUNE"
 
 # Per operand dtype: forward (BLOCK_A, BLOCK_B, BLOCK_K, warps, stages) and backward
@@ -76,7 +84,9 @@ def _autotuned_kernel(which: str):
 
 
 def autotune_enabled() -> bool:
-    return os.environ.get(AUTOTUNE_ENV, "0") not in ("", "0")
+    """FLASHNCE_TRITON_AUTOTUNE=1, read per call. Ignored under the interpreter: Triton's
+    autotuner benchmarks on a GPU driver, which the interpreter does not have."""
+    return os.environ.get(AUTOTUNE_ENV, "0") not in ("", "0") and not INTERPRETED
 
 
 def _bucket(n: int) -> int:
@@ -97,10 +107,10 @@ def _block_k(bk: int, k: int) -> int:
 def _common(kind: str, exclude_diagonal: bool, kappa: float, dtype: torch.dtype) -> dict:
     return dict(KIND=KIND_IDS[kind], NR=NUM_ROW_SCALARS[kind],
                 EXCLUDE_DIAG=bool(exclude_diagonal), KAPPA=float(kappa),
-                INPUT_PRECISION=_input_precision(dtype))
+                INPUT_PRECISION=_input_precision(dtype), UPCAST=INTERPRETED)
 
 
-def _row_lse(a, b, sa, sb, scale, inv_sqrt_c, flags):
+def _row_lse(a, b, sa, sb, scale, inv_sqrt_c, flags, config=None):
     na, k = a.shape
     nb = b.shape[0]
     out = torch.empty(na, dtype=torch.float32, device=a.device)
@@ -112,25 +122,28 @@ def _row_lse(a, b, sa, sb, scale, inv_sqrt_c, flags):
         grid = lambda meta: (triton.cdiv(na, meta["BLOCK_A"]),)  # noqa: E731
         wrap_triton(_autotuned_kernel("fwd"))[grid](*args, **flags)
     else:
-        ba, bb, bk, warps, stages = DEFAULT_CONFIGS[a.dtype]["fwd"]
+        ba, bb, bk, warps, stages = config or DEFAULT_CONFIGS[a.dtype]["fwd"]
         wrap_triton(_lse_fwd_kernel)[(triton.cdiv(na, ba),)](
             *args, **flags, BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=_block_k(bk, k),
             num_warps=warps, num_stages=stages)
     return out
 
 
-def lse_forward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa):
-    """(row_lse [N], col_lse [M]) fp32; see lse_forward.py for why this is two launches."""
+def lse_forward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa,
+                config=None):
+    """(row_lse [N], col_lse [M]) fp32; see lse_forward.py for why this is two launches.
+    ``config`` (BLOCK_A, BLOCK_B, BLOCK_K, warps, stages) overrides the dtype default."""
     flags = _common(kind, exclude_diagonal, kappa, x.dtype)
-    row = _row_lse(x, y, alpha, beta, scale, inv_sqrt_c, flags)
-    col = _row_lse(y, x, beta, alpha, scale, inv_sqrt_c, flags)
+    row = _row_lse(x, y, alpha, beta, scale, inv_sqrt_c, flags, config)
+    col = _row_lse(y, x, beta, alpha, scale, inv_sqrt_c, flags, config)
     return row, col
 
 
 _MIN_BWD_BLOCK_A = min(c.kwargs["BLOCK_A"] for c in AUTOTUNE_BWD_CONFIGS)
 
 
-def _row_grads(a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, flags, write_gh):
+def _row_grads(a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, flags, write_gh,
+               config=None):
     na, k = a.shape
     nb = b.shape[0]
     da = torch.empty_like(a)
@@ -147,7 +160,7 @@ def _row_grads(a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, flags, w
                              triton.cdiv(k, meta["BLOCK_D"]))
         wrap_triton(_autotuned_kernel("bwd"))[grid](*args, **flags, WRITE_GH=write_gh)
     else:
-        ba, bb, bk, bd, warps, stages = DEFAULT_CONFIGS[a.dtype]["bwd"]
+        ba, bb, bk, bd, warps, stages = config or DEFAULT_CONFIGS[a.dtype]["bwd"]
         bd = max(16, min(bd, triton.next_power_of_2(k)))
         wrap_triton(_lse_bwd_kernel)[(triton.cdiv(na, ba), triton.cdiv(k, bd))](
             *args, **flags, WRITE_GH=write_gh, BLOCK_A=ba, BLOCK_B=bb,
@@ -156,12 +169,13 @@ def _row_grads(a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, flags, w
 
 
 def lse_backward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa,
-                 row_lse, col_lse, g_row, g_col):
+                 row_lse, col_lse, g_row, g_col, config=None):
     """(dX, dY, d_alpha, d_beta, gh): dX/d_alpha/gh over row blocks, dY/d_beta over column
-    blocks (the swapped launch); deterministic, no atomics."""
+    blocks (the swapped launch); deterministic, no atomics. ``config`` (BLOCK_A, BLOCK_B,
+    BLOCK_K, BLOCK_D, warps, stages) overrides the dtype default."""
     flags = _common(kind, exclude_diagonal, kappa, x.dtype)
     dx, d_alpha, gh = _row_grads(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse,
-                                 g_row, g_col, flags, True)
+                                 g_row, g_col, flags, True, config)
     dy, d_beta, _ = _row_grads(y, x, beta, alpha, scale, inv_sqrt_c, col_lse, row_lse,
-                               g_col, g_row, flags, False)
+                               g_col, g_row, flags, False, config)
     return dx, dy, d_alpha, d_beta, gh

@@ -24,8 +24,8 @@ lseB, gB [NB] fp32; DA [NA, K] in A's dtype, DSA [NA, NR] fp32, GH [cdiv(NA, BLO
 import triton
 import triton.language as tl
 
-from .epilogue import epilogue_grad, epilogue_h
-from .tiles import load_row_scalars, tile_dot
+from .epilogue import epilogue_grad, epilogue_h, norm_grad_from_gp
+from .tiles import load_row_scalars, mma, tile_dot
 
 LOG2E = 1.4426950408889634
 
@@ -36,7 +36,7 @@ def _lse_bwd_kernel(
     NA, NB, K, stride_a, stride_b, stride_da,
     KEY_NA, KEY_NB,  # power-of-two buckets of NA / NB: autotune keys only
     KIND: tl.constexpr, NR: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, KAPPA: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, WRITE_GH: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, WRITE_GH: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K >= 16)
@@ -67,7 +67,7 @@ def _lse_bwd_kernel(
         col_ok = cols < NB
         cols64 = cols.to(tl.int64)
         p = tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
-                     BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION)
+                     BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
         b0, b1, b2 = load_row_scalars(SB, cols64, col_ok, NR)
         b0 = b0[None, :]
         b1 = b1[None, :]
@@ -86,8 +86,11 @@ def _lse_bwd_kernel(
         bd = tl.load(B + cols64[:, None] * stride_b + dcols[None, :],
                      mask=col_ok[:, None] & d_ok[None, :], other=0.0)
         # The modified tile is rounded to the operand dtype for the tensor-core GEMM (as in
-        # flash-attention's dQ/dK); accumulation stays fp32.
-        acc = tl.dot(g_p.to(bd.dtype), bd, acc, input_precision=INPUT_PRECISION)
+        # flash-attention's dQ/dK); accumulation stays fp32. The norm partial is rebuilt from
+        # the rounded tile so the terms that cancel in dA see the same values.
+        g_p = g_p.to(bd.dtype)
+        acc = mma(g_p, bd, acc, INPUT_PRECISION, UPCAST)
+        t0 = norm_grad_from_gp(g_p.to(tl.float32), p, a0, t0, KIND)
         ds0 += tl.sum(t0, 1)
         ds1 += tl.sum(t1, 1)
         ds2 += tl.sum(t2, 1)

@@ -36,7 +36,7 @@ def _lse_fwd_kernel(
     NA, NB, K, stride_a, stride_b,
     KEY_NA, KEY_NB,  # power-of-two buckets of NA / NB: autotune keys only
     KIND: tl.constexpr, NR: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, KAPPA: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K >= 16)
@@ -59,7 +59,7 @@ def _lse_fwd_kernel(
         col_ok = cols < NB
         cols64 = cols.to(tl.int64)
         p = tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
-                     BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION)
+                     BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
         b0, b1, b2 = load_row_scalars(SB, cols64, col_ok, NR)
         h = epilogue_h(p, a0, a1, a2, b0[None, :], b1[None, :], b2[None, :],
                        inv_sqrt_c, KIND, KAPPA)

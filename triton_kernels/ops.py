@@ -22,14 +22,10 @@ from __future__ import annotations
 
 import torch
 from torch.library import custom_op, register_autograd, triton_op
-from triton.runtime.interpreter import InterpretedFunction
 
-from .launch import lse_backward, lse_forward
-from .lse_forward import _lse_fwd_kernel
-
-# Decided by how the kernels were decorated (TRITON_INTERPRET at their import), not by the
-# environment now: that is what wrap_triton will see.
-INTERPRETED = isinstance(_lse_fwd_kernel, InterpretedFunction)
+# INTERPRETED: decided by how the kernels were decorated (TRITON_INTERPRET at their import),
+# not by the environment now: that is what wrap_triton will see.
+from .launch import INTERPRETED, lse_backward, lse_forward
 
 if INTERPRETED:
     def _register(name):

@@ -26,9 +26,24 @@ def load_row_scalars(S, idx64, ok, NR: tl.constexpr):
 
 
 @triton.jit
+def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b with fp32 accumulation.
+
+    UPCAST is set only under the Triton interpreter, whose tl.dot multiplies bfloat16 operands
+    as their raw uint16 bit patterns. bf16/fp16 -> fp32 is exact, so the upcast dot reproduces
+    a tensor-core dot (exact products, fp32 accumulation) up to summation order.
+    """
+    if UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
 def tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
              BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-             INPUT_PRECISION: tl.constexpr):
+             INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """p = A[rows] @ B[cols]^T as a [BLOCK_A, BLOCK_B] fp32 tile, looping over K in BLOCK_K
     chunks (any K: the last chunk is masked with zeros, which add nothing to the dot)."""
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
@@ -39,5 +54,5 @@ def tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
         k_ok = ks < K
         a = tl.load(a_base + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(b_base + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = mma(a, tl.trans(b), acc, INPUT_PRECISION, UPCAST)
     return acc
