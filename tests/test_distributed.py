@@ -52,7 +52,11 @@ CASES = [_case(g, lay, m) for g in GEOMS for lay in ("even", "uneven") for m in 
     _case("sqeuclidean", "uneven", "ring", symmetric=False),
     _case("cosine", "uneven", "gather", symmetric=False, targets=True),
     _case("lorentz", "uneven", "gather", backend="reference"),
+    _case("lorentz", "uneven", "ring", reduction="none"),
+    _case("lorentz", "uneven", "gather", dtype="float32"),
+    _case("lorentz", "uneven", "ring", dtype="float32"),
 ]
+FP32_RTOL = 1e-4  # fp32 kernels vs the float64 oracle on the same (fp32-rounded) inputs
 
 
 def _global_inputs(case, sizes):
@@ -60,7 +64,9 @@ def _global_inputs(case, sizes):
     geo = case["geometry"]
     x = make_features(n, DIM, dtype=torch.float64, seed=11, geometry=geo)
     y = make_features(n, DIM, dtype=torch.float64, seed=12, geometry=geo)
-    targets = torch.randperm(n, generator=torch.Generator().manual_seed(3)) if case["targets"] else None
+    targets = None
+    if case["targets"]:
+        targets = torch.randperm(n, generator=torch.Generator().manual_seed(3))
     return x, y, targets
 
 
@@ -76,7 +82,8 @@ def _oracle(x, y, params, **kw):
     for name, p in zip(("scale", "curvature"), params):
         kw[name] = p
     loss = flashnce.reference_infonce(x, y, **kw)
-    return loss.detach(), torch.autograd.grad(loss, [x, y, *params])
+    total = loss.mean() if loss.dim() else loss  # reduction="none": gradients of the mean
+    return loss.detach(), torch.autograd.grad(total, [x, y, *params])
 
 
 def _hyperbolic(case):
@@ -93,9 +100,10 @@ def _run_case(case, world, rank, group):
     x_all, y_all, t_all = _global_inputs(case, sizes)
     lo = sum(sizes[:rank])
     rows = slice(lo, lo + sizes[rank])
-    x = x_all[rows].clone().requires_grad_()
-    y = y_all[rows].clone().requires_grad_()
-    scale, curv = _params(case)
+    dtype = getattr(torch, case.get("dtype", "float64"))
+    x = x_all[rows].to(dtype).requires_grad_()
+    y = y_all[rows].to(dtype).requires_grad_()
+    scale, curv = (p.detach().to(dtype).requires_grad_() for p in _params(case))
     kwargs = {}
     if not case["symmetric"]:
         kwargs["symmetric"] = False
@@ -104,7 +112,10 @@ def _run_case(case, world, rank, group):
     loss = flashnce.infonce(
         x, y, geometry=case["geometry"], scale=scale, curvature=curv, reduction=case["reduction"],
         backend=case.get("backend", "torch"), group=group, group_mode=case["mode"], **kwargs)
-    loss.backward()
+    if case["reduction"] == "none":  # per-row losses: reduce them as "mean" would
+        (loss.sum() * world / sum(sizes)).backward()
+    else:
+        loss.backward()
     return dict(loss=loss.detach(), x_grad=x.grad, y_grad=y.grad, scale_grad=scale.grad,
                 curv_grad=curv.grad)
 
@@ -127,6 +138,8 @@ def _error_checks(world, rank, group):
     if rank == 1:
         x[0, 0] = float("nan")
     out["nan_on_rank1"] = _expect_error(lambda: flashnce.infonce(x, x.clone(), group=group))
+    x = torch.randn(n, DIM, dtype=torch.float64, requires_grad=rank != 0)
+    out["grad_mismatch"] = _expect_error(lambda: flashnce.infonce(x, x.detach(), group=group))
     # the group still works after both failures (nothing left half-way in a collective)
     t = torch.ones(1)
     dist.all_reduce(t, group=group)
@@ -134,7 +147,7 @@ def _error_checks(world, rank, group):
     return out
 
 
-def _ddp_check(world, rank, group):
+def _ddp_check(world, rank, group, mode):
     """DDP(model + flashnce.nn.ContrastiveLoss) on uneven shards == one process on all rows."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -158,7 +171,7 @@ def _ddp_check(world, rank, group):
     def build(group_):
         torch.manual_seed(0)
         loss = flashnce.nn.ContrastiveLoss("lorentz", scale_init=4.0, curvature_init=0.8,
-                                           group=group_, backend="torch")
+                                           group=group_, backend="torch", group_mode=mode)
         return TwoTower(loss).double()
 
     single = build(None)
@@ -185,7 +198,7 @@ def _worker(rank, world, store_dir, cases):
             except Exception:
                 results[case["name"]] = traceback.format_exc()
         results["errors"] = _error_checks(world, rank, group)
-        results["ddp"] = _ddp_check(world, rank, group)
+        results["ddp"] = {mode: _ddp_check(world, rank, group, mode) for mode in MODES}
     finally:
         torch.save(results, os.path.join(store_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
@@ -231,7 +244,11 @@ def test_matches_single_process(spawned, case):
     res = _get(per_rank, case["name"])
     sizes = LAYOUTS[world][case["layout"]]
     x, y, targets = _global_inputs(case, sizes)
-    scale, curv = _params(case)
+    rtol, scale, curv = RTOL, *_params(case)
+    if case.get("dtype") == "float32":  # oracle on the rounded inputs and parameters
+        x, y = x.float().double(), y.float().double()
+        rtol = FP32_RTOL
+        scale, curv = (p.detach().float().double().requires_grad_() for p in (scale, curv))
     params = (scale, curv) if _hyperbolic(case) else (scale,)
     kw = dict(geometry=case["geometry"], reduction=case["reduction"])
     if not case["symmetric"]:
@@ -240,14 +257,17 @@ def test_matches_single_process(spawned, case):
         kw["curvature"] = CURV0
     loss, grads = _oracle(x, y, params, **kw)
 
-    got_loss = torch.stack([r["loss"] for r in res]).mean()
-    assert_close(got_loss, loss, RTOL, "mean_r loss_r")
-    assert_close(torch.cat([r["x_grad"] for r in res]) / world, grads[0], RTOL, "x.grad / W")
-    assert_close(torch.cat([r["y_grad"] for r in res]) / world, grads[1], RTOL, "y.grad / W")
-    assert_close(torch.stack([r["scale_grad"] for r in res]).mean(), grads[2], RTOL,
+    if case["reduction"] == "none":  # every rank returns its rows' global per-row losses
+        assert_close(torch.cat([r["loss"] for r in res]), loss, rtol, "per-row losses")
+    else:
+        got_loss = torch.stack([r["loss"] for r in res]).mean()
+        assert_close(got_loss, loss, rtol, "mean_r loss_r")
+    assert_close(torch.cat([r["x_grad"] for r in res]) / world, grads[0], rtol, "x.grad / W")
+    assert_close(torch.cat([r["y_grad"] for r in res]) / world, grads[1], rtol, "y.grad / W")
+    assert_close(torch.stack([r["scale_grad"] for r in res]).mean(), grads[2], rtol,
                  "mean_r scale.grad")
     if _hyperbolic(case):
-        assert_close(torch.stack([r["curv_grad"] for r in res]).mean(), grads[3], RTOL,
+        assert_close(torch.stack([r["curv_grad"] for r in res]).mean(), grads[3], rtol,
                      "mean_r curvature.grad")
     else:
         assert all(r["curv_grad"] is None for r in res)
@@ -279,16 +299,17 @@ def test_errors_raise_on_every_rank(spawned):
             assert "NaN" in err["nan_on_rank1"], err
         else:
             assert "rank(s) [1] rejected" in err["nan_on_rank1"], err
+        assert "require grad" in err["grad_mismatch"], err
         assert err["after"] == world
 
 
 def test_ddp_contrastive_loss_module_matches_single_process(spawned):
     world, per_rank = spawned
     for rank, r in enumerate(per_rank):
-        errs = r["ddp"]
-        assert set(errs) >= {"loss.log_scale", "loss.log_curvature", "img.weight"}, errs
-        bad = {k: v for k, v in errs.items() if v > RTOL}
-        assert not bad, f"rank {rank}: DDP gradients differ from one process: {bad}"
+        for mode, errs in r["ddp"].items():
+            assert set(errs) >= {"loss.log_scale", "loss.log_curvature", "img.weight"}, errs
+            bad = {k: v for k, v in errs.items() if v > RTOL}
+            assert not bad, f"rank {rank}, {mode}: DDP gradients differ from one process: {bad}"
 
 
 def test_group_argument_checks():

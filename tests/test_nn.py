@@ -1,4 +1,4 @@
-"""flashnce.nn: ContrastiveLoss parameters / clamping / state_dict, ClipLoss vs materialised CLIP."""
+"""flashnce.nn: ContrastiveLoss parameters, clamps and state_dict; ClipLoss vs materialised CLIP."""
 
 from __future__ import annotations
 

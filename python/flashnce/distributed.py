@@ -40,8 +40,10 @@ Modes (``group_mode``), with n = n_r, N = global batch, d = feature dim, W = wor
 
 Uneven local batches are supported: a small handshake (one all-gather of a few integers per
 rank, one host sync) exchanges sizes, dims, dtypes and whether each rank's inputs passed
-validation. If any rank's inputs are invalid, or ranks disagree on the dim or dtype, **every**
-rank raises before any feature collective starts, so nothing hangs. Every rank needs >= 1 row.
+validation. If any rank's inputs are invalid, or ranks disagree on the dim, the dtype or which
+inputs require grad (the backward collectives must match), **every** rank raises before any
+feature collective starts, so nothing hangs. Every rank needs >= 1 row. All ranks must then
+call backward (as with any DDP loss).
 """
 
 from __future__ import annotations
@@ -280,16 +282,25 @@ def _dtype_code(t) -> int:
     return SUPPORTED_DTYPES.index(t.dtype) if t.dtype in SUPPORTED_DTYPES else -1
 
 
-def _handshake(group, x, y, targets, error):
-    """One all-gather of [ok, n_x, n_y, d, dtype, targets min, targets max] per rank; raise on
-    every rank if any rank failed validation or the ranks disagree."""
+def _grad_mask(x, y, prep) -> int:
+    """Which inputs need gradients (and whether autograd is on): the backward collectives
+    run only if this agrees across ranks."""
+    flags = (torch.is_grad_enabled(), x.requires_grad, y.requires_grad,
+             prep.scale.requires_grad, prep.geo.uses_curvature and prep.curvature.requires_grad)
+    return sum(int(bool(f)) << k for k, f in enumerate(flags))
+
+
+def _handshake(group, x, y, targets, error, grad_mask):
+    """One all-gather of [ok, n_x, n_y, d, dtype, targets min, targets max, grad mask] per
+    rank; raise on every rank if any rank failed validation or the ranks disagree."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     ok = error is None
     has_t = ok and targets is not None and targets.numel() > 0
     meta = [int(ok),
             x.shape[0] if ok else 0, y.shape[0] if ok else 0, x.shape[1] if ok else 0,
             _dtype_code(x) if ok else -1,
-            int(targets.min()) if has_t else 0, int(targets.max()) if has_t else -1]
+            int(targets.min()) if has_t else 0, int(targets.max()) if has_t else -1,
+            grad_mask]
     device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     mine = torch.tensor(meta, dtype=torch.int64, device=device)
     everyone = mine.new_empty((world * len(meta),))
@@ -307,6 +318,12 @@ def _handshake(group, x, y, targets, error):
         raise ValueError(
             "all ranks must pass features of the same dim and dtype; got (dim, dtype) per rank: "
             + ", ".join(f"{row[3]}/{SUPPORTED_DTYPES[row[4]]}" for row in rows))
+    if len({row[7] for row in rows}) > 1:
+        raise ValueError(
+            "ranks disagree on which inputs require grad (x, y, scale, curvature) or on "
+            "torch.is_grad_enabled(); the backward collectives would hang. Per-rank bit masks "
+            "(grad_enabled, x, y, scale, curvature): " + ", ".join(
+                format(row[7], "05b")[::-1] for row in rows))
     comm = Comm(group, rank, world, tuple(row[1] for row in rows))
     m_total = sum(row[2] for row in rows)
     for q, row in enumerate(rows):
@@ -348,7 +365,7 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
     from .losses import _Prepared  # losses imports this module lazily: no import cycle
 
     check_group(group)
-    error, prep, impl = None, None, None
+    error, prep, impl, grad_mask = None, None, None, 0
     try:
         dispatch.check_backend_name(backend)
         check_choice(reduction, "reduction", REDUCTIONS)
@@ -361,9 +378,10 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
             raise ValueError("group_mode='ring' needs a kernel backend, not 'reference'")
         impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand,
                                        prep.spec(False))
+        grad_mask = _grad_mask(x, y, prep)
     except Exception as exc:  # re-raised on this rank after the handshake: no hang
         error = exc
-    comm, y_sizes = _handshake(group, x, y, targets, error)
+    comm, y_sizes = _handshake(group, x, y, targets, error, grad_mask)
 
     px, py = prep.px, prep.py
     spec = prep.spec(False)

@@ -115,9 +115,11 @@ class ContrastiveLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
-        s = f"geometry={self.geometry!r}, scale={float(self.log_scale.detach().exp()):.4g}, max_scale={self.max_scale}"
+        scale = float(self.log_scale.detach().exp())
+        s = f"geometry={self.geometry!r}, scale={scale:.4g}, max_scale={self.max_scale}"
         if self._uses_curvature:
-            s += f", curvature={float(self.log_curvature.detach().exp()):.4g}, curvature_range={self.curvature_range}"
+            c = float(self.log_curvature.detach().exp())
+            s += f", curvature={c:.4g}, curvature_range={self.curvature_range}"
         if self.group is not None:
             s += f", group_mode={self.group_mode!r}"
         return s
