@@ -10,7 +10,7 @@ Peak memory (the extra memory the loss needs, above its inputs):
   reset through ``/proc/self/clear_refs`` (Linux >= 4.0) after ``malloc_trim`` returns freed
   heap to the OS; this is only clean in a process that runs nothing else, hence the child.
 
-Isolation (default): every case runs in a fresh ``spawn``-ed process. The parent enforces
+Isolation (default): every case runs in a fresh Python process. The parent enforces
 ``timeout`` on the measurement (warm-up included, start-up excluded) by killing the child,
 and ``mem_limit`` caps the child's address space growth above its inputs
 (``RLIMIT_AS``), so an oversize case fails fast with MemoryError instead of swapping.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -255,7 +256,7 @@ def run_in_process(case: cases_mod.Case, opts: Options) -> dict:
 
 
 def _child_main(case_dict: dict, opts: Options, conn) -> None:
-    """Entry point of the spawned child: set up, report ready, measure, report."""
+    """The child's work: set up, report ready, measure, report (through ``conn``)."""
     try:
         # torch.compile: no pool of compile workers (they would outlive a killed child).
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -282,55 +283,91 @@ def _child_main(case_dict: dict, opts: Options, conn) -> None:
         conn.close()
 
 
+def _child_entry() -> None:
+    """``python -c`` entry of the child: the task arrives pickled on stdin, results go back
+    through the pipe whose fd is argv[1]. A plain subprocess rather than multiprocessing's
+    spawn, which would re-run the caller's ``__main__`` (fatal for unguarded scripts)."""
+    import pickle
+    from multiprocessing.connection import Connection
+
+    conn = Connection(int(sys.argv[1]), readable=False)
+    case_dict, opts = pickle.load(sys.stdin.buffer)
+    _child_main(case_dict, opts, conn)
+
+
 def _kill(proc) -> None:
-    if proc.is_alive():
-        proc.kill()
-    proc.join(10)
+    """Kill the child and anything it started (it leads its own session)."""
+    import signal
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+    try:
+        proc.wait(10)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def run_isolated(case: cases_mod.Case, opts: Options) -> dict:
-    """Measure a case in a fresh spawned process; timeouts kill it, failures become rows."""
-    import multiprocessing as mp
+    """Measure a case in a fresh Python process; timeouts kill it, failures become rows."""
+    import pickle
+    import subprocess
+    import tempfile
+    from multiprocessing.connection import Connection
 
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(case.as_dict(), opts, child), daemon=True)
+    if os.name != "posix":
+        return run_in_process(case, opts)
+    read_fd, write_fd = os.pipe()
+    stderr = tempfile.TemporaryFile()
     start = time.monotonic()
-    proc.start()
-    child.close()
+    cmd = [sys.executable, "-c",
+           "from flashnce.bench.measure import _child_entry; _child_entry()", str(write_fd)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=stderr, pass_fds=(write_fd,), start_new_session=True)
+    os.close(write_fd)
+    conn = Connection(read_fd, writable=False)
     info: dict = {}
     res: dict | None = None
     try:
-        if not parent.poll(STARTUP_TIMEOUT_S):
+        proc.stdin.write(pickle.dumps((case.as_dict(), opts)))
+        proc.stdin.close()
+        if not conn.poll(STARTUP_TIMEOUT_S):
             res = {"status": "timeout", "note": f"set-up took over {STARTUP_TIMEOUT_S:g} s"}
         else:
-            tag, payload = parent.recv()
+            tag, payload = conn.recv()
             if tag == "done":  # failed during set-up
                 res = payload
             else:
                 info = payload
                 measured_from = time.monotonic()
-                if parent.poll(opts.timeout):
-                    _, res = parent.recv()
+                if conn.poll(opts.timeout):
+                    _, res = conn.recv()
                 else:
                     res = {"status": "timeout",
                            "note": f"killed after {time.monotonic() - measured_from:.1f} s "
                                    f"(timeout {opts.timeout:g} s)"}
-    except EOFError:
+    except (EOFError, OSError):
         res = None  # the child died without a word: see its exit code below
     finally:
         if res is not None and res.get("status") == "timeout":
             _kill(proc)
         else:
-            proc.join(30)
-            _kill(proc)
-        parent.close()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+        conn.close()
     if res is None:
-        code = proc.exitcode
+        code = proc.returncode
+        stderr.seek(0)
+        tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
         if code is not None and code < 0 and -code == 9:
             res = {"status": "oom", "note": "child killed by SIGKILL (out-of-memory killer?)"}
         else:
-            res = {"status": "error", "note": f"child exited with code {code} and no result"}
+            res = {"status": "error",
+                   "note": f"child exited with code {code} and no result: " + " | ".join(tail)}
+    stderr.close()
     res.update(info)
     res["wall_s"] = time.monotonic() - start
     return res
