@@ -1,7 +1,19 @@
-"""Build flashnce: the Python package, the Triton kernels and (later) the compiled extension.
+"""Build flashnce: the Python package, the Triton kernels and the compiled extension.
 
 Install against the torch already present:  pip install --no-build-isolation -e .
+
+Compiled extension (skipped with a warning if torch cannot be imported at build time):
+  flashnce._C                 op schemas (csrc/ops.cpp), no kernels
+  flashnce._C_cpu_<isa>       the CPU kernel (csrc/cpu/), once per ISA in CPU_ISAS; the
+                              package imports the best one the running CPU supports, so the
+                              shipped binary needs only AVX2 (no -march=native).
+  CUDA sources: see cuda_extensions(); compiled only for a CUDA torch with a toolkit.
+Environment: FLASHNCE_CUDA=0/1 forces the CUDA part off/on; MAX_JOBS caps ninja's jobs;
+FLASHNCE_NO_EXTENSION=1 builds the pure-Python package only.
 """
+
+import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -13,6 +25,59 @@ PACKAGE_DIR = {
     # The top-level name `triton_kernels` clashes with a package Triton ships.
     "flashnce.triton_kernels": "triton_kernels",
 }
+
+CSRC = "csrc"
+# ISA variants of the CPU kernel: module suffix -> compiler flags. Order = preference.
+CPU_ISAS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma",
+               "-mf16c", "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+}
+CXX_FLAGS = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x030A0000", f"-I{os.path.abspath(CSRC)}"]
+
+
+def cuda_extensions(torch_ext):
+    """Hook for the CUDA kernels (csrc/cuda/*.cu): a list of extensions, empty unless torch is
+    a CUDA build and a toolkit is found (FLASHNCE_CUDA=0/1 overrides). Filled in with the CUDA
+    backend; it shares csrc/flashnce/geometry.h and the schemas in csrc/ops.cpp."""
+    import torch
+
+    flag = os.environ.get("FLASHNCE_CUDA", "")
+    enabled = (flag == "1") or (flag != "0" and bool(torch.version.cuda)
+                                and torch_ext.CUDA_HOME is not None)
+    sources = sorted(os.path.join(CSRC, "cuda", f) for f in os.listdir(os.path.join(CSRC, "cuda"))
+                     if f.endswith(".cu")) if os.path.isdir(os.path.join(CSRC, "cuda")) else []
+    if not enabled or not sources:
+        return []
+    raise NotImplementedError("CUDA sources exist but cuda_extensions() does not build them yet")
+
+
+def extensions():
+    """(ext_modules, cmdclass) for the compiled part, or ([], {}) when it cannot be built."""
+    if os.environ.get("FLASHNCE_NO_EXTENSION") == "1":
+        return [], {}
+    try:
+        from torch.utils import cpp_extension as torch_ext
+    except ImportError as exc:  # pip without --no-build-isolation, or torch missing
+        print(f"flashnce: building without the C++ extension ({exc}); install torch and use "
+              "`pip install --no-build-isolation .`", file=sys.stderr)
+        return [], {}
+    link = ["-fopenmp"]
+    exts = [torch_ext.CppExtension("flashnce._C", [os.path.join(CSRC, "ops.cpp")],
+                                   extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=link,
+                                   py_limited_api=True)]
+    for isa, flags in CPU_ISAS.items():
+        name = f"_C_cpu_{isa}"
+        exts.append(torch_ext.CppExtension(
+            f"flashnce.{name}", [os.path.join(CSRC, "cpu", "isa", f"pairwise_lse_cpu_{isa}.cpp")],
+            extra_compile_args={"cxx": CXX_FLAGS + flags + [f"-DFLASHNCE_ISA={isa}",
+                                                            f"-DFLASHNCE_MODULE_NAME={name}"]},
+            extra_link_args=link, py_limited_api=True))
+    exts += cuda_extensions(torch_ext)
+    return exts, {"build_ext": torch_ext.BuildExtension.with_options(use_ninja=True)}
+
+
+EXT_MODULES, CMDCLASS = extensions()
 
 setup(
     name="flashnce",
@@ -30,5 +95,8 @@ setup(
         "triton": ["triton"],
         "bench": ["matplotlib", "pytest-benchmark"],
     },
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if EXT_MODULES else {},
     entry_points={"console_scripts": ["flashnce-bench=flashnce.bench.cli:main"]},
 )

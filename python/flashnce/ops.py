@@ -3,6 +3,12 @@
 ``pairwise_lse_prepared`` takes GEMM operands and per-row scalars (the prologue's output) and
 returns (row_lse, col_lse); its backward recomputes tiles through the backend (no N x M tensor
 is saved). Saved for backward: X, Y, alpha, beta, scale, k = 1/sqrt(c), row_lse, col_lse.
+
+Backends with compiled kernels (``op_based = True``, e.g. ``cpu``) are instead called through
+the torch.library ops ``flashnce::pairwise_lse_fwd`` / ``flashnce::pairwise_lse_bwd`` (schemas in
+csrc/ops.cpp), whose fake functions and autograd are registered here by
+``register_compiled_ops()`` once the extension loads; that path traces under
+``torch.compile(fullgraph=True)`` without graph breaks.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .backends.base import Backend, TileSpec
+from .geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS, compute_dtype
 
 
 class _PairwiseLSE(torch.autograd.Function):
@@ -45,6 +52,79 @@ class _PairwiseLSE(torch.autograd.Function):
 
 def pairwise_lse_prepared(x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec, backend: Backend):
     """(row_lse [N], col_lse [M]) of logits scale * h_kind(<x_i, y_j>, alpha_i, beta_j)."""
+    if getattr(backend, "op_based", False):
+        return torch.ops.flashnce.pairwise_lse_fwd(
+            x.contiguous(), y.contiguous(), alpha.contiguous(), beta.contiguous(), scale,
+            inv_sqrt_c, EPILOGUE_KINDS.index(spec.kind), spec.exclude_diagonal, spec.kappa)
     return _PairwiseLSE.apply(
         x.contiguous(), y.contiguous(), alpha.contiguous(), beta.contiguous(),
         scale, inv_sqrt_c, spec, backend)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library ops of the compiled extension: fake functions and autograd.
+# --------------------------------------------------------------------------------------------
+
+_HYPERBOLIC = EPILOGUE_KINDS.index("hyperbolic")
+_registered = False
+
+
+def _check_fake(x, y, alpha, beta, kind):
+    torch._check(x.dim() == 2 and y.dim() == 2, lambda: "x [N, K] and y [M, K] expected")
+    torch._check(x.shape[1] == y.shape[1], lambda: "x and y need the same feature size")
+    torch._check(0 <= kind < len(EPILOGUE_KINDS), lambda: f"unknown epilogue kind {kind}")
+    r = NUM_ROW_SCALARS[EPILOGUE_KINDS[kind]]
+    torch._check(alpha.shape[0] == x.shape[0] and alpha.shape[1] == r,
+                 lambda: f"alpha must be [N, {r}]")
+    torch._check(beta.shape[0] == y.shape[0] and beta.shape[1] == r,
+                 lambda: f"beta must be [M, {r}]")
+
+
+def _fake_fwd(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa):
+    _check_fake(x, y, alpha, beta, kind)
+    cd = compute_dtype(x.dtype)
+    return x.new_empty((x.shape[0],), dtype=cd), x.new_empty((y.shape[0],), dtype=cd)
+
+
+def _fake_bwd(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse, g_row, g_col, kind,
+              exclude_diagonal, kappa):
+    _check_fake(x, y, alpha, beta, kind)
+    cd = compute_dtype(x.dtype)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(y, memory_format=torch.contiguous_format),
+            alpha.new_empty(alpha.shape, dtype=cd), beta.new_empty(beta.shape, dtype=cd),
+            x.new_empty((), dtype=cd))
+
+
+def _setup_fwd(ctx, inputs, output):
+    x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa = inputs
+    row_lse, col_lse = output
+    ctx.save_for_backward(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse)
+    ctx.kind, ctx.exclude_diagonal, ctx.kappa = kind, exclude_diagonal, kappa
+
+
+def _backward_fwd(ctx, g_row, g_col):
+    x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
+    g_row = torch.zeros_like(row_lse) if g_row is None else g_row.contiguous()
+    g_col = torch.zeros_like(col_lse) if g_col is None else g_col.contiguous()
+    dx, dy, d_alpha, d_beta, gh = torch.ops.flashnce.pairwise_lse_bwd(
+        x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse, g_row, g_col,
+        ctx.kind, ctx.exclude_diagonal, ctx.kappa)
+    # logit = scale * h, and h is proportional to k = 1/sqrt(c) for the hyperbolic kind.
+    d_scale = gh.to(scale.dtype) if ctx.needs_input_grad[4] else None
+    d_inv_sqrt_c = None
+    if ctx.needs_input_grad[5] and ctx.kind == _HYPERBOLIC:
+        d_inv_sqrt_c = (scale * gh / inv_sqrt_c).to(inv_sqrt_c.dtype)
+    return dx, dy, d_alpha, d_beta, d_scale, d_inv_sqrt_c, None, None, None
+
+
+def register_compiled_ops():
+    """Fake functions and autograd of the extension's ops (called once it is loaded)."""
+    global _registered
+    if _registered:
+        return
+    torch.library.register_fake("flashnce::pairwise_lse_fwd")(_fake_fwd)
+    torch.library.register_fake("flashnce::pairwise_lse_bwd")(_fake_bwd)
+    torch.library.register_autograd("flashnce::pairwise_lse_fwd", _backward_fwd,
+                                    setup_context=_setup_fwd)
+    _registered = True
