@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Compile check of the torch-free CUDA core (csrc/cuda/pairwise_lse_*.cu) with nvcc alone, for
+# sm_80 and sm_90: no torch, no GPU needed. CI runs it so a broken .cu never lands.
+#
+#   csrc/cuda/check_compile.sh [BUILD_DIR]
+#
+# Uses CMake + Ninja (target flashnce_cuda_core of csrc/cuda/CMakeLists.txt) when both are
+# found, else plain nvcc invocations, in parallel either way (FLASHNCE_JOBS, default nproc).
+# NVCC (default: nvcc on PATH) and CUDA_ARCHS (default "80;90") can be overridden.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+csrc="$(dirname "$here")"
+build="${1:-$(mktemp -d "${TMPDIR:-/tmp}/flashnce-cuda-check.XXXXXX")}"
+nvcc="${NVCC:-$(command -v nvcc || true)}"
+archs="${CUDA_ARCHS:-80;90}"
+jobs="${FLASHNCE_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+
+if [[ -z "$nvcc" ]]; then
+  echo "check_compile: nvcc not found (set NVCC or put it on PATH)" >&2
+  exit 2
+fi
+"$nvcc" --version | tail -n 2
+mkdir -p "$build"
+
+if command -v cmake >/dev/null && command -v ninja >/dev/null; then
+  cmake -S "$here" -B "$build" -G Ninja -DCMAKE_CUDA_COMPILER="$nvcc" \
+    -DCMAKE_CUDA_ARCHITECTURES="$archs" -DCMAKE_BUILD_TYPE=Release >"$build/configure.log" ||
+    { cat "$build/configure.log"; exit 1; }
+  cmake --build "$build" --target flashnce_cuda_core -j "$jobs"
+else
+  gencode=()
+  IFS=';' read -ra arch_list <<<"$archs"
+  for a in "${arch_list[@]}"; do gencode+=("-gencode=arch=compute_${a},code=sm_${a}"); done
+  printf '%s\n' "$here"/pairwise_lse_*.cu |
+    xargs -P "$jobs" -I{} sh -c '"$0" -std=c++17 -O3 -I"$1" "$2" "$3" -Werror all-warnings \
+      -c "{}" -o "$4/$(basename "{}").o"' "$nvcc" "$csrc" "${gencode[@]}" "$build"
+fi
+echo "check_compile: CUDA core compiled for sm_${archs//;/, sm_} in $build"

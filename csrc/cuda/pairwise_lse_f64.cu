@@ -1,0 +1,13 @@
+// Kernels of the pairwise LSE core for double inputs (one dtype per translation unit so the
+// build compiles them in parallel; see pairwise_lse_tiles.cuh).
+#include "pairwise_lse_tiles.cuh"
+
+namespace flashnce {
+namespace cuda {
+namespace detail {
+
+FLASHNCE_INSTANTIATE_PAIRWISE_LSE(double)
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace flashnce
