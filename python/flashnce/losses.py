@@ -49,7 +49,10 @@ class _Prepared:
     def paired_logits(self, cols=None):
         """logit(x_i, y_{cols[i]}) for every row i (cols=None: y_i), O(N d)."""
         ey, sy = self.py.operand, self.py.scalars
-        if cols is not None:
+        if cols is None:  # row i's positive is column i (N <= M, checked at the edge)
+            n = self.px.operand.shape[0]
+            ey, sy = ey[:n], sy[:n]
+        else:
             ey, sy = ey[cols], sy[cols]
         cd = compute_dtype(self.x.dtype)
         p = (self.px.operand.to(cd) * ey.to(cd)).sum(-1)
