@@ -5,7 +5,7 @@
 #   csrc/cuda/check_compile.sh [BUILD_DIR]
 #
 # Uses CMake + Ninja (target flashnce_cuda_core of csrc/cuda/CMakeLists.txt) when both are
-# found, else plain nvcc invocations, in parallel either way (FLASHNCE_JOBS, default nproc).
+# found, else plain nvcc invocations, in parallel either way (CMake: FLASHNCE_JOBS, default nproc).
 # NVCC (default: nvcc on PATH) and CUDA_ARCHS (default "80;90") can be overridden.
 set -euo pipefail
 
@@ -32,8 +32,17 @@ else
   gencode=()
   IFS=';' read -ra arch_list <<<"$archs"
   for a in "${arch_list[@]}"; do gencode+=("-gencode=arch=compute_${a},code=sm_${a}"); done
-  printf '%s\n' "$here"/pairwise_lse_*.cu |
-    xargs -P "$jobs" -I{} sh -c '"$0" -std=c++17 -O3 -I"$1" "$2" "$3" -Werror all-warnings \
-      -c "{}" -o "$4/$(basename "{}").o"' "$nvcc" "$csrc" "${gencode[@]}" "$build"
+  # every core source; pairwise_lse_cuda.cu is the torch binding (built by setup.py)
+  pids=()
+  for src in "$here"/pairwise_lse_*.cu; do
+    [[ "$src" == */pairwise_lse_cuda.cu ]] && continue
+    "$nvcc" -std=c++17 -O3 -I"$csrc" -I"$here" "${gencode[@]}" -Werror all-warnings \
+      -c "$src" -o "$build/$(basename "$src").o" &
+    pids+=($!)
+  done
+  status=0
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  exit_if_failed=$status
+  [[ $exit_if_failed -eq 0 ]] || { echo "check_compile: nvcc failed" >&2; exit 1; }
 fi
 echo "check_compile: CUDA core compiled for sm_${archs//;/, sm_} in $build"
