@@ -55,6 +55,8 @@ CASES = [_case(g, lay, m) for g in GEOMS for lay in ("even", "uneven") for m in 
     _case("lorentz", "uneven", "ring", reduction="none"),
     _case("lorentz", "uneven", "gather", dtype="float32"),
     _case("lorentz", "uneven", "ring", dtype="float32"),
+    _case("lorentz", "uneven", "ring", backend="auto"),  # whichever kernel backend is built
+    _case("cosine", "even", "gather", backend="auto"),
 ]
 FP32_RTOL = 1e-4  # fp32 kernels vs the float64 oracle on the same (fp32-rounded) inputs
 
