@@ -149,6 +149,41 @@ def _error_checks(world, rank, group):
     return out
 
 
+def _subgroup_check(world, rank):
+    """A process group of ranks {0, W-1} only (group ranks differ from global ranks when
+    W = 3): loss and gradients against a float64 reference computed right here."""
+    members = [0, world - 1]
+    sub = dist.new_group(members)  # collective over the world: every rank calls it
+    if rank not in members:
+        return None
+    me = members.index(rank)
+    sizes = (2, 4)
+    x_all = make_features(sum(sizes), DIM, dtype=torch.float64, seed=21, geometry="lorentz")
+    y_all = make_features(sum(sizes), DIM, dtype=torch.float64, seed=22, geometry="lorentz")
+    rows = slice(sum(sizes[:me]), sum(sizes[:me + 1]))
+    x_ref, y_ref = x_all.clone().requires_grad_(), y_all.clone().requires_grad_()
+    c_ref = torch.tensor(CURV0, dtype=torch.float64, requires_grad=True)
+    ref = flashnce.reference_infonce(x_ref, y_ref, geometry="lorentz", scale=SCALE0,
+                                     curvature=c_ref)
+    ref_grads = torch.autograd.grad(ref, [x_ref, y_ref, c_ref])
+    errs = {}
+    for mode in MODES:
+        x = x_all[rows].clone().requires_grad_()
+        y = y_all[rows].clone().requires_grad_()
+        c = torch.tensor(CURV0, dtype=torch.float64, requires_grad=True)
+        loss = flashnce.infonce(x, y, geometry="lorentz", scale=SCALE0, curvature=c,
+                                backend="torch", group=sub, group_mode=mode)
+        loss.backward()
+        stats = torch.stack([loss.detach(), c.grad])
+        dist.all_reduce(stats, group=sub)
+        stats /= len(members)
+        errs[mode] = max(rel_maxnorm_error(stats[0], ref),
+                         rel_maxnorm_error(stats[1], ref_grads[2]),
+                         rel_maxnorm_error(x.grad / 2, ref_grads[0][rows]),
+                         rel_maxnorm_error(y.grad / 2, ref_grads[1][rows]))
+    return errs
+
+
 def _ddp_check(world, rank, group, mode):
     """DDP(model + flashnce.nn.ContrastiveLoss) on uneven shards == one process on all rows."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -201,6 +236,7 @@ def _worker(rank, world, store_dir, cases):
                 results[case["name"]] = traceback.format_exc()
         results["errors"] = _error_checks(world, rank, group)
         results["ddp"] = {mode: _ddp_check(world, rank, group, mode) for mode in MODES}
+        results["subgroup"] = _subgroup_check(world, rank)
     finally:
         torch.save(results, os.path.join(store_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
@@ -319,3 +355,15 @@ def test_group_argument_checks():
     if not dist.is_initialized():
         with pytest.raises(RuntimeError, match="init_process_group"):
             flashnce.infonce(x, x, group=object())
+
+
+def test_subgroup(spawned):
+    """group= may be any process group; ring peers are mapped to global ranks."""
+    world, per_rank = spawned
+    for rank, r in enumerate(per_rank):
+        if rank not in (0, world - 1):
+            assert r["subgroup"] is None
+            continue
+        assert set(r["subgroup"]) == set(MODES)
+        bad = {m: e for m, e in r["subgroup"].items() if e > RTOL}
+        assert not bad, f"rank {rank}: subgroup results differ from the reference: {bad}"
