@@ -20,7 +20,11 @@ gather's backward sums the gradients every rank's loss sends to a row, so that
 
 i.e. after DDP averages the model's (and the scale's / curvature's) gradients over ranks, they
 equal the single-process gradients. Per-rank scale / curvature gradients are partial sums;
-only their mean is meaningful (which is all DDP uses).
+only their mean is meaningful (which is all DDP uses). reduction="sum" returns
+W * sum_{i in rank r} per_row_i (the mean over ranks is the global sum); reduction="none"
+returns this rank's rows' per-row losses, each equal to that row's single-process value (to
+keep the convention, reduce them as (W / N) * sum). To log the global loss, all-reduce the
+returned loss and divide by W.
 
 Modes (``group_mode``), with n = n_r, N = global batch, d = feature dim, W = world size:
 
@@ -397,9 +401,9 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         if symmetric:
             x_all = all_gather_with_grad(px.operand, comm)
             a_all = all_gather_with_grad(px.scalars, comm)
-        row_lse, col_lse = _lse(impl, px.operand, y_all, px.scalars, b_all, args, spec, 0)
+        row_lse, col_lse = _lse(impl, px.operand, y_all, px.scalars, b_all, args, spec)
         if symmetric:
-            _, col_lse = _lse(impl, x_all, py.operand, a_all, py.scalars, args, spec, 1)
+            _, col_lse = _lse(impl, x_all, py.operand, a_all, py.scalars, args, spec)
 
     if targets is not None:  # gather mode only (checked): positives among the gathered columns
         positive = _paired(prep, px.operand, y_all[targets], px.scalars, b_all[targets])
@@ -416,8 +420,9 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
     return per_row.sum() * factor
 
 
-def _lse(impl, x, y, a, b, args, spec, which):
-    """Row (which=0) or column (which=1) LSE of x vs y; the other one is forward work only."""
+def _lse(impl, x, y, a, b, args, spec):
+    """(row LSE, column LSE) of x vs y. Callers use one of them: the other costs forward work
+    only (its upstream gradient is None, so the backward adds nothing for it)."""
     if impl == "reference":  # materialised tile in PyTorch autograd (small inputs only)
         cd = compute_dtype(x.dtype)
         logits = tile_logits(spec.kind, x.to(cd) @ y.to(cd).T, a, b, *args, spec.kappa)
