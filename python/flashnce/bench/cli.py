@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--scale", type=float, default=None,
                     help="logit scale (default: 1/0.07 for cosine, 1 otherwise)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed passes per case")
-    ap.add_argument("--repeats", type=int, default=5, help="timed passes per case")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per case")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds per case (warm-up + timed passes); the case is killed")
     ap.add_argument("--mem-limit", type=_mem_bytes, default="auto",
@@ -261,10 +261,12 @@ def main(argv=None) -> int:
         env["threads"] = args.threads
     rows = run_sweep(args)
     env["sweep_wall_s"] = round(time.monotonic() - started, 1)
+    env["load_average_end"] = R.load_average()
     print()
     print(f"flashnce-bench on {env['device_name']} ({env['threads']} threads), torch "
           f"{env['torch_version']}, flashnce {env['flashnce_version']} @ "
-          f"{(env['git_sha'] or 'unknown')[:10]}, {env['sweep_wall_s']:.0f} s\n")
+          f"{(env['git_sha'] or 'unknown')[:10]}, {env['sweep_wall_s']:.0f} s, load average "
+          f"{env['load_average_start']} -> {env['load_average_end']}\n")
     print(R.format_table(rows))
     if not args.no_save:
         out = Path(args.out)

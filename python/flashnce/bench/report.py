@@ -57,6 +57,14 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def load_average() -> list[float] | None:
+    """1/5/15-minute load: times taken on a busy machine are not comparable."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def environment(device: str) -> dict:
     """Everything needed to compare two runs later: hardware, versions, commit."""
     import flashnce
@@ -80,6 +88,7 @@ def environment(device: str) -> dict:
         "git_sha": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_start": load_average(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
 
