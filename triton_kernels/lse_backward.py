@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import epilogue_grad, epilogue_h, norm_grad_from_gp
-from .tiles import load_row_scalars, mma, tile_dot
+from .tiles import column_tile, mma, row_block
 
 LOG2E = 1.4426950408889634
 
@@ -41,19 +41,11 @@ def _lse_bwd_kernel(
 ):
     tl.static_assert(BLOCK_K >= 16)
     tl.static_assert(BLOCK_D >= 16)
-    pid = tl.program_id(0)
+    rows, row_ok, rows64, a0, a1, a2, scale, inv_sqrt_c = row_block(
+        SA, scale_ptr, isc_ptr, NA, NR, BLOCK_A)
     pid_d = tl.program_id(1)
-    rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-    row_ok = rows < NA
-    rows64 = rows.to(tl.int64)
     dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dcols < K
-    a0, a1, a2 = load_row_scalars(SA, rows64, row_ok, NR)
-    a0 = a0[:, None]
-    a1 = a1[:, None]
-    a2 = a2[:, None]
-    scale = tl.load(scale_ptr).to(tl.float32)
-    inv_sqrt_c = tl.load(isc_ptr).to(tl.float32)
     lse_a = tl.load(LSE_A + rows64, mask=row_ok, other=0.0)[:, None] * LOG2E
     g_a = tl.load(G_A + rows64, mask=row_ok, other=0.0)[:, None]
 
@@ -63,22 +55,13 @@ def _lse_bwd_kernel(
     ds2 = tl.zeros((BLOCK_A,), tl.float32)
     gh = tl.zeros((BLOCK_A,), tl.float32)
     for start in range(0, NB, BLOCK_B):
-        cols = start + tl.arange(0, BLOCK_B)
-        col_ok = cols < NB
-        cols64 = cols.to(tl.int64)
-        p = tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
-                     BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
-        b0, b1, b2 = load_row_scalars(SB, cols64, col_ok, NR)
-        b0 = b0[None, :]
-        b1 = b1[None, :]
-        b2 = b2[None, :]
+        cols64, col_ok, p, b0, b1, b2, valid = column_tile(
+            A, B, SB, rows, rows64, row_ok, start, NB, K, stride_a, stride_b, NR, EXCLUDE_DIAG,
+            BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
         h = epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND, KAPPA)
         l2 = h * (scale * LOG2E)
         lse_b = tl.load(LSE_B + cols64, mask=col_ok, other=0.0)[None, :] * LOG2E
         g_b = tl.load(G_B + cols64, mask=col_ok, other=0.0)[None, :]
-        valid = row_ok[:, None] & col_ok[None, :]
-        if EXCLUDE_DIAG:
-            valid = valid & (rows[:, None] != cols[None, :])
         # Masked / padded entries may overflow exp2 (their lse reads 0): where() drops them.
         g = tl.where(valid, g_a * tl.exp2(l2 - lse_a) + g_b * tl.exp2(l2 - lse_b), 0.0)
         g_p, t0, t1, t2 = epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
@@ -107,4 +90,4 @@ def _lse_bwd_kernel(
         if NR >= 3:
             tl.store(DSA + rows64 * NR + 2, ds2, mask=row_ok)
         if WRITE_GH:
-            tl.store(GH + pid, tl.sum(gh, 0))
+            tl.store(GH + tl.program_id(0), tl.sum(gh, 0))

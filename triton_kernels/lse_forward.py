@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import epilogue_h
-from .tiles import load_row_scalars, tile_dot
+from .tiles import column_tile, row_block
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -40,32 +40,17 @@ def _lse_fwd_kernel(
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K >= 16)
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_A + tl.arange(0, BLOCK_A)
-    row_ok = rows < NA
-    rows64 = rows.to(tl.int64)
-    a0, a1, a2 = load_row_scalars(SA, rows64, row_ok, NR)
-    a0 = a0[:, None]
-    a1 = a1[:, None]
-    a2 = a2[:, None]
-    scale = tl.load(scale_ptr).to(tl.float32)
-    inv_sqrt_c = tl.load(isc_ptr).to(tl.float32)
+    rows, row_ok, rows64, a0, a1, a2, scale, inv_sqrt_c = row_block(
+        SA, scale_ptr, isc_ptr, NA, NR, BLOCK_A)
     qk_scale = scale * LOG2E
 
     m_i = tl.full((BLOCK_A,), float("-inf"), tl.float32)
     s_i = tl.zeros((BLOCK_A,), tl.float32)
     for start in range(0, NB, BLOCK_B):
-        cols = start + tl.arange(0, BLOCK_B)
-        col_ok = cols < NB
-        cols64 = cols.to(tl.int64)
-        p = tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
-                     BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
-        b0, b1, b2 = load_row_scalars(SB, cols64, col_ok, NR)
-        h = epilogue_h(p, a0, a1, a2, b0[None, :], b1[None, :], b2[None, :],
-                       inv_sqrt_c, KIND, KAPPA)
-        valid = col_ok[None, :]
-        if EXCLUDE_DIAG:
-            valid = valid & (rows[:, None] != cols[None, :])
+        cols64, col_ok, p, b0, b1, b2, valid = column_tile(
+            A, B, SB, rows, rows64, row_ok, start, NB, K, stride_a, stride_b, NR, EXCLUDE_DIAG,
+            BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
+        h = epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND, KAPPA)
         l2 = tl.where(valid, h * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(l2, 1))
         # A row whose admissible entries so far are all -inf keeps m = -inf; shift by 0 there

@@ -56,3 +56,35 @@ def tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
         b = tl.load(b_base + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc = mma(a, tl.trans(b), acc, INPUT_PRECISION, UPCAST)
     return acc
+
+
+@triton.jit
+def row_block(SA, scale_ptr, isc_ptr, NA, NR: tl.constexpr, BLOCK_A: tl.constexpr):
+    """This program's BLOCK_A rows: indices, bounds mask, int64 offsets, per-row scalars as
+    [BLOCK_A, 1] fields, and the 0-d parameters (scale, 1/sqrt(c)) loaded in-kernel."""
+    rows = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
+    row_ok = rows < NA
+    rows64 = rows.to(tl.int64)
+    a0, a1, a2 = load_row_scalars(SA, rows64, row_ok, NR)
+    scale = tl.load(scale_ptr).to(tl.float32)
+    inv_sqrt_c = tl.load(isc_ptr).to(tl.float32)
+    return rows, row_ok, rows64, a0[:, None], a1[:, None], a2[:, None], scale, inv_sqrt_c
+
+
+@triton.jit
+def column_tile(A, B, SB, rows, rows64, row_ok, start, NB, K, stride_a, stride_b,
+                NR: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, BLOCK_A: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """One step of the column walk: the dot-product tile p, the columns' scalars as [1, BLOCK_B]
+    fields, and the mask of admissible entries (in bounds, and off the diagonal if asked)."""
+    cols = start + tl.arange(0, BLOCK_B)
+    col_ok = cols < NB
+    cols64 = cols.to(tl.int64)
+    p = tile_dot(A, B, rows64, cols64, row_ok, col_ok, K, stride_a, stride_b,
+                 BLOCK_A, BLOCK_B, BLOCK_K, INPUT_PRECISION, UPCAST)
+    b0, b1, b2 = load_row_scalars(SB, cols64, col_ok, NR)
+    valid = row_ok[:, None] & col_ok[None, :]
+    if EXCLUDE_DIAG:
+        valid = valid & (rows[:, None] != cols[None, :])
+    return cols64, col_ok, p, b0[None, :], b1[None, :], b2[None, :], valid
