@@ -1,0 +1,262 @@
+"""The compiled ``cpu`` backend: what the shared matrix (tests/test_backends.py) does not cover.
+
+float64 gradcheck of the raw op for every epilogue kind (with and without the diagonal mask),
+torch.library.opcheck of both ops, torch.compile(fullgraph=True), bitwise determinism, 1 vs 2
+threads, bf16/fp16 inputs against the materialised loss's own error, the per-tile LSE paths, and
+the message when the extension is missing.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import flashnce
+from flashnce import _extension, dispatch
+from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
+
+from _helpers import HYPERBOLIC, assert_close, make_features
+
+pytestmark = pytest.mark.skipif(
+    not _extension.load(), reason=f"cpu backend unavailable: {_extension.why_unavailable()}")
+
+OPS = (torch.ops.flashnce.pairwise_lse_fwd, torch.ops.flashnce.pairwise_lse_bwd) \
+    if _extension.load() else ()
+
+
+def op_inputs(kind, n, m, k, *, dtype=torch.float64, seed=0, requires_grad=False):
+    """Random operands and per-row scalars for one epilogue kind, away from the clamps."""
+    g = torch.Generator().manual_seed(seed)
+    cd = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def rows(count):
+        e = torch.randn(count, k, generator=g, dtype=torch.float64)
+        if kind == "hyperbolic":
+            rho = 0.3 + 1.5 * torch.rand(count, generator=g, dtype=torch.float64)
+            n_ = e.norm(dim=-1)
+            return e, torch.stack([n_, rho, torch.sinh(rho)], -1)
+        if kind in ("sqeuclidean", "euclidean"):
+            return e, e.square().sum(-1, keepdim=True)
+        return e / k**0.5, e.new_zeros(count, 0)
+
+    x, a = rows(n)
+    y, b = rows(m)
+    tensors = [x.to(dtype), y.to(dtype), a.to(cd), b.to(cd),
+               torch.tensor(1.7, dtype=cd), torch.tensor(0.8, dtype=cd)]
+    return [t.requires_grad_(requires_grad) for t in tensors]
+
+
+def fwd(kind, excl, tensors):
+    kappa = 1e-14 if tensors[0].dtype == torch.float64 else 1e-6
+    return torch.ops.flashnce.pairwise_lse_fwd(*tensors, EPILOGUE_KINDS.index(kind), excl, kappa)
+
+
+@pytest.mark.parametrize("excl", [False, True])
+@pytest.mark.parametrize("kind", EPILOGUE_KINDS)
+def test_gradcheck_float64(kind, excl):
+    tensors = op_inputs(kind, 6, 5, 4, requires_grad=True)
+    if kind != "hyperbolic":
+        tensors[5].requires_grad_(False)  # k = 1/sqrt(c) only enters the hyperbolic logit
+    assert torch.autograd.gradcheck(lambda *t: fwd(kind, excl, t), tensors)
+
+
+def _opcheck_samples():
+    for kind in EPILOGUE_KINDS:
+        for excl in (False, True):
+            for rg in (False, True):
+                yield kind, excl, rg
+
+
+@pytest.mark.parametrize("kind,excl,requires_grad", list(_opcheck_samples()))
+def test_opcheck(kind, excl, requires_grad):
+    tensors = op_inputs(kind, 7, 5, 3, dtype=torch.float32, requires_grad=requires_grad)
+    ik = EPILOGUE_KINDS.index(kind)
+    torch.library.opcheck(torch.ops.flashnce.pairwise_lse_fwd.default,
+                          (*tensors, ik, excl, 1e-6))
+    plain = [t.detach() for t in tensors]
+    row_lse, col_lse = fwd(kind, excl, plain)
+    g_row, g_col = torch.rand_like(row_lse), torch.rand_like(col_lse)
+    torch.library.opcheck(torch.ops.flashnce.pairwise_lse_bwd.default,
+                          (*plain, row_lse, col_lse, g_row, g_col, ik, excl, 1e-6))
+
+
+@pytest.mark.parametrize("geometry", ["cosine", "lorentz"])
+def test_compile_fullgraph(geometry):
+    torch._dynamo.reset()
+    x = make_features(33, 16, geometry=geometry, seed=1)
+    y = make_features(33, 16, geometry=geometry, seed=2)
+
+    def loss_and_grads(fn, scale):
+        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+        s = torch.tensor(scale, requires_grad=True)
+        loss = fn(xx, yy, s)
+        return (loss, *torch.autograd.grad(loss, [xx, yy, s]))
+
+    def f(a, b, s):
+        return flashnce.infonce(a, b, geometry=geometry, scale=s, backend="cpu")
+
+    # Eager first: dispatch imports backend modules on first use, which dynamo cannot trace.
+    want = loss_and_grads(f, 3.0)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for got, want in zip(loss_and_grads(compiled, 3.0), want):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _run_all(geometry, x, y, excl=False):
+    xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+    s = torch.tensor(4.0, requires_grad=True)
+    c = torch.tensor(0.9, requires_grad=True)
+    row, col = flashnce.pairwise_lse(xx, yy, geometry=geometry, scale=s, curvature=c,
+                                     exclude_diagonal=excl, backend="cpu")
+    w = torch.linspace(0.1, 1.0, row.numel())
+    loss = (row * w).sum() + col.square().mean()
+    grads = torch.autograd.grad(loss, [xx, yy, s, c], allow_unused=True)
+    return [row, col, *(g if g is not None else torch.zeros(()) for g in grads)]
+
+
+@pytest.mark.parametrize("geometry", ["cosine", "euclidean", "poincare"])
+def test_deterministic_bitwise(geometry):
+    # 700 rows: three row blocks split over the threads; the same run twice is bit-identical.
+    x = make_features(700, 24, geometry=geometry, seed=3)
+    y = make_features(650, 24, geometry=geometry, seed=4)
+    first, second = _run_all(geometry, x, y, True), _run_all(geometry, x, y, True)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("geometry", ["dot", "lorentz"])
+def test_one_vs_two_threads(geometry):
+    x = make_features(600, 32, geometry=geometry, seed=5)
+    y = make_features(530, 32, geometry=geometry, seed=6)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run_all(geometry, x, y)
+        torch.set_num_threads(2)
+        two = _run_all(geometry, x, y)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert_close(a.reshape(-1), b.reshape(-1), 1e-5, f"{geometry} 1 vs 2 threads")
+
+
+def _materialised_infonce(x, y, geometry, scale):
+    """The naive loss in the input dtype (what a user would write): its error is the bar."""
+    logits = flashnce.reference_logits(x, y, geometry=geometry, scale=scale)
+    target = torch.arange(x.shape[0])
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (ce(logits, target) + ce(logits.T, target))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("geometry", ["cosine", "lorentz"])
+def test_low_precision_inputs(geometry, dtype):
+    x = make_features(300, 64, geometry=geometry, seed=7, dtype=dtype)
+    y = make_features(300, 64, geometry=geometry, seed=8, dtype=dtype)
+    xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+    loss = flashnce.infonce(xx, yy, geometry=geometry, scale=10.0, backend="cpu")
+    assert loss.dtype == torch.float32
+    gx, gy = torch.autograd.grad(loss, [xx, yy])
+    assert gx.dtype == dtype and gy.dtype == dtype
+    # Ground truth: float64 on the same (rounded) inputs; bar: the materialised loss in dtype.
+    x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+    gt = flashnce.reference_infonce(x64, y64, geometry=geometry, scale=10.0)
+    gt_gx, gt_gy = torch.autograd.grad(gt, [x64, y64])
+    xl, yl = x.clone().requires_grad_(), y.clone().requires_grad_()
+    naive = _materialised_infonce(xl, yl, geometry, 10.0)
+    nx, ny = torch.autograd.grad(naive, [xl, yl])
+    naive_err = abs(naive.double().item() - gt.item())
+    assert abs(loss.double().item() - gt.item()) <= 2 * naive_err + 1e-5 * abs(gt.item())
+    for ours, ref, truth in ((gx, nx, gt_gx), (gy, ny, gt_gy)):
+        bar = (ref.double() - truth).abs().max().item()
+        err = (ours.double() - truth).abs().max().item()
+        assert err <= 2 * bar + 1e-6 * truth.abs().max().item(), (err, bar)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+@pytest.mark.parametrize("geometry", ["cosine", "euclidean", "lorentz"])
+def test_lse_paths_fp32(geometry, scale):
+    # scale 100 spreads a tile's logits over ~200 nats: the per-row/per-column exp path.
+    x = make_features(520, 16, geometry=geometry, seed=9)
+    y = make_features(300, 16, geometry=geometry, seed=10)
+    row, col = flashnce.pairwise_lse(x, y, geometry=geometry, scale=scale, backend="cpu")
+    r64, c64 = flashnce.reference_pairwise_lse(x.double(), y.double(), geometry=geometry,
+                                               scale=scale)
+    assert_close(row, r64, 1e-5, "row_lse")
+    assert_close(col, c64, 1e-5, "col_lse")
+
+
+def test_fully_masked_column():
+    # One row and exclude_diagonal: column 0 has no terms, col_lse[0] = -inf, no NaN anywhere.
+    x = make_features(1, 8, seed=11, dtype=torch.float64).requires_grad_()
+    y = make_features(3, 8, seed=12, dtype=torch.float64).requires_grad_()
+    row, col = flashnce.pairwise_lse(x, y, exclude_diagonal=True, backend="cpu")
+    r_t, c_t = flashnce.pairwise_lse(x, y, exclude_diagonal=True, backend="torch")
+    assert col[0] == float("-inf") and torch.allclose(col[1:], c_t[1:])
+    assert torch.allclose(row, r_t)
+    gx, gy = torch.autograd.grad(row.sum() + col[1:].sum(), [x, y])
+    assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
+
+
+def test_auto_picks_cpu_for_cpu_tensors():
+    x = make_features(4, 8, seed=13)
+    spec = flashnce.backends.base.TileSpec("dot", False, 1e-6)
+    assert dispatch.get_backend("cpu").not_supported_reasons(x, x, spec) == []
+    picked = dispatch.select_backend("auto", x, x, spec)
+    assert picked.name in ("triton", "cuda", "cpu")  # the first CPU-capable compiled backend
+
+
+def test_extension_missing_message(tmp_path):
+    # Hide flashnce._C: import still works, the cpu backend refuses saying how to build it,
+    # and backend="auto" falls back to the torch backend.
+    code = (
+        "import sys; sys.modules['flashnce._C'] = None\n"
+        "import torch, flashnce\n"
+        "from flashnce import dispatch\n"
+        "from flashnce.backends.base import TileSpec\n"
+        "x = torch.randn(5, 4)\n"
+        "r = dispatch.get_backend('cpu').not_supported_reasons(x, x, TileSpec('dot', False, 1e-6))\n"
+        "assert len(r) == 1 and 'pip install --no-build-isolation' in r[0], r\n"
+        "assert 'flashnce._C' in r[0], r\n"
+        "try:\n"
+        "    flashnce.infonce(x, x, backend='cpu')\n"
+        "except ValueError as e:\n"
+        "    assert 'pip install --no-build-isolation' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('cpu backend ran without its extension')\n"
+        "print(float(flashnce.infonce(x, x, backend='auto')))\n"
+    )
+    env = dict(os.environ, FLASHNCE_BACKEND="")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_cpu_variant_matches_capability():
+    cap = torch.backends.cpu.get_cpu_capability()
+    variant = _extension.cpu_variant()
+    assert variant == ("_C_cpu_avx512" if cap.startswith("AVX512") or cap == "AMX"
+                       else "_C_cpu_avx2")
+
+
+@pytest.mark.parametrize("geometry", sorted(HYPERBOLIC))
+def test_hyperbolic_clamp_zero_gradient(geometry):
+    # Coincident pairs sit on the clamp: zero gradient there (strict mask), finite everywhere.
+    x = make_features(20, 8, geometry=geometry, seed=14)
+    xx, yy = x.clone().requires_grad_(), x.clone().requires_grad_()
+    row, col = flashnce.pairwise_lse(xx, yy, geometry=geometry, scale=2.0, backend="cpu")
+    gx, gy = torch.autograd.grad(row.sum() + col.sum(), [xx, yy])
+    xt, yt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    rt, ct = flashnce.pairwise_lse(xt, yt, geometry=geometry, scale=2.0, backend="torch")
+    tx, ty = torch.autograd.grad(rt.sum() + ct.sum(), [xt, yt])
+    assert_close(gx, tx, 1e-4, "dx")
+    assert_close(gy, ty, 1e-4, "dy")
+
+
+def test_num_row_scalars_match_python():
+    for kind in EPILOGUE_KINDS:
+        tensors = op_inputs(kind, 3, 2, 2)
+        assert tensors[2].shape[1] == NUM_ROW_SCALARS[kind]
+        fwd(kind, False, tensors)
