@@ -132,16 +132,9 @@ def setup_materialized(case: Case):
 
 
 def setup_compiled(case: Case):
-    from flashnce.reference import reference_infonce
-
-    x, y = make_inputs(case)
-    geometry, scale = case.geometry, case.logit_scale
-
-    def loss(x, y):
-        return reference_infonce(x.float(), y.float(), geometry=geometry, scale=scale)
-
+    inputs, loss = setup_materialized(case)
     # Each case runs in a fresh process with one shape: no dynamic shapes needed.
-    return (x, y), torch.compile(loss, dynamic=False)
+    return inputs, torch.compile(loss, dynamic=False)
 
 
 def setup_open_clip(case: Case):

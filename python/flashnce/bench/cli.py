@@ -115,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-save", action="store_true", help="print the table only")
     ap.add_argument("--plot", action="store_true", help="also write PNG plots (matplotlib)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--report", metavar="JSON", default=None,
+                    help="do not run: print the table of a saved run (and --plot it next to it)")
     return ap.parse_args(argv)
 
 
@@ -240,6 +242,8 @@ def run_sweep(args) -> list[dict]:
             progress.describe(label)
             res = M.run_case(case, opts)
             rows.append(_row(case, res))
+            if res.get("traceback") and not args.quiet:
+                sys.stderr.write(f"\n{label} failed:\n{res['traceback']}\n")
             if res["status"] in FAILURES:
                 failed_at.setdefault(akey, (res["status"], case.n))
                 progress.step(f"{label}: {res['status']}")
@@ -251,8 +255,21 @@ def run_sweep(args) -> list[dict]:
     return rows
 
 
+def _report_only(args) -> int:
+    doc = R.load_json(args.report)
+    env, rows = doc["environment"], doc["rows"]
+    print(R.format_table(rows))
+    print("\n".join(R.memory_wall(rows)))
+    if args.plot:
+        stem = Path(args.report).with_suffix("")
+        print("wrote " + ", ".join(os.fspath(p) for p in R.plot(rows, stem, env)))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return _report_only(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.monotonic()
@@ -268,6 +285,7 @@ def main(argv=None) -> int:
           f"{(env['git_sha'] or 'unknown')[:10]}, {env['sweep_wall_s']:.0f} s, load average "
           f"{env['load_average_start']} -> {env['load_average_end']}\n")
     print(R.format_table(rows))
+    print("\n".join(R.memory_wall(rows)))
     if not args.no_save:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

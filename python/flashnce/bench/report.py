@@ -190,6 +190,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def memory_wall(rows: list[dict]) -> list[str]:
+    """One line per group: flashnce against the materialised loss at the largest N both ran."""
+    lines = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r), []).append(r)
+    for key, grows in groups.items():
+        ok = {(r["provider"], r["n"]): r for r in grows if r["status"] == "ok"}
+        ours = sorted(p for p in {r["provider"] for r in grows} if p.startswith("flashnce"))
+        for p in ours:
+            common = [n for (q, n) in ok if q == p and ("materialized", n) in ok]
+            if not common:
+                continue
+            n = max(common)
+            a, b = ok[(p, n)], ok[("materialized", n)]
+            mem = b["peak_mib"] / max(a["peak_mib"], 1e-3)
+            lines.append(
+                f"{group_title(key)}, N={n}: {p} ({a.get('backend')}) peak {a['peak_mib']:.0f} MiB "
+                f"vs materialized {b['peak_mib']:.0f} MiB ({mem:.0f}x less); fwd+bwd "
+                f"{a['full_ms']:.0f} ms vs {b['full_ms']:.0f} ms ({b['full_ms'] / a['full_ms']:.2g}x)")
+            failed = [r for r in grows if r["provider"] == "materialized"
+                      and r["status"] in ("oom", "timeout")]
+            for r in failed:
+                lines.append(f"  materialized at N={r['n']}: {r['status']}")
+    return lines
+
+
 _ORDER = ("gemm", "flashnce", "materialized", "compiled", "open_clip", "pykeops", "inf_cl")
 
 
