@@ -58,5 +58,7 @@ def _lse_fwd_kernel(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s_i = s_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(l2 - m_safe[:, None]), 1)
         m_i = m_new
-    lse = (m_i + tl.log2(s_i)) * LN2
+    # No admissible column (or a padded row): -inf, without evaluating log2(0).
+    lse = tl.where(s_i > 0.0, (m_i + tl.log2(tl.where(s_i > 0.0, s_i, 1.0))) * LN2,
+                   float("-inf"))
     tl.store(LSE + rows64, lse, mask=row_ok)
