@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -71,8 +72,14 @@ namespace {
 using at::vec::Vectorized;
 
 // 256 x 256 fp32 tile = 256 KiB: stays in a core's L2 between the GEMM and the epilogue.
-constexpr int64_t kBlockN = 256;
-constexpr int64_t kBlockM = 256;
+// FLASHNCE_CPU_BLOCK_N / FLASHNCE_CPU_BLOCK_M override them (read once; for tuning).
+int64_t env_block(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  const long long parsed = v ? std::atoll(v) : 0;
+  return parsed >= 8 && parsed <= 8192 ? parsed : fallback;
+}
+const int64_t kBlockN = env_block("FLASHNCE_CPU_BLOCK_N", 256);
+const int64_t kBlockM = env_block("FLASHNCE_CPU_BLOCK_M", 256);
 // Fast path of the tile LSE: one exp(l - tile max) serves rows and columns when every row's
 // and column's own max is within this of the tile max (no relevant term underflows).
 constexpr double kSharedMaxRange = 60.0;
@@ -312,12 +319,23 @@ struct BackwardIO {
   const T* g_col;
 };
 
+// G of one tile. Shared path: with C >= every logit of the tile (the largest row LSE),
+// G = exp(l - C) (A_i + B_j), A_i = g_row[i] exp(C - row_lse[i]), B_j = g_col[j] exp(C - col_lse[j]):
+// one exp per entry instead of two. Taken when every LSE of the tile is within
+// kSharedMaxRange of C, so no term that matters underflows and A, B stay finite.
+template <class T>
+struct TileG {
+  bool shared;
+  T ref;
+  const T* col_factor;  // B_j of the tile's columns (shared path)
+};
+
 // One chunk of a tile row: G, then G dl/dp in place of the dot products, row contributions into
 // ga_acc / gh_acc, column contributions into dbeta (this part's [R, M] accumulator).
 template <int KIND, class VT, class T>
 inline void backward_chunk(const Problem<T>& pb, const BackwardIO<T>& io, T* row, int64_t j,
                            int64_t j_global, int64_t i, const RowScalars<VT>& a, VT gr, VT lr,
-                           RowScalars<VT>& ga_acc, VT& gh_acc, T* dbeta) {
+                           const TileG<T>& tg, RowScalars<VT>& ga_acc, VT& gh_acc, T* dbeta) {
   using E = Epilogue<KIND, VT>;
   constexpr int R = E::kR;
   constexpr int64_t L = Lanes<VT>::kSize;
@@ -326,8 +344,11 @@ inline void backward_chunk(const Problem<T>& pb, const BackwardIO<T>& io, T* row
   const VT k(pb.inv_sqrt_c), s(pb.scale);
   const auto st = E::eval(p, a, b, k, VT(pb.kappa));
   const VT l = s * st.h;
-  VT g = gr * MathOps<VT>::exp(l - lr) +
-         Lanes<VT>::load(io.g_col + j_global) * MathOps<VT>::exp(l - Lanes<VT>::load(io.col_lse + j_global));
+  // Shared path: gr is A_i and the column factors are B_j (see TileG).
+  VT g = tg.shared
+             ? MathOps<VT>::exp(l - VT(tg.ref)) * (gr + Lanes<VT>::load(tg.col_factor + j))
+             : gr * MathOps<VT>::exp(l - lr) + Lanes<VT>::load(io.g_col + j_global) *
+                                                   MathOps<VT>::exp(l - Lanes<VT>::load(io.col_lse + j_global));
   if (pb.exclude_diagonal && i >= j_global && i < j_global + L) {
     // Masked pair: G = 0 exactly, so every contribution below is 0 (the partials are finite
     // or selected away), whatever exp(l - lse) was.
@@ -369,7 +390,7 @@ void backward_kernel(const Problem<T>& pb, const BackwardIO<T>& io, T* dx, T* dy
       dy_part = dy_extra[part - 1].data();
       dbeta = dbeta_parts.data() + (part - 1) * R * m;
     }
-    std::vector<T> tile(kBlockN * kBlockM);
+    std::vector<T> tile(kBlockN * kBlockM), col_factor(kBlockM);
     double gh_part = 0;
     for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
       const int64_t i0 = blk * kBlockN, bn = std::min(kBlockN, n - i0);
@@ -378,12 +399,36 @@ void backward_kernel(const Problem<T>& pb, const BackwardIO<T>& io, T* dx, T* dy
         const int64_t bm = std::min(kBlockM, m - j0);
         gemm('T', 'N', bm, bn, kdim, T(1), pb.y + j0 * kdim, kdim, pb.x + i0 * kdim, kdim, T(0),
              tile.data(), bm);
+        // Every logit l_ij <= row_lse[i] <= C (masked entries get G = 0 regardless).
+        TileG<T> tg{false, neg_inf<T>(), col_factor.data()};
+        T lo = std::numeric_limits<T>::infinity();
+        for (int64_t r = 0; r < bn; ++r) {
+          const T v = io.row_lse[i0 + r];
+          if (v != neg_inf<T>()) {
+            tg.ref = std::max(tg.ref, v);
+            lo = std::min(lo, v);
+          }
+        }
+        for (int64_t c = 0; c < bm; ++c) {
+          const T v = io.col_lse[j0 + c];
+          if (v != neg_inf<T>()) lo = std::min(lo, v);
+        }
+        tg.shared = tg.ref != neg_inf<T>() && tg.ref - lo <= T(kSharedMaxRange);
+        if (tg.shared) {
+          for (int64_t c = 0; c < bm; ++c) {
+            const T v = io.col_lse[j0 + c];
+            col_factor[c] = v == neg_inf<T>() ? T(0) : io.g_col[j0 + c] * std::exp(tg.ref - v);
+          }
+        }
         T gh_tile = 0;
         for (int64_t r = 0; r < bn; ++r) {
           const int64_t i = i0 + r;
           T* row = tile.data() + r * bm;
           const auto av = row_scalars<V, R>(pb.alpha, i);
           const auto as = row_scalars<T, R>(pb.alpha, i);
+          const T lr = io.row_lse[i];
+          const T gr = tg.shared ? (lr == neg_inf<T>() ? T(0) : io.g_row[i] * std::exp(tg.ref - lr))
+                                 : io.g_row[i];
           RowScalars<V> gav{};
           for (int q = 0; q < R; ++q) gav.v[q] = V(T(0));
           RowScalars<T> gas{};
@@ -391,11 +436,10 @@ void backward_kernel(const Problem<T>& pb, const BackwardIO<T>& io, T* dx, T* dy
           T ghs = 0;
           int64_t j = 0;
           for (; j + L <= bm; j += L)
-            backward_chunk<KIND>(pb, io, row, j, j0 + j, i, av, V(io.g_row[i]), V(io.row_lse[i]),
-                                 gav, ghv, dbeta);
+            backward_chunk<KIND>(pb, io, row, j, j0 + j, i, av, V(gr), V(lr), tg, gav, ghv,
+                                 dbeta);
           for (; j < bm; ++j)
-            backward_chunk<KIND>(pb, io, row, j, j0 + j, i, as, io.g_row[i], io.row_lse[i], gas,
-                                 ghs, dbeta);
+            backward_chunk<KIND>(pb, io, row, j, j0 + j, i, as, gr, lr, tg, gas, ghs, dbeta);
           for (int q = 0; q < R; ++q) ga_rows[r].v[q] += gas.v[q] + Lanes<V>::sum(gav.v[q]);
           gh_tile += ghs + Lanes<V>::sum(ghv);
         }
