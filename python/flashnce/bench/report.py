@@ -90,7 +90,18 @@ def environment(device: str) -> dict:
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_start": load_average(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "flashnce_backends": backend_availability(device),
     }
+
+
+def backend_availability(device: str) -> dict[str, str]:
+    """Each flashnce kernel backend on this device (cosine, fp32): "usable" or why not."""
+    from .cases import FLASHNCE_BACKENDS, Case, unavailable_reason
+    out = {}
+    for b in FLASHNCE_BACKENDS:
+        reason = unavailable_reason(Case(provider=f"flashnce-{b}", n=8, d=8, device=device))
+        out[b] = "usable" if reason is None else reason
+    return out
 
 
 # --------------------------------------------------------------------------- files
