@@ -63,9 +63,6 @@ class Case:
     def is_loss(self) -> bool:
         return self.provider != "gemm"
 
-    def with_provider(self, provider: str) -> "Case":
-        return replace(self, provider=provider)
-
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -201,6 +201,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _times(theirs: float, ours: float, better: str, worse: str) -> str:
+    ratio = theirs / max(ours, 1e-9)
+    return f"{ratio:.2g}x {better}" if ratio >= 1 else f"{1 / max(ratio, 1e-9):.2g}x {worse}"
+
+
 def memory_wall(rows: list[dict]) -> list[str]:
     """One line per group: flashnce against the materialised loss at the largest N both ran."""
     lines = []
@@ -216,11 +221,12 @@ def memory_wall(rows: list[dict]) -> list[str]:
                 continue
             n = max(common)
             a, b = ok[(p, n)], ok[("materialized", n)]
-            mem = b["peak_mib"] / max(a["peak_mib"], 1e-3)
             lines.append(
-                f"{group_title(key)}, N={n}: {p} ({a.get('backend')}) peak {a['peak_mib']:.0f} MiB "
-                f"vs materialized {b['peak_mib']:.0f} MiB ({mem:.0f}x less); fwd+bwd "
-                f"{a['full_ms']:.0f} ms vs {b['full_ms']:.0f} ms ({b['full_ms'] / a['full_ms']:.2g}x)")
+                f"{group_title(key)}, N={n}: {p} ({a.get('backend')}) {a['peak_mib']:.1f} MiB, "
+                f"{a['full_ms']:.0f} ms vs materialized {b['peak_mib']:.1f} MiB, "
+                f"{b['full_ms']:.0f} ms: "
+                + _times(b["peak_mib"], a["peak_mib"], "less memory", "more memory") + ", "
+                + _times(b["full_ms"], a["full_ms"], "faster", "slower"))
             failed = [r for r in grows if r["provider"] == "materialized"
                       and r["status"] in ("oom", "timeout")]
             for r in failed:
