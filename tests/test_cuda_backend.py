@@ -4,6 +4,8 @@
    csrc/cuda/check_compile.sh (CMake + Ninja, or plain nvcc) into a temporary directory. It runs
    whenever nvcc is on PATH, whatever torch is installed; FLASHNCE_NVCC_CHECK=0 skips it (e.g.
    when CI already ran the script as its own step).
+   ``test_kernels_under_cpu_emulation`` also runs the kernels themselves on the CPU through
+   csrc/cuda/emulation (g++ and the CUDA headers needed; FLASHNCE_CUDA_EMULATION=0 skips).
 2. The matrix (every geometry x {float32, float64, bfloat16, float16} x shapes that are not
    multiples of the tile sizes, symmetric and one-way, the diagonal mask, learnable scale and
    curvature) compares backend=BACKEND with the float64 reference, loss and every gradient.
@@ -67,6 +69,36 @@ def test_nvcc_compile_check(tmp_path):
         f"{proc.stderr[-6000:]}")
     print(f"nvcc compile check: {elapsed:.0f} s")
     assert "compiled for sm_80, sm_90" in proc.stdout
+
+
+def _cuda_include_dir():
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_runtime.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+def test_kernels_under_cpu_emulation(tmp_path):
+    """The CUDA tile kernels executed on the CPU (csrc/cuda/emulation: a thread per CUDA
+    thread, real barriers) against a float64 evaluation of the contract: every dtype and kind,
+    ragged shapes, the diagonal mask. Checks the walk's index math, masks and reductions
+    where no GPU exists; it is not a substitute for the GPU matrix below."""
+    if os.environ.get("FLASHNCE_CUDA_EMULATION", "1") == "0":
+        pytest.skip("FLASHNCE_CUDA_EMULATION=0")
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    include = _cuda_include_dir()
+    if cxx is None or include is None:
+        pytest.skip("needs a C++20 compiler (CXX or g++) and the CUDA toolkit headers "
+                    "(CUDA_HOME or /usr/local/cuda)")
+    exe = tmp_path / "emulate"
+    src = ROOT / "csrc" / "cuda" / "emulation" / "emulate_pairwise_lse.cpp"
+    build = subprocess.run(
+        [cxx, "-std=c++20", "-O1", "-pthread", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+         f"-I{include}", str(src), "-o", str(exe)],
+        capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, f"emulation build failed:\n{build.stderr[-6000:]}"
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"emulated kernels disagree with float64:\n{proc.stdout[-6000:]}"
 
 
 # --------------------------------------------------------------------------------------------

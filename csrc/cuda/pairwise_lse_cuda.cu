@@ -46,7 +46,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& al
               "flashnce: alpha must be [N, ", r, "], got ", alpha.sizes());
   TORCH_CHECK(beta.dim() == 2 && beta.size(0) == y.size(0) && beta.size(1) == r,
               "flashnce: beta must be [M, ", r, "], got ", beta.sizes());
-  TORCH_CHECK(x.size(0) < (int64_t(1) << 36) && y.size(0) < (int64_t(1) << 36),
+  TORCH_CHECK(x.size(0) < (int64_t(1) << 35) && y.size(0) < (int64_t(1) << 35),
               "flashnce: too many rows for the CUDA grid");
 }
 

@@ -1,6 +1,6 @@
 // Kernels of the pairwise LSE core for __half inputs (one dtype per translation unit so the
-// build compiles them in parallel; see pairwise_lse_tiles.cuh).
-#include "pairwise_lse_tiles.cuh"
+// build compiles them in parallel; see pairwise_lse_launch.cuh).
+#include "pairwise_lse_launch.cuh"
 
 namespace flashnce {
 namespace cuda {

@@ -77,8 +77,8 @@ class CudaKernel(Backend):
             reasons.append(f"dtype {x.dtype} not supported (fp32, fp64, bf16, fp16)")
         if spec.kind not in EPILOGUE_KINDS:
             reasons.append(f"epilogue kind {spec.kind!r} not implemented")
-        if max(x.shape[0], y.shape[0]) >= 2**36:
-            reasons.append("more than 2**36 rows do not fit the CUDA grid")
+        if max(x.shape[0], y.shape[0]) >= 2**35:
+            reasons.append("2**35 rows or more do not fit the CUDA grid")
         return reasons
 
     def forward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec):
