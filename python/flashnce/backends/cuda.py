@@ -20,9 +20,9 @@ import torch
 
 from .. import _extension
 from ..geometry import EPILOGUE_KINDS
-from .base import Backend, TileSpec
+from .base import TileSpec
+from .cpu import DTYPES, CpuKernel
 
-DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MODULE = "flashnce._C_cuda"
 _state: dict = {}
 
@@ -59,7 +59,10 @@ def why_unavailable() -> str | None:
     return _state["why"]
 
 
-class CudaKernel(Backend):
+class CudaKernel(CpuKernel):
+    """forward / backward are the cpu backend's: the same torch.library ops, whose dispatcher
+    runs the CUDA kernel for CUDA tensors. Only the acceptance rules differ."""
+
     name = "cuda"
     op_based = True  # flashnce.ops calls torch.ops.flashnce.* for this backend
 
@@ -80,17 +83,6 @@ class CudaKernel(Backend):
         if max(x.shape[0], y.shape[0]) >= 2**35:
             reasons.append("2**35 rows or more do not fit the CUDA grid")
         return reasons
-
-    def forward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec):
-        return torch.ops.flashnce.pairwise_lse_fwd(
-            x, y, alpha, beta, scale, inv_sqrt_c, EPILOGUE_KINDS.index(spec.kind),
-            spec.exclude_diagonal, spec.kappa)
-
-    def backward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec,
-                 row_lse, col_lse, g_row, g_col):
-        return torch.ops.flashnce.pairwise_lse_bwd(
-            x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse, g_row, g_col,
-            EPILOGUE_KINDS.index(spec.kind), spec.exclude_diagonal, spec.kappa)
 
 
 BACKEND = CudaKernel()
