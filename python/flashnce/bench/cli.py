@@ -144,15 +144,16 @@ class _Progress:
         else:
             self._line(text + " ...", final=False)
 
-    def step(self, text: str) -> None:
+    def step(self, label: str, outcome: str) -> None:
         self.done += 1
         if self.quiet:
             return
         if self.bar is not None:
-            self.bar.set_postfix_str(text)
+            self.bar.set_description_str(label)
+            self.bar.set_postfix_str(outcome)
             self.bar.update(1)
         else:
-            self._line(text, final=True)
+            self._line(f"{label}: {outcome}", final=True)
 
     def _line(self, text: str, final: bool) -> None:
         width = 24
@@ -237,7 +238,7 @@ def run_sweep(args) -> list[dict]:
                 reason = f"not run: {status} at N={n}"
             if reason is not None:
                 rows.append(_row(case, {"status": "skipped", "note": reason}))
-                progress.step(f"{label}: skipped")
+                progress.step(label, "skipped")
                 continue
             progress.describe(label)
             res = M.run_case(case, opts)
@@ -246,9 +247,9 @@ def run_sweep(args) -> list[dict]:
                 sys.stderr.write(f"\n{label} failed:\n{res['traceback']}\n")
             if res["status"] in FAILURES:
                 failed_at.setdefault(akey, (res["status"], case.n))
-                progress.step(f"{label}: {res['status']}")
+                progress.step(label, res["status"])
             else:
-                progress.step(f"{label}: {res['full_ms']:.1f} ms, {res['peak_mib']:.1f} MiB")
+                progress.step(label, f"{res['full_ms']:.1f} ms, {res['peak_mib']:.1f} MiB")
     finally:
         progress.close()
     _derive(rows)
