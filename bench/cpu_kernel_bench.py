@@ -9,16 +9,14 @@ Memory: peak RSS above the inputs, measured in a child process per case.
     python bench/cpu_kernel_bench.py --n 4096 --d 128 --geometry cosine --reps 2
 
 Writes bench/results/cpu_kernel_<cpu>_<date>.json (rows stamped with CPU model, torch version,
-git SHA, threads).
+git SHA, threads, load average: ratios from a busy machine are not comparable).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,25 +28,6 @@ import flashnce
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {"cosine": 4.5, "lorentz": 5.5}  # x GEMM at N = 16384, d = 512 (issue 3)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def features(n, d, geometry, seed):
@@ -81,7 +60,9 @@ def time_case(n, d, geometry, reps, materialised):
     x, y = features(n, d, geometry, 0), features(n, d, geometry, 1)
     gemm = lambda: torch.mm(x, y.T)  # noqa: E731
     ours = lambda: step(x, y, geometry, "cpu")  # noqa: E731
-    gemm(), ours()  # warm-up (allocator, first-touch pages, op loading)
+    # Warm-up on a small problem (op loading, thread pool); large cases are not repeated for it.
+    xs, ys = x[:1024].clone(), y[:1024].clone()
+    torch.mm(xs, ys.T), step(xs, ys, geometry, "cpu")
     t_gemm, t_ours, t_mat = [], [], []
     for _ in range(reps):
         t_gemm.append(timed(gemm))
@@ -144,9 +125,12 @@ def main(argv=None):
     from flashnce import _extension
     if not _extension.load():
         sys.exit(f"cpu backend unavailable: {_extension.why_unavailable()}")
-    stamp = dict(cpu=cpu_model(), torch=torch.__version__, flashnce=flashnce.__version__,
-                 git_sha=git_sha(), threads=args.threads, variant=_extension.cpu_variant(),
-                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    from flashnce.bench.report import environment  # the stamp flashnce-bench writes
+    env = environment("cpu")
+    stamp = dict(cpu=env["cpu_model"], torch=env["torch_version"], flashnce=flashnce.__version__,
+                 git_sha=env["git_sha"], git_dirty=env["git_dirty"], threads=args.threads,
+                 variant=_extension.cpu_variant(), date=env["timestamp"],
+                 load_average_start=env["load_average_start"])
     rows = []
     for n in args.n:
         for d in args.d:
@@ -168,6 +152,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(rows, f, indent=1)
+    print(f"load average at the end: {os.getloadavg()}")
     print(f"wrote {out}")
 
 
