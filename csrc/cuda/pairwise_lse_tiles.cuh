@@ -213,6 +213,41 @@ __device__ __forceinline__ RowScalars<Acc> scalars_at(const Acc (*scal)[kMaxRowS
   return s;
 }
 
+// Calls f(q, r, c, valid) for this thread's entries of the tile in shared memory: the warp's
+// outer rows r = warp * RPW + q and the lane's inner columns c = lane + 32 u. valid is false
+// outside the matrices and on the masked diagonal (global outer index == inner index).
+template <class T, class F>
+__device__ __forceinline__ void for_each_entry(const WalkParams<T>& pr, int64_t o0, int64_t i0,
+                                               F&& f) {
+  using TT = TileTraits<T>;
+  constexpr int RPW = TT::BM / kWarps;  // outer rows per warp
+  constexpr int CPL = TT::BN / 32;      // inner columns per lane
+  static_assert(TT::BM % kWarps == 0 && TT::BN % 32 == 0, "tile / warp mismatch");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int q = 0; q < RPW; ++q) {
+    const int r = warp * RPW + q;
+    const int64_t go = o0 + r;
+#pragma unroll
+    for (int u = 0; u < CPL; ++u) {
+      const int c = lane + 32 * u;
+      const int64_t gi = i0 + c;
+      f(q, r, c,
+        go < pr.outer.count && gi < pr.inner.count && !(pr.exclude_diagonal && go == gi));
+    }
+  }
+}
+
+// (alpha_i, beta_j) of tile entry (outer r, inner c), in x / y order whatever the direction.
+template <int R, bool kCols, class T, class Acc>
+__device__ __forceinline__ void entry_scalars(const SharedTiles<T>& sm, int r, int c,
+                                              RowScalars<Acc>& a, RowScalars<Acc>& b) {
+  const RowScalars<Acc> so = scalars_at<Acc, R>(sm.outer_scalars, r);
+  const RowScalars<Acc> si = scalars_at<Acc, R>(sm.inner_scalars, c);
+  a = kCols ? si : so;
+  b = kCols ? so : si;
+}
+
 // Forward: lse_out[o] = log sum over inner rows of exp(logit) for the block's BM outer rows.
 template <class T, int KIND, bool kCols>
 __global__ void __launch_bounds__(kThreads)
@@ -222,8 +257,6 @@ __global__ void __launch_bounds__(kThreads)
   using E = Epilogue<KIND, Acc>;
   constexpr int R = E::kR;
   constexpr int RPW = TT::BM / kWarps;  // outer rows per warp
-  constexpr int CPL = TT::BN / 32;      // inner columns per lane
-  static_assert(TT::BM % kWarps == 0 && TT::BN % 32 == 0, "tile / warp mismatch");
 
   __shared__ __align__(128) unsigned char smem_raw[sizeof(SharedTiles<T>)];
   SharedTiles<T>& sm = *reinterpret_cast<SharedTiles<T>*>(smem_raw);
@@ -239,23 +272,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i0 = 0; i0 < pr.inner.count; i0 += TT::BN) {
     load_scalars<Acc, TT::BN, R>(sm.inner_scalars, pr.inner.scalars, i0, pr.inner.count);
     compute_p_tile(sm, pr, o0, i0);  // ends with __syncthreads()
-#pragma unroll
-    for (int q = 0; q < RPW; ++q) {
-      const int r = warp * RPW + q;
-      const int64_t go = o0 + r;
-      const RowScalars<Acc> so = scalars_at<Acc, R>(sm.outer_scalars, r);
-#pragma unroll
-      for (int u = 0; u < CPL; ++u) {
-        const int c = lane + 32 * u;
-        const int64_t gi = i0 + c;
-        if (go >= pr.outer.count || gi >= pr.inner.count || (pr.exclude_diagonal && go == gi))
-          continue;
-        const RowScalars<Acc> si = scalars_at<Acc, R>(sm.inner_scalars, c);
-        const Acc p = sm.s[r][c];
-        const auto ev = kCols ? E::eval(p, si, so, ksc, pr.kappa) : E::eval(p, so, si, ksc, pr.kappa);
-        st[q].add(scale * ev.h);
-      }
-    }
+    for_each_entry(pr, o0, i0, [&](int q, int r, int c, bool valid) {
+      if (!valid) return;
+      RowScalars<Acc> a, b;
+      entry_scalars<R, kCols>(sm, r, c, a, b);
+      st[q].add(scale * E::eval(sm.s[r][c], a, b, ksc, pr.kappa).h);
+    });
     __syncthreads();  // sm.s and sm.inner_scalars are rewritten by the next tile
   }
 
@@ -286,7 +308,6 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int R = E::kR;
   constexpr int RS = R > 0 ? R : 1;
   constexpr int RPW = TT::BM / kWarps;
-  constexpr int CPL = TT::BN / 32;
   constexpr int P = kThreads / TT::BK;  // outer rows per pass of the gradient GEMM
   static_assert(kThreads % TT::BK == 0 && TT::BM % P == 0, "gradient GEMM mapping");
 
@@ -319,34 +340,25 @@ __global__ void __launch_bounds__(kThreads)
     compute_p_tile(sm, pr, o0, i0);  // ends with __syncthreads()
 
     // Epilogue: sm.s[r][c] <- g_p = G dl/dp (0 for masked / out-of-range entries).
+    for_each_entry(pr, o0, i0, [&](int q, int r, int c, bool valid) {
+      Acc gp = Acc(0);
+      if (valid) {
+        RowScalars<Acc> a, b;  // alpha_i (rows of x), beta_j (rows of y)
+        entry_scalars<R, kCols>(sm, r, c, a, b);
+        const Acc p = sm.s[r][c];
+        const auto ev = E::eval(p, a, b, ksc, pr.kappa);
+        const Acc l = scale * ev.h;
+        const Acc g =
+            g_o[q] * MO::exp(l - lse_o[q]) + sm.inner_g[c] * MO::exp(l - sm.inner_lse[c]);
+        RowScalars<Acc> ga = scalars_at<Acc, 0>(sm.outer_scalars, 0);  // zeros
+        RowScalars<Acc> gb = ga;
+        gp = E::grad(ev, p, a, b, ksc, g * scale, ga, gb);
+        gh += g * ev.h;
 #pragma unroll
-    for (int q = 0; q < RPW; ++q) {
-      const int r = warp * RPW + q;
-      const int64_t go = o0 + r;
-      const RowScalars<Acc> so = scalars_at<Acc, R>(sm.outer_scalars, r);
-#pragma unroll
-      for (int u = 0; u < CPL; ++u) {
-        const int c = lane + 32 * u;
-        const int64_t gi = i0 + c;
-        Acc gp = Acc(0);
-        if (go < pr.outer.count && gi < pr.inner.count && !(pr.exclude_diagonal && go == gi)) {
-          const RowScalars<Acc> si = scalars_at<Acc, R>(sm.inner_scalars, c);
-          const Acc p = sm.s[r][c];
-          const RowScalars<Acc>& a = kCols ? si : so;  // alpha_i (rows of x)
-          const RowScalars<Acc>& b = kCols ? so : si;  // beta_j (rows of y)
-          const auto ev = E::eval(p, a, b, ksc, pr.kappa);
-          const Acc l = scale * ev.h;
-          const Acc g = g_o[q] * MO::exp(l - lse_o[q]) + sm.inner_g[c] * MO::exp(l - sm.inner_lse[c]);
-          RowScalars<Acc> ga = scalars_at<Acc, 0>(sm.outer_scalars, 0);  // zeros
-          RowScalars<Acc> gb = ga;
-          gp = E::grad(ev, p, a, b, ksc, g * scale, ga, gb);
-          gh += g * ev.h;
-#pragma unroll
-          for (int t = 0; t < R; ++t) gsum[q][t] += kCols ? gb.v[t] : ga.v[t];
-        }
-        sm.s[r][c] = gp;
+        for (int t = 0; t < R; ++t) gsum[q][t] += kCols ? gb.v[t] : ga.v[t];
       }
-    }
+      sm.s[r][c] = gp;
+    });
     __syncthreads();
 
     // d_outer[o0 + r, k] += sum_c g_p[r][c] X_inner[i0 + c, k], one BK-wide chunk of k at a time.
