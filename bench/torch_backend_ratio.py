@@ -9,14 +9,13 @@ Writes bench/results/torch_backend_ratio.json: median seconds of the flashnce to
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 
 import flashnce
+from flashnce.bench.report import environment
 
 
 def median_seconds(fn, repeats):
@@ -27,17 +26,6 @@ def median_seconds(fn, repeats):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main():
@@ -60,14 +48,12 @@ def main():
     xd, yd = x.detach(), y.detach()
     gemm_s, gemm_all = median_seconds(lambda: xd @ yd.T, max(args.repeats, 5))
     fused_s, fused_all = median_seconds(fused, args.repeats)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
     row = dict(
         case="symmetric infonce fwd+bwd, torch backend", geometry=args.geometry,
         n=args.n, d=args.d, dtype="float32", threads=torch.get_num_threads(),
         fused_median_s=fused_s, fused_times_s=fused_all,
         gemm_median_s=gemm_s, gemm_times_s=gemm_all, ratio_to_gemm=fused_s / gemm_s,
-        device=cpu_model(), torch=torch.__version__, flashnce=flashnce.__version__, git_sha=sha,
+        environment=environment("cpu"),
     )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
