@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -84,27 +83,60 @@ def time_case(n, d, geometry, reps, materialised):
     return row
 
 
-def _child_memory(n, d, geometry, backend):
-    """Run in a child: peak RSS (bytes) above the RSS right after the inputs exist."""
+def _vm_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child_memory(n, d, geometry, backend, what="loss"):
+    """Run in a child: peak RSS (bytes) above the RSS right after the inputs exist.
+
+    what="loss": the whole loss forward + backward (prologue, autograd, kernel);
+    what="kernel": the two ops alone on fp32 operands, minus their dX and dY outputs.
+    The peak is VmHWM of this process image, not getrusage's ru_maxrss: that one survives
+    fork + exec and would report the parent's RSS at fork time."""
+    # Warm-up on a tiny problem first: library code paged in by the first call is not the
+    # algorithm's memory.
+    step(features(256, d, geometry, 0), features(256, d, geometry, 1), geometry, backend)
     x, y = features(n, d, geometry, 0), features(n, d, geometry, 1)
     x.add_(0), y.add_(0)  # touch every page
-    with open("/proc/self/statm") as f:
-        base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    step(x, y, geometry, backend)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_above_inputs": peak - base, "inputs": 2 * x.numel() * 4,
-                      "baseline_rss": base}))
+    if what == "loss":
+        base = _vm_kib("VmRSS")
+        step(x, y, geometry, backend)
+        print(json.dumps({"peak_above_inputs": _vm_kib("VmHWM") - base,
+                          "inputs": 2 * x.numel() * 4}))
+        return
+    from flashnce.geometry import EPILOGUE_KINDS
+    kind = EPILOGUE_KINDS.index(flashnce.get_geometry(geometry).kind)
+    r = 3 if kind == EPILOGUE_KINDS.index("hyperbolic") else 0
+    a = torch.ones(n, r)
+    if r:
+        a[:, 1:] = 0.5
+    s, k = torch.tensor(14.3), torch.tensor(1.0)
+    base = _vm_kib("VmRSS")
+    rl, cl = torch.ops.flashnce.pairwise_lse_fwd(x, y, a, a, s, k, kind, False, 1e-6)
+    grads = torch.ops.flashnce.pairwise_lse_bwd(x, y, a, a, s, k, rl, cl, rl, cl, kind, False,
+                                                1e-6)
+    print(json.dumps({"kernel_workspace": _vm_kib("VmHWM") - base - 2 * x.numel() * 4}))
+    del grads
 
 
 def memory_case(n, d, geometry, backend="cpu"):
-    code = ("import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(2)\n"
-            "import cpu_kernel_bench as b; b._child_memory(%d, %d, %r, %r)"
-            % (HERE, n, d, geometry, backend))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=3600)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = {}
+    for what in ("loss", "kernel"):
+        code = ("import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(2)\n"
+                "import cpu_kernel_bench as b; b._child_memory(%d, %d, %r, %r, %r)"
+                % (HERE, n, d, geometry, backend, what))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=3600)
+        if out.returncode != 0:
+            result[f"{what}_error"] = (out.stderr.strip().splitlines() or ["failed"])[-1]
+            continue
+        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    return result
 
 
 def main(argv=None):
@@ -119,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--skip", nargs="*", default=["32768x512"],
                     help="NxD cases to skip (default: 32768x512, ~30 min on 2 cores)")
     ap.add_argument("--memory-n", type=int, nargs="*", default=[32768])
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the child-process memory of each case (no timing)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -137,10 +171,11 @@ def main(argv=None):
             if f"{n}x{d}" in args.skip:
                 continue
             for geometry in args.geometry:
-                row = time_case(n, d, geometry, args.reps, n <= args.max_materialised_n)
+                row = (dict(n=n, d=d, geometry=geometry) if args.memory_only else
+                       time_case(n, d, geometry, args.reps, n <= args.max_materialised_n))
                 if n == 16384 and d == 512:
                     row["target_ratio"] = TARGETS.get(geometry)
-                if n in args.memory_n:
+                if n in args.memory_n or args.memory_only:
                     row["memory"] = memory_case(n, d, geometry)
                 row.update(stamp)
                 rows.append(row)
