@@ -113,14 +113,16 @@ def _prologue_sqnorm(x, curvature, on_manifold):
     return Prepared(x, a)
 
 
-def _direction_scalars(x: torch.Tensor, rho: torch.Tensor) -> Prepared:
-    """Unit direction operand and (n, rho, sinh rho) for the hyperbolic (L3) epilogue."""
-    xc = x.to(compute_dtype(x.dtype))
-    e = F.normalize(xc, dim=-1, eps=NORM_EPS).to(x.dtype)
-    # n from the operand as the GEMM sees it (P1); floored so zero vectors stay finite.
-    n = e.to(xc.dtype).norm(dim=-1).clamp_min(NORM_EPS)
+def _direction_scalars(x: torch.Tensor, r: torch.Tensor, rho: torch.Tensor) -> Prepared:
+    """Operand and (n, rho, sinh rho) for the hyperbolic (L3) epilogue.
+
+    L3 only needs the direction of each row, and divides by n_i n_j itself, so the operand is
+    the feature tensor as given (no normalised copy: memory stays at the inputs). n = ||x|| is
+    computed from the operand as the GEMM sees it (P1), floored so zero vectors stay finite.
+    """
+    n = r.clamp_min(NORM_EPS)
     rho = rho.clamp(max=MAX_RADIUS)
-    return Prepared(e, torch.stack([n, rho, torch.sinh(rho)], dim=-1))
+    return Prepared(x, torch.stack([n, rho, torch.sinh(rho)], dim=-1))
 
 
 def _norm(xc: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,7 @@ def _prologue_lorentz(x, curvature, on_manifold):
     sqrt_c = curvature.to(xc.dtype).sqrt()
     r = _norm(xc)
     rho = torch.asinh(sqrt_c * r) if on_manifold else sqrt_c * r
-    return _direction_scalars(x, rho)
+    return _direction_scalars(x, r, rho)
 
 
 def _prologue_poincare(x, curvature, on_manifold):
@@ -144,7 +146,7 @@ def _prologue_poincare(x, curvature, on_manifold):
     sqrt_c = curvature.to(xc.dtype).sqrt()
     r = _norm(xc)
     rho = 2.0 * torch.atanh(sqrt_c * r) if on_manifold else 2.0 * sqrt_c * r
-    return _direction_scalars(x, rho)
+    return _direction_scalars(x, r, rho)
 
 
 GEOMETRIES: dict[str, Geometry] = {
