@@ -50,6 +50,17 @@ def get_backend(name: str) -> Backend:
     return _loaded[name]
 
 
+def _load_all() -> None:
+    """Import every backend module now, at ``import flashnce``, not inside a call: the modules
+    are light (optional dependencies such as triton are imported lazily by the backend), and
+    ``torch.compile`` cannot trace ``importlib`` inside ``infonce``."""
+    from . import _extension
+
+    _extension.load()  # never raises; the cpu backend reports why if it failed
+    for name in _BACKEND_MODULES:
+        get_backend(name)
+
+
 def check_backend_name(backend) -> str:
     if not isinstance(backend, str) or backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(BACKEND_NAMES)}, got {backend!r}")
@@ -83,3 +94,6 @@ def select_backend(backend: str, x, y, spec):
 def explain(x, y, spec) -> dict[str, list[str]]:
     """Every kernel backend's reasons for refusing (x, y, spec); empty list = would accept."""
     return {name: get_backend(name).not_supported_reasons(x, y, spec) for name in AUTO_PRIORITY}
+
+
+_load_all()
