@@ -109,11 +109,12 @@ def _child_memory(n, d, geometry, backend, what="loss"):
         print(json.dumps({"peak_above_inputs": _vm_kib("VmHWM") - base,
                           "inputs": 2 * x.numel() * 4}))
         return
-    from flashnce.geometry import EPILOGUE_KINDS
-    kind = EPILOGUE_KINDS.index(flashnce.get_geometry(geometry).kind)
-    r = 3 if kind == EPILOGUE_KINDS.index("hyperbolic") else 0
+    from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
+    kind_name = flashnce.get_geometry(geometry).kind
+    kind = EPILOGUE_KINDS.index(kind_name)
+    r = NUM_ROW_SCALARS[kind_name]
     a = torch.ones(n, r)
-    if r:
+    if r == 3:
         a[:, 1:] = 0.5
     s, k = torch.tensor(14.3), torch.tensor(1.0)
     base = _vm_kib("VmRSS")

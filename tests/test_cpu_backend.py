@@ -39,6 +39,8 @@ def op_inputs(kind, n, m, k, *, dtype=torch.float64, seed=0, requires_grad=False
             return e, torch.stack([n_, rho, torch.sinh(rho)], -1)
         if kind in ("sqeuclidean", "euclidean"):
             return e, e.square().sum(-1, keepdim=True)
+        if kind == "cosine":
+            return e, e.norm(dim=-1, keepdim=True)
         return e / k**0.5, e.new_zeros(count, 0)
 
     x, a = rows(n)
@@ -260,3 +262,25 @@ def test_num_row_scalars_match_python():
         tensors = op_inputs(kind, 3, 2, 2)
         assert tensors[2].shape[1] == NUM_ROW_SCALARS[kind]
         fwd(kind, False, tensors)
+
+
+@pytest.mark.parametrize("excl", [False, True])
+def test_cosine_kind_is_normalised_dot(excl):
+    """The cosine kind on raw operands + norms == the dot kind on normalised copies (float64),
+    forward and every gradient (through the norms, chained by autograd)."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(37, 9, generator=g, dtype=torch.float64).requires_grad_()
+    y = torch.randn(41, 9, generator=g, dtype=torch.float64).requires_grad_()
+    s, k = torch.tensor(3.1, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    w_r, w_c = torch.rand(37, generator=g, dtype=torch.float64), torch.rand(41, generator=g,
+                                                                            dtype=torch.float64)
+    cos, dot = EPILOGUE_KINDS.index("cosine"), EPILOGUE_KINDS.index("dot")
+    nx, ny = x.norm(dim=-1, keepdim=True), y.norm(dim=-1, keepdim=True)
+    ours = torch.ops.flashnce.pairwise_lse_fwd(x, y, nx, ny, s, k, cos, excl, 1e-14)
+    empty = x.new_zeros(37, 0), y.new_zeros(41, 0)
+    ref = torch.ops.flashnce.pairwise_lse_fwd(x / nx, y / ny, *empty, s, k, dot, excl, 1e-14)
+    grads = [torch.autograd.grad((r * w_r).sum() + (c * w_c).sum(), [x, y], retain_graph=True)
+             for r, c in (ours, ref)]
+    for a, b in zip([*ours, *grads[0]], [*ref, *grads[1]]):
+        assert_close(a.detach(), b.detach(), 1e-12, "cosine kind vs normalised dot")
+

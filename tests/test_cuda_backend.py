@@ -278,7 +278,7 @@ def test_ops_direct_and_opcheck():
 
 def test_matches_cpu_backend_large():
     """A multi-tile case (several row and column blocks, K not a multiple of the K chunk)
-    against the cpu/torch backend in float64, all four kinds, with the diagonal mask."""
+    against the cpu/torch backend in float64, every kind, with the diagonal mask."""
     _require_cuda_backend()
     for geometry in GEOMETRY_NAMES:
         x = make_features(517, 70, dtype=torch.float64, seed=11, geometry=geometry)

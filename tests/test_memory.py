@@ -49,3 +49,19 @@ def test_detector_catches_materialisation():
     with LargestTensor() as mode:
         flashnce.infonce(x, x.detach(), backend="reference").backward()
     assert mode.largest >= 256 * 256
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
+def test_prologue_makes_no_operand_copy(geometry, dtype):
+    """Every prologue hands the features to the kernels as given (cosine and the hyperbolic
+    geometries normalise inside the kernel): no N x d copy, only O(N) per-row scalars, and
+    those are computed from the operand as the GEMM sees it (P1)."""
+    x = make_features(64, 16, seed=1, geometry=geometry, dtype=dtype)
+    geo = flashnce.get_geometry(geometry)
+    prepared = geo.prepare(x, torch.tensor(1.0), False)
+    assert prepared.operand is x
+    assert prepared.scalars.shape == (64, flashnce.geometry.NUM_ROW_SCALARS[geo.kind])
+    if geometry == "cosine":
+        want = x.float().norm(dim=-1).clamp_min(flashnce.geometry.NORM_EPS)
+        torch.testing.assert_close(prepared.scalars[:, 0], want, rtol=0, atol=0)

@@ -1,13 +1,14 @@
 """Geometry epilogues as ``@triton.jit`` helper pairs, shared by every kernel.
 
 Mirrors ``flashnce.geometry.tile_logits`` / ``tile_logit_grads`` (the executable spec) for the
-four epilogue kinds, selected at compile time by ``KIND: tl.constexpr``:
+five epilogue kinds, selected at compile time by ``KIND: tl.constexpr``:
 
     KIND_DOT 0          h = p
     KIND_SQEUCLIDEAN 1  h = -(a_i + b_j - 2p)
     KIND_EUCLIDEAN 2    h = -sqrt(max(D, kappa (a_i + b_j)))             D = a_i + b_j - 2p
     KIND_HYPERBOLIC 3   h = -arcosh(1 + w) / sqrt(c),  w = 2 sinh^2((rho_i - rho_j)/2)
                                                            + S_i S_j (1 - p / (n_i n_j))
+    KIND_COSINE 4       h = p / (n_i n_j)                                  a0 = n = |x|
 
 Per-row scalars arrive as broadcastable fields: ``a0, a1, a2`` are [BA, 1] (this program's
 rows), ``b0, b1, b2`` are [1, BB] (the walked columns); kinds that read fewer scalars ignore
@@ -22,8 +23,8 @@ take the floor value and get exactly zero gradient (strict masks, GEOMETRY.md P5
 import triton
 import triton.language as tl
 
-KIND_IDS = {"dot": 0, "sqeuclidean": 1, "euclidean": 2, "hyperbolic": 3}
-NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3}
+KIND_IDS = {"dot": 0, "sqeuclidean": 1, "euclidean": 2, "hyperbolic": 3, "cosine": 4}
+NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, "cosine": 1}
 
 
 @triton.jit
@@ -72,6 +73,8 @@ def epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND: tl.constexpr, KAPPA:
         dist2 = (a0 + b0) - 2.0 * p
         floor = KAPPA * (a0 + b0)
         h = -tl.sqrt(tl.where(dist2 > floor, dist2, floor))
+    elif KIND == 4:
+        h = p / (a0 * b0)
     else:
         w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
         floor = KAPPA * ss
@@ -111,6 +114,12 @@ def epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
         t0 = g_d
         t1 = zero
         t2 = zero
+    elif KIND == 4:
+        # dh/dp = 1/(n_i n_j); dh/dn_i = -h/n_i.
+        g_p = gs / (a0 * b0)
+        t0 = -g_p * p / a0
+        t1 = zero
+        t2 = zero
     else:
         w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
         active = w > KAPPA * ss
@@ -132,10 +141,10 @@ def norm_grad_from_gp(g_p, p, a0, t0, KIND: tl.constexpr):
     norm term must be built from the same values, because the two cancel in dx_i (the
     gradient of |x_i - y_j| is (x_i - y_j) / d, made of <g_p, y> and a_i's term). In exact
     arithmetic these equal ``t0`` of ``epilogue_grad``:
-      sq/euclidean: dh/da = -dh/dp / 2;   hyperbolic: dw/dn_i term = -g_p p / n_i.
+      sq/euclidean: dh/da = -dh/dp / 2;   hyperbolic, cosine: dn_i term = -g_p p / n_i.
     """
     if KIND == 1 or KIND == 2:
         t0 = -0.5 * g_p
-    elif KIND == 3:
+    elif KIND == 3 or KIND == 4:
         t0 = -g_p * p / a0
     return t0

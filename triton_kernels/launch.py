@@ -174,6 +174,8 @@ def lse_backward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, k
     blocks (the swapped launch); deterministic, no atomics. ``config`` (BLOCK_A, BLOCK_B,
     BLOCK_K, BLOCK_D, warps, stages) overrides the dtype default."""
     flags = _common(kind, exclude_diagonal, kappa, x.dtype)
+    # Two-part g_p tile for cosine on 16-bit operands (see lse_backward.py).
+    flags["SPLIT_GP"] = kind == "cosine" and x.dtype in (torch.bfloat16, torch.float16)
     dx, d_alpha, gh = _row_grads(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse,
                                  g_row, g_col, flags, True, config)
     dy, d_beta, _ = _row_grads(y, x, beta, alpha, scale, inv_sqrt_c, col_lse, row_lse,

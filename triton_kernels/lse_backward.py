@@ -37,6 +37,7 @@ def _lse_bwd_kernel(
     KEY_NA, KEY_NB,  # power-of-two buckets of NA / NB: autotune keys only
     KIND: tl.constexpr, NR: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, KAPPA: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, WRITE_GH: tl.constexpr,
+    SPLIT_GP: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K >= 16)
@@ -71,9 +72,18 @@ def _lse_bwd_kernel(
         # The modified tile is rounded to the operand dtype for the tensor-core GEMM (as in
         # flash-attention's dQ/dK); accumulation stays fp32. The norm partial is rebuilt from
         # the rounded tile so the terms that cancel in dA see the same values.
-        g_p = g_p.to(bd.dtype)
-        acc = mma(g_p, bd, acc, INPUT_PRECISION, UPCAST)
-        t0 = norm_grad_from_gp(g_p.to(tl.float32), p, a0, t0, KIND)
+        g_hi = g_p.to(bd.dtype)
+        acc = mma(g_hi, bd, acc, INPUT_PRECISION, UPCAST)
+        g_used = g_hi.to(tl.float32)
+        if SPLIT_GP:
+            # Cosine in bf16/fp16: g_p = G s / (n_i n_j) is rarely exact in 16 bits even where
+            # G s is, and its rounding error does not cancel against the positive logit's
+            # gradient (computed from the raw operands). A second MMA on the rounding residual
+            # makes the tile effectively ~fp32.
+            g_lo = (g_p - g_used).to(bd.dtype)
+            acc = mma(g_lo, bd, acc, INPUT_PRECISION, UPCAST)
+            g_used += g_lo.to(tl.float32)
+        t0 = norm_grad_from_gp(g_used, p, a0, t0, KIND)
         ds0 += tl.sum(t0, 1)
         ds1 += tl.sum(t1, 1)
         ds2 += tl.sum(t2, 1)

@@ -527,6 +527,7 @@ void dispatch_kind(int64_t kind, const F& f) {
     case kDot: f(std::integral_constant<int, kDot>{}); break;
     case kSqEuclidean: f(std::integral_constant<int, kSqEuclidean>{}); break;
     case kEuclidean: f(std::integral_constant<int, kEuclidean>{}); break;
+    case kCosine: f(std::integral_constant<int, kCosine>{}); break;
     default: f(std::integral_constant<int, kHyperbolic>{}); break;
   }
 }

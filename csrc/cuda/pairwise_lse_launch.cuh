@@ -83,6 +83,7 @@ cudaError_t forward_typed(const PairwiseLseProblem& pb, void* row_lse, void* col
     case kSqEuclidean: return forward_impl<T, kSqEuclidean>(pb, row_lse, col_lse, stream);
     case kEuclidean: return forward_impl<T, kEuclidean>(pb, row_lse, col_lse, stream);
     case kHyperbolic: return forward_impl<T, kHyperbolic>(pb, row_lse, col_lse, stream);
+    case kCosine: return forward_impl<T, kCosine>(pb, row_lse, col_lse, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -98,6 +99,7 @@ cudaError_t backward_typed(const PairwiseLseProblem& pb, const void* row_lse,
     case kSqEuclidean: return FLASHNCE_BWD(kSqEuclidean);
     case kEuclidean: return FLASHNCE_BWD(kEuclidean);
     case kHyperbolic: return FLASHNCE_BWD(kHyperbolic);
+    case kCosine: return FLASHNCE_BWD(kCosine);
     default: return cudaErrorInvalidValue;
   }
 #undef FLASHNCE_BWD

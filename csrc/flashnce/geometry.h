@@ -1,7 +1,7 @@
 // Epilogue math of the pairwise logit tile, shared by the CPU and CUDA kernels.
 //
 // logit_ij = scale * h_kind(p_ij, alpha_i, beta_j), with p_ij = <X_i, Y_j> the tile's dot product
-// and alpha/beta up to three fp32 scalars per row/column. The four kinds and their clamps are the
+// and alpha/beta up to three fp32 scalars per row/column. The five kinds and their clamps are the
 // executable spec in python/flashnce/geometry.py (tile_logits / tile_logit_grads):
 //
 //   dot          h = p
@@ -9,6 +9,7 @@
 //   euclidean    h = -sqrt(max(D, kappa (a_i + b_j))),  D = a_i + b_j - 2p
 //   hyperbolic   h = -arcosh(1 + w) k,  k = 1/sqrt(c),          alpha = (n, rho, S = sinh rho)
 //                w = 2 sinh^2((rho_i - rho_j)/2) + S_i S_j (1 - p/(n_i n_j)),  w >= kappa S_i S_j
+//   cosine       h = p / (n_i n_j)                               alpha = (n = max(|x|, eps))
 //
 // A clamped entry has exactly zero gradient (strict masks, GEOMETRY.md P5): gradients are chosen
 // with select(), never multiplied by a mask, so an infinite partial never becomes 0 * inf.
@@ -29,12 +30,17 @@
 namespace flashnce {
 
 // Order matches python/flashnce/geometry.py EPILOGUE_KINDS; the ops take the index.
-enum EpilogueKind : int { kDot = 0, kSqEuclidean = 1, kEuclidean = 2, kHyperbolic = 3 };
-constexpr int kNumEpilogueKinds = 4;
+// New kinds are appended: the index is part of the op's ABI.
+enum EpilogueKind : int {
+  kDot = 0, kSqEuclidean = 1, kEuclidean = 2, kHyperbolic = 3, kCosine = 4
+};
+constexpr int kNumEpilogueKinds = 5;
 constexpr int kMaxRowScalars = 3;
 
 FLASHNCE_HOST_DEVICE constexpr int num_row_scalars(int kind) {
-  return kind == kHyperbolic ? 3 : (kind == kSqEuclidean || kind == kEuclidean) ? 1 : 0;
+  return kind == kHyperbolic                                           ? 3
+         : (kind == kSqEuclidean || kind == kEuclidean || kind == kCosine) ? 1
+                                                                            : 0;
 }
 
 // Elementwise operations the epilogue needs. Mask is what comparisons return (bool for
@@ -178,6 +184,33 @@ struct Epilogue<kHyperbolic, T> {
     gb.v[1] = T(0) - g_ws;
     gb.v[2] = g_w1c * a.v[2];
     return T(0) - g_w * st.ss * st.inv_nn;
+  }
+  template <class S>
+  FLASHNCE_HOST_DEVICE static void finalize(const RowScalars<S>& a, RowScalars<S>& g) {
+    g.v[0] = g.v[0] / a.v[0];
+  }
+};
+
+// Cosine normalised inside the kernel (GEOMETRY.md section 2): a = (n_i), b = (n_j).
+// dh/dp = 1/(n_i n_j); dh/dn_i = -h/n_i, summed undivided (-G s h) and divided in finalize.
+template <class T>
+struct Epilogue<kCosine, T> {
+  static constexpr int kR = 1;
+  struct State { T h, inv_nn; };
+  FLASHNCE_HOST_DEVICE static State eval(T p, const RowScalars<T>& a, const RowScalars<T>& b, T,
+                                         T) {
+    State st;
+    st.inv_nn = T(1) / (a.v[0] * b.v[0]);
+    st.h = p * st.inv_nn;
+    return st;
+  }
+  FLASHNCE_HOST_DEVICE static T grad(const State& st, T, const RowScalars<T>&,
+                                     const RowScalars<T>&, T, T gs, RowScalars<T>& ga,
+                                     RowScalars<T>& gb) {
+    const T g_n = T(0) - gs * st.h;
+    ga.v[0] = g_n;
+    gb.v[0] = g_n;
+    return gs * st.inv_nn;
   }
   template <class S>
   FLASHNCE_HOST_DEVICE static void finalize(const RowScalars<S>& a, RowScalars<S>& g) {

@@ -55,7 +55,7 @@ void check_derivatives(const char* name) {
     RowScalars<double> a = scalars<KIND>(rng), b = scalars<KIND>(rng);
     // p in the interior of its valid range: |p| < sqrt(a b) (euclidean), n_i n_j (hyperbolic).
     double p = cosd(rng);
-    if (KIND == flashnce::kHyperbolic) p *= a.v[0] * b.v[0];
+    if (KIND == flashnce::kHyperbolic || KIND == flashnce::kCosine) p *= a.v[0] * b.v[0];
     if (KIND == flashnce::kSqEuclidean || KIND == flashnce::kEuclidean)
       p *= std::sqrt(a.v[0] * b.v[0]);
     const auto st = E::eval(p, a, b, k, kappa);
@@ -114,6 +114,17 @@ void check_clamps() {
               ga.v[2] == 0.0f && gb.v[1] == 0.0f,
           "hyperbolic clamp: h %g gp %g", st.h, gp);
   }
+  // Cosine: a zero feature has n = eps and p = 0: h = 0 and every gradient finite.
+  {
+    using E = Epilogue<flashnce::kCosine, float>;
+    RowScalars<float> z{{1e-12f, 0, 0}}, a{{2.0f, 0, 0}}, ga{}, gb{};
+    const auto st = E::eval(0.0f, z, a, 1.0f, 1e-6f);
+    const float gp = E::grad(st, 0.0f, z, a, 1.0f, 1.0f, ga, gb);
+    E::finalize(z, ga);
+    E::finalize(a, gb);
+    CHECK(st.h == 0.0f && std::isfinite(gp) && ga.v[0] == 0.0f && gb.v[0] == 0.0f,
+          "cosine zero vector: h %g gp %g", st.h, gp);
+  }
   // L3's radial term is exact in fp32: same direction, rho 8 vs 8.001 gives d = 1e-3.
   {
     using E = Epilogue<flashnce::kHyperbolic, float>;
@@ -128,10 +139,13 @@ int main() {
   check_derivatives<flashnce::kSqEuclidean>("sqeuclidean");
   check_derivatives<flashnce::kEuclidean>("euclidean");
   check_derivatives<flashnce::kHyperbolic>("hyperbolic");
+  check_derivatives<flashnce::kCosine>("cosine");
   check_clamps();
   CHECK(flashnce::num_row_scalars(flashnce::kHyperbolic) == 3 &&
             flashnce::num_row_scalars(flashnce::kEuclidean) == 1 &&
-            flashnce::num_row_scalars(flashnce::kDot) == 0,
+            flashnce::num_row_scalars(flashnce::kDot) == 0 &&
+            flashnce::num_row_scalars(flashnce::kCosine) == 1 && flashnce::kCosine == 4 &&
+            flashnce::kNumEpilogueKinds == 5,
         "num_row_scalars");
   if (failures) {
     std::printf("%d failure(s)\n", failures);

@@ -2,7 +2,7 @@
 
 Every geometry is written as ``logit = s * h(p, alpha_i, beta_j; c)`` where ``p = <X_i, Y_j>``
 is the tile's dot product, ``alpha``/``beta`` are a few fp32 scalars per row/column and ``s`` is
-the logit scale. The scale-free part ``h`` is one of four **epilogue kinds**; a geometry is a
+the logit scale. The scale-free part ``h`` is one of five **epilogue kinds**; a geometry is a
 prologue that maps raw features to one of them (see ``../shared/GEOMETRY.md``):
 
 =============  ==========================================  ===============================
@@ -14,7 +14,12 @@ euclidean      -sqrt(max(D, kappa (a_i + b_j)))            a = ||x||^2
 hyperbolic     -arcosh(1 + w) / sqrt(c),                   (n, rho, S): operand norm,
                w = 2 sinh^2((rho_i - rho_j)/2)             radius, sinh(radius)
                    + S_i S_j (1 - p / (n_i n_j))
+cosine         p / (n_i n_j)                               n = max(||x||, eps)
 =============  ==========================================  ===============================
+
+The cosine kind normalises inside the kernel (GEOMETRY.md section 2): the operand is the
+feature tensor as given and n its row norm, so no normalised N x d copy is ever made.
+Partials: dh/dp = 1/(n_i n_j), dh/dn_i = -h/n_i, dh/dn_j = -h/n_j.
 
 The hyperbolic kind is GEOMETRY.md's form L3 (direction + radius, hyperbolic law of cosines),
 shared by the Lorentz hyperboloid and the Poincare ball, which differ only in how the radius is
@@ -38,11 +43,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-EPILOGUE_KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic")
+# Order = kind index of the compiled kernels (csrc/flashnce/geometry.h): append, never renumber.
+EPILOGUE_KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic", "cosine")
 # Number of fp32 per-row scalars each epilogue kind reads.
-NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3}
+NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, "cosine": 1}
 
 # MERU caps the sinh argument at asinh(2^15): beyond it fp32 products S_i S_j lose all angular
 # resolution (GEOMETRY.md P3) and overflow is near. Radii above the cap get zero radial gradient.
@@ -103,9 +108,10 @@ def _prologue_dot(x, curvature, on_manifold):
 
 
 def _prologue_cosine(x, curvature, on_manifold):
-    xc = x.to(compute_dtype(x.dtype))
-    unit = F.normalize(xc, dim=-1, eps=NORM_EPS).to(x.dtype)
-    return Prepared(unit, _empty_scalars(x))
+    """Operand = x as given (no normalised copy); n = max(||x||, eps) of the operand as the
+    GEMM sees it (P1: for bf16/fp16 the norm of the rounded input), in the compute dtype."""
+    n = _norm(x.to(compute_dtype(x.dtype))).clamp_min(NORM_EPS)
+    return Prepared(x, n.unsqueeze(-1))
 
 
 def _prologue_sqnorm(x, curvature, on_manifold):
@@ -152,7 +158,7 @@ def _prologue_poincare(x, curvature, on_manifold):
 GEOMETRIES: dict[str, Geometry] = {
     g.name: g
     for g in (
-        Geometry("cosine", "dot", False, False, _prologue_cosine, "s * <x/|x|, y/|y|>"),
+        Geometry("cosine", "cosine", False, False, _prologue_cosine, "s * <x/|x|, y/|y|>"),
         Geometry("dot", "dot", False, False, _prologue_dot, "s * <x, y>"),
         Geometry("sqeuclidean", "sqeuclidean", False, False, _prologue_sqnorm, "-s * |x - y|^2"),
         Geometry("euclidean", "euclidean", False, False, _prologue_sqnorm, "-s * |x - y|"),
@@ -210,6 +216,8 @@ def _scale_free(kind: str, p, fa, fb, inv_sqrt_c, kappa: float):
             return -dist2
         floor = kappa * (fa[0] + fb[0])
         return -torch.sqrt(torch.where(dist2 > floor, dist2, floor.detach()))
+    if kind == "cosine":
+        return p / (fa[0] * fb[0])
     if kind == "hyperbolic":
         w, w_min, _ = _hyperbolic_w(p, fa, fb, kappa)
         w = torch.where(w > w_min, w, w_min.detach())
@@ -251,6 +259,11 @@ def tile_logit_grads(kind: str, p, a, b, scale, inv_sqrt_c, kappa: float, g):
         # dh/dD = -1/(2d); zero where clamped (coincident pairs), never 0 * inf.
         g_dist2 = torch.where(active, gs * 0.5 / h, torch.zeros_like(gs))
         return -2.0 * g_dist2, g_dist2.sum(1, keepdim=True), g_dist2.sum(0).unsqueeze(1), gh
+    if kind == "cosine":
+        # dh/dp = 1/(n_i n_j); dh/dn_i = -h/n_i, dh/dn_j = -h/n_j.
+        g_h = gs * h
+        return (gs / (fa[0] * fb[0]), -(g_h.sum(1, keepdim=True) / fa[0]),
+                -(g_h.sum(0) / fb[0]).unsqueeze(1), gh)
     if kind == "hyperbolic":
         w, w_min, cos = _hyperbolic_w(p, fa, fb, kappa)
         active = w > w_min

@@ -80,7 +80,7 @@ int run_case(const Case& cs, double tol, std::mt19937_64& rng) {
     for (int64_t i = 0; i < rows; ++i) {
       double sq = 0;
       for (int64_t k = 0; k < K; ++k) sq += f[i * K + k] * f[i * K + k];
-      if (R == 1) s[i] = sq;
+      if (R == 1) s[i] = KIND == kCosine ? std::max(std::sqrt(sq), 1e-12) : sq;
       if (R == 3) {
         const double rho = unif(rng);
         s[i * 3] = std::max(std::sqrt(sq), 1e-12);
@@ -200,6 +200,7 @@ int run_dtype(double tol, std::mt19937_64& rng) {
     f += run_case<T, kSqEuclidean>(c, tol, rng);
     f += run_case<T, kEuclidean>(c, tol, rng);
     f += run_case<T, kHyperbolic>(c, tol, rng);
+    f += run_case<T, kCosine>(c, tol, rng);
   }
   return f;
 }

@@ -18,7 +18,7 @@ import torch
 from .base import Backend, TileSpec
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic")
+_KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic", "cosine")
 _OPS_MODULE = "flashnce.triton_kernels.ops"
 
 
