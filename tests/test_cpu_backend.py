@@ -284,3 +284,34 @@ def test_cosine_kind_is_normalised_dot(excl):
     for a, b in zip([*ours, *grads[0]], [*ref, *grads[1]]):
         assert_close(a.detach(), b.detach(), 1e-12, "cosine kind vs normalised dot")
 
+
+def test_backward_column_super_blocks():
+    """Backward with many column super-blocks (tiny FLASHNCE_CPU_SUPER_BYTES and tiles, read
+    at load, hence a subprocess), 1 and 2 threads: matches the torch backend in float64 and
+    the 2-thread run is bitwise reproducible."""
+    code = (
+        "import sys, torch, flashnce; sys.path.insert(0, %r)\n"
+        "from _helpers import make_features, assert_close\n"
+        "for geometry in ('cosine', 'lorentz', 'euclidean'):\n"
+        "    x = make_features(300, 13, geometry=geometry, seed=1, dtype=torch.float64)\n"
+        "    y = make_features(270, 13, geometry=geometry, seed=2, dtype=torch.float64)\n"
+        "    outs = []\n"
+        "    for backend, threads in (('torch', 2), ('cpu', 1), ('cpu', 2), ('cpu', 2)):\n"
+        "        torch.set_num_threads(threads)\n"
+        "        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()\n"
+        "        s = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)\n"
+        "        r, c = flashnce.pairwise_lse(xx, yy, geometry=geometry, scale=s,\n"
+        "                                     exclude_diagonal=True, backend=backend)\n"
+        "        w = torch.linspace(0.1, 1.0, 300, dtype=torch.float64)\n"
+        "        loss = (r * w).sum() + c.square().mean()\n"
+        "        outs.append([r, c, *torch.autograd.grad(loss, [xx, yy, s])])\n"
+        "    for got in outs[1:]:\n"
+        "        for a, b in zip(got, outs[0]):\n"
+        "            assert_close(a.detach().reshape(-1), b.detach().reshape(-1), 1e-10, geometry)\n"
+        "    assert all(torch.equal(a, b) for a, b in zip(outs[2], outs[3])), geometry\n"
+        "print('ok')\n" % os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FLASHNCE_CPU_SUPER_BYTES="4096", FLASHNCE_CPU_BLOCK_N="32",
+               FLASHNCE_CPU_BLOCK_M="48")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]

@@ -10,10 +10,13 @@
 // single-threaded BLAS call into a thread-local buffer; the fp32 epilogue runs on
 // at::vec::Vectorized lanes. Forward folds every tile into the row LSE of its block and into
 // per-part column partials (max, sum) that are merged in part order at the end. Backward
-// recomputes each tile once, overwrites it with G dl/dp and does both gradient GEMMs on it;
-// dY and d_beta go to per-part accumulators reduced in part order. Nothing is atomic, so a run
-// is bitwise reproducible for a given thread count. Memory: O((N + M) K) plus, in backward,
-// (threads - 1) extra M x K accumulators.
+// recomputes each tile once, overwrites it with G dl/dp and does both gradient GEMMs on it.
+// It walks the columns in super-blocks of ~4 MiB of dY (super_block_cols): per super-block the
+// parts run in parallel, each accumulating that super-block's dY privately, then the copies are
+// reduced in part order; d_beta goes to per-part O(M) accumulators. Nothing is atomic, so a run
+// is bitwise reproducible for a given thread count. Memory: O((N + M) K) for inputs and
+// outputs plus a workspace of (threads - 1) x ~4 MiB dY accumulators, O(threads M) column
+// partials and one 512 KiB tile per thread.
 //
 // This file is compiled once per ISA (FLASHNCE_ISA = avx2 / avx512, with matching -m flags)
 // into separate extension modules; python/flashnce/_extension.py imports the best one the CPU
@@ -369,6 +372,20 @@ inline void backward_chunk(const Problem<T>& pb, const BackwardIO<T>& io, T* row
   }
 }
 
+// Columns per super-block of the backward walk: sized so one part's private dY accumulator
+// (super_m x K) is about kSuperBlockBytes, a multiple of kBlockM, at least one tile.
+// FLASHNCE_CPU_SUPER_BYTES overrides the byte budget (read once; for tuning).
+const int64_t kSuperBlockBytes = [] {
+  const char* v = std::getenv("FLASHNCE_CPU_SUPER_BYTES");
+  const long long parsed = v ? std::atoll(v) : 0;
+  return parsed >= 4096 ? int64_t(parsed) : int64_t(4) << 20;
+}();
+template <class T>
+int64_t super_block_cols(int64_t kdim) {
+  const int64_t cols = kSuperBlockBytes / (std::max<int64_t>(kdim, 1) * int64_t(sizeof(T)));
+  return std::max(kBlockM, cols / kBlockM * kBlockM);
+}
+
 template <int KIND, class T>
 void backward_kernel(const Problem<T>& pb, const BackwardIO<T>& io, T* dx, T* dy, T* d_alpha,
                      T* d_betaT, T* gh_out) {
@@ -378,97 +395,122 @@ void backward_kernel(const Problem<T>& pb, const BackwardIO<T>& io, T* dx, T* dy
   const int64_t n = pb.n, m = pb.m, kdim = pb.k;
   const int64_t nblocks = (n + kBlockN - 1) / kBlockN;
   const int64_t nparts = num_parts(nblocks);
-  // Part 0 accumulates straight into dy / d_betaT; the others into their own buffers.
+  // Columns are walked in super-blocks; within one, the parts (row ranges) run in parallel and
+  // each accumulates the super-block's dY privately: part 0 straight into dy, the others into
+  // a super_m x K buffer that is reduced into dy in part order before the next super-block.
+  // Workspace O(threads super_m K), not O(threads M K). dX rows and d_alpha stay owned by one
+  // part; d_beta (O(R M) per part) keeps whole-M per-part accumulators.
+  const int64_t super_m = nparts > 1 ? std::min(m, super_block_cols<T>(kdim)) : m;
   std::vector<std::vector<T>> dy_extra(nparts - 1);
   std::vector<T> dbeta_parts((nparts - 1) * R * m, T(0));
   std::vector<double> gh_parts(nparts, 0.0);
 
-  for_each_part(nparts, [&](int64_t part) {
-    T* dy_part = dy;
-    T* dbeta = d_betaT;
-    if (part > 0) {
-      dy_extra[part - 1].assign(m * kdim, T(0));
-      dy_part = dy_extra[part - 1].data();
-      dbeta = dbeta_parts.data() + (part - 1) * R * m;
-    }
-    std::vector<T> tile(kBlockN * kBlockM), col_factor(kBlockM);
-    double gh_part = 0;
-    for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
-      const int64_t i0 = blk * kBlockN, bn = std::min(kBlockN, n - i0);
-      std::vector<RowScalars<T>> ga_rows(bn, RowScalars<T>{});
-      for (int64_t j0 = 0; j0 < m; j0 += kBlockM) {
-        const int64_t bm = std::min(kBlockM, m - j0);
-        gemm('T', 'N', bm, bn, kdim, T(1), pb.y + j0 * kdim, kdim, pb.x + i0 * kdim, kdim, T(0),
-             tile.data(), bm);
-        // Every logit l_ij <= row_lse[i] <= C (masked entries get G = 0 regardless).
-        TileG<T> tg{false, neg_inf<T>(), col_factor.data()};
-        T lo = std::numeric_limits<T>::infinity();
-        for (int64_t r = 0; r < bn; ++r) {
-          const T v = io.row_lse[i0 + r];
-          if (v != neg_inf<T>()) {
-            tg.ref = std::max(tg.ref, v);
-            lo = std::min(lo, v);
+  for (int64_t c0 = 0; c0 < m; c0 += super_m) {
+    const int64_t c1 = std::min(m, c0 + super_m), mc = c1 - c0;
+    for_each_part(nparts, [&](int64_t part) {
+      T* dy_part = dy + c0 * kdim;
+      T* dbeta = d_betaT;
+      if (part > 0) {
+        std::vector<T>& buf = dy_extra[part - 1];
+        if (buf.empty())
+          buf.assign(super_m * kdim, T(0));  // first touch by the part's own thread
+        else
+          std::fill(buf.begin(), buf.begin() + mc * kdim, T(0));
+        dy_part = buf.data();
+        dbeta = dbeta_parts.data() + (part - 1) * R * m;
+      }
+      std::vector<T> tile(kBlockN * kBlockM), col_factor(kBlockM);
+      double gh_part = 0;
+      for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
+        const int64_t i0 = blk * kBlockN, bn = std::min(kBlockN, n - i0);
+        for (int64_t j0 = c0; j0 < c1; j0 += kBlockM) {
+          const int64_t bm = std::min(kBlockM, c1 - j0);
+          gemm('T', 'N', bm, bn, kdim, T(1), pb.y + j0 * kdim, kdim, pb.x + i0 * kdim, kdim,
+               T(0), tile.data(), bm);
+          // Every logit l_ij <= row_lse[i] <= C (masked entries get G = 0 regardless).
+          TileG<T> tg{false, neg_inf<T>(), col_factor.data()};
+          T lo = std::numeric_limits<T>::infinity();
+          for (int64_t r = 0; r < bn; ++r) {
+            const T v = io.row_lse[i0 + r];
+            if (v != neg_inf<T>()) {
+              tg.ref = std::max(tg.ref, v);
+              lo = std::min(lo, v);
+            }
           }
-        }
-        for (int64_t c = 0; c < bm; ++c) {
-          const T v = io.col_lse[j0 + c];
-          if (v != neg_inf<T>()) lo = std::min(lo, v);
-        }
-        tg.shared = tg.ref != neg_inf<T>() && tg.ref - lo <= T(kSharedMaxRange);
-        if (tg.shared) {
           for (int64_t c = 0; c < bm; ++c) {
             const T v = io.col_lse[j0 + c];
-            col_factor[c] = v == neg_inf<T>() ? T(0) : io.g_col[j0 + c] * std::exp(tg.ref - v);
+            if (v != neg_inf<T>()) lo = std::min(lo, v);
           }
+          tg.shared = tg.ref != neg_inf<T>() && tg.ref - lo <= T(kSharedMaxRange);
+          if (tg.shared) {
+            for (int64_t c = 0; c < bm; ++c) {
+              const T v = io.col_lse[j0 + c];
+              col_factor[c] = v == neg_inf<T>() ? T(0) : io.g_col[j0 + c] * std::exp(tg.ref - v);
+            }
+          }
+          T gh_tile = 0;
+          for (int64_t r = 0; r < bn; ++r) {
+            const int64_t i = i0 + r;
+            T* row = tile.data() + r * bm;
+            const auto av = row_scalars<V, R>(pb.alpha, i);
+            const auto as = row_scalars<T, R>(pb.alpha, i);
+            const T lr = io.row_lse[i];
+            const T gr = tg.shared
+                             ? (lr == neg_inf<T>() ? T(0) : io.g_row[i] * std::exp(tg.ref - lr))
+                             : io.g_row[i];
+            RowScalars<V> gav{};
+            for (int q = 0; q < R; ++q) gav.v[q] = V(T(0));
+            RowScalars<T> gas{};
+            V ghv(T(0));
+            T ghs = 0;
+            int64_t j = 0;
+            for (; j + L <= bm; j += L)
+              backward_chunk<KIND>(pb, io, row, j, j0 + j, i, av, V(gr), V(lr), tg, gav, ghv,
+                                   dbeta);
+            for (; j < bm; ++j)
+              backward_chunk<KIND>(pb, io, row, j, j0 + j, i, as, gr, lr, tg, gas, ghs, dbeta);
+            // Raw (unfinalized) row sums accumulate in d_alpha across tiles and super-blocks.
+            for (int q = 0; q < R; ++q) d_alpha[i * R + q] += gas.v[q] + Lanes<V>::sum(gav.v[q]);
+            gh_tile += ghs + Lanes<V>::sum(ghv);
+          }
+          gh_part += gh_tile;
+          // dX[i0:i0+bn] += Gp Y[j0:j0+bm];  dY[j0:j0+bm] += Gp^T X[i0:i0+bn].
+          gemm('N', 'N', kdim, bn, bm, T(1), pb.y + j0 * kdim, kdim, tile.data(), bm, T(1),
+               dx + i0 * kdim, kdim);
+          gemm('N', 'T', kdim, bm, bn, T(1), pb.x + i0 * kdim, kdim, tile.data(), bm, T(1),
+               dy_part + (j0 - c0) * kdim, kdim);
         }
-        T gh_tile = 0;
-        for (int64_t r = 0; r < bn; ++r) {
-          const int64_t i = i0 + r;
-          T* row = tile.data() + r * bm;
-          const auto av = row_scalars<V, R>(pb.alpha, i);
-          const auto as = row_scalars<T, R>(pb.alpha, i);
-          const T lr = io.row_lse[i];
-          const T gr = tg.shared ? (lr == neg_inf<T>() ? T(0) : io.g_row[i] * std::exp(tg.ref - lr))
-                                 : io.g_row[i];
-          RowScalars<V> gav{};
-          for (int q = 0; q < R; ++q) gav.v[q] = V(T(0));
-          RowScalars<T> gas{};
-          V ghv(T(0));
-          T ghs = 0;
-          int64_t j = 0;
-          for (; j + L <= bm; j += L)
-            backward_chunk<KIND>(pb, io, row, j, j0 + j, i, av, V(gr), V(lr), tg, gav, ghv,
-                                 dbeta);
-          for (; j < bm; ++j)
-            backward_chunk<KIND>(pb, io, row, j, j0 + j, i, as, gr, lr, tg, gas, ghs, dbeta);
-          for (int q = 0; q < R; ++q) ga_rows[r].v[q] += gas.v[q] + Lanes<V>::sum(gav.v[q]);
-          gh_tile += ghs + Lanes<V>::sum(ghv);
+      }
+      gh_parts[part] += gh_part;
+    });
+    // Reduce this super-block's per-part dY in part order (deterministic, no atomics).
+    if (nparts > 1) {
+      at::parallel_for(0, mc, 256, [&](int64_t b, int64_t e) {
+        T* dst = dy + c0 * kdim;
+        for (int64_t part = 1; part < nparts; ++part) {
+          const T* src = dy_extra[part - 1].data();
+          for (int64_t idx = b * kdim; idx < e * kdim; ++idx) dst[idx] += src[idx];
         }
-        gh_part += gh_tile;
-        // dX[i0:i0+bn] += Gp Y[j0:j0+bm];  dY[j0:j0+bm] += Gp^T X[i0:i0+bn].
-        gemm('N', 'N', kdim, bn, bm, T(1), pb.y + j0 * kdim, kdim, tile.data(), bm, T(1),
-             dx + i0 * kdim, kdim);
-        gemm('N', 'T', kdim, bm, bn, T(1), pb.x + i0 * kdim, kdim, tile.data(), bm, T(1),
-             dy_part + j0 * kdim, kdim);
-      }
-      for (int64_t r = 0; r < bn; ++r) {
-        RowScalars<T> a = row_scalars<T, R>(pb.alpha, i0 + r);
-        Epilogue<KIND, T>::finalize(a, ga_rows[r]);
-        for (int q = 0; q < R; ++q) d_alpha[(i0 + r) * R + q] = ga_rows[r].v[q];
-      }
+      });
     }
-    gh_parts[part] = gh_part;
-  });
+  }
 
-  // Reduce the per-part column accumulators in part order.
+  if (R > 0) {
+    at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        RowScalars<T> a = row_scalars<T, R>(pb.alpha, i), g{};
+        for (int q = 0; q < R; ++q) g.v[q] = d_alpha[i * R + q];
+        Epilogue<KIND, T>::finalize(a, g);
+        for (int q = 0; q < R; ++q) d_alpha[i * R + q] = g.v[q];
+      }
+    });
+  }
+  // Reduce the per-part d_beta accumulators in part order, then finalize.
   at::parallel_for(0, m, 256, [&](int64_t b, int64_t e) {
-    for (int64_t part = 1; part < nparts; ++part) {
-      const T* src = dy_extra[part - 1].data();
-      for (int64_t idx = b * kdim; idx < e * kdim; ++idx) dy[idx] += src[idx];
+    for (int64_t part = 1; part < nparts; ++part)
       for (int q = 0; q < R; ++q)
         for (int64_t j = b; j < e; ++j)
           d_betaT[q * m + j] += dbeta_parts[(part - 1) * R * m + q * m + j];
-    }
     for (int64_t j = b; j < e; ++j) {
       RowScalars<T> bs{}, g{};
       for (int q = 0; q < R; ++q) {
