@@ -25,6 +25,7 @@ from torch.library import custom_op, register_autograd, triton_op
 
 # INTERPRETED: decided by how the kernels were decorated (TRITON_INTERPRET at their import),
 # not by the environment now: that is what wrap_triton will see.
+from ..ops import setup_lse_context, theta_grads
 from .launch import INTERPRETED, lse_backward, lse_forward
 
 if INTERPRETED:
@@ -66,13 +67,6 @@ if INTERPRETED:
                 torch.empty_like(beta), x.new_empty((), dtype=torch.float32))
 
 
-def _setup_context(ctx, inputs, output):
-    x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa = inputs
-    row_lse, col_lse = output
-    ctx.save_for_backward(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse)
-    ctx.kind, ctx.exclude_diagonal, ctx.kappa = kind, exclude_diagonal, kappa
-
-
 def _backward(ctx, g_row, g_col):
     x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
     g_row = torch.zeros_like(row_lse) if g_row is None else g_row.float().contiguous()
@@ -80,16 +74,12 @@ def _backward(ctx, g_row, g_col):
     dx, dy, d_alpha, d_beta, gh = triton_lse_bwd(
         x, y, alpha, beta, scale, inv_sqrt_c, ctx.kind, ctx.exclude_diagonal, ctx.kappa,
         row_lse, col_lse, g_row, g_col)
-    d_scale = gh.to(scale.dtype)
-    # h is proportional to k = 1/sqrt(c) only for the hyperbolic kind.
-    if ctx.kind == "hyperbolic":
-        d_inv_sqrt_c = (scale * gh / inv_sqrt_c).to(inv_sqrt_c.dtype)
-    else:
-        d_inv_sqrt_c = torch.zeros_like(inv_sqrt_c)
+    d_scale, d_inv_sqrt_c = theta_grads(gh, scale, inv_sqrt_c, ctx.kind == "hyperbolic",
+                                        *ctx.needs_input_grad[4:6])
     return dx, dy, d_alpha, d_beta, d_scale, d_inv_sqrt_c, None, None, None
 
 
-register_autograd("flashnce::triton_lse_fwd", _backward, setup_context=_setup_context)
+register_autograd("flashnce::triton_lse_fwd", _backward, setup_context=setup_lse_context)
 
 
 def pairwise_lse(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal=False,

@@ -19,6 +19,25 @@ from .backends.base import Backend, TileSpec
 from .geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS, compute_dtype
 
 
+def theta_grads(gh, scale, inv_sqrt_c, hyperbolic: bool, needs_scale=True, needs_k=True):
+    """(dL/dscale, dL/dk), k = 1/sqrt(c), from the kernels' gh = sum_ij G_ij h_ij.
+
+    logit = scale * h, so dL/dscale = gh; for the hyperbolic kind h is proportional to k
+    (its only explicit curvature dependence), so dL/dk = scale * gh / k. None where unneeded.
+    """
+    d_scale = gh.to(scale.dtype) if needs_scale else None
+    d_k = (scale * gh / inv_sqrt_c).to(inv_sqrt_c.dtype) if needs_k and hyperbolic else None
+    return d_scale, d_k
+
+
+def setup_lse_context(ctx, inputs, output):
+    """setup_context shared by the op-based paths (C++ and Triton ops): same argument order."""
+    x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa = inputs
+    row_lse, col_lse = output
+    ctx.save_for_backward(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse)
+    ctx.kind, ctx.exclude_diagonal, ctx.kappa = kind, exclude_diagonal, kappa
+
+
 class _PairwiseLSE(torch.autograd.Function):
     @staticmethod
     def forward(x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec, backend: Backend):
@@ -42,11 +61,8 @@ class _PairwiseLSE(torch.autograd.Function):
         dx, dy, d_alpha, d_beta, gh = ctx.backend.backward(
             x, y, alpha, beta, scale, inv_sqrt_c, ctx.spec,
             row_lse, col_lse, g_row.contiguous(), g_col.contiguous())
-        d_scale = gh if ctx.needs_input_grad[4] else None
-        d_inv_sqrt_c = None
-        # logit = scale * h and h is proportional to k = 1/sqrt(c) for the hyperbolic kind.
-        if ctx.needs_input_grad[5] and ctx.spec.kind == "hyperbolic":
-            d_inv_sqrt_c = scale * gh / inv_sqrt_c
+        d_scale, d_inv_sqrt_c = theta_grads(gh, scale, inv_sqrt_c, ctx.spec.kind == "hyperbolic",
+                                            *ctx.needs_input_grad[4:6])
         return dx, dy, d_alpha, d_beta, d_scale, d_inv_sqrt_c, None, None
 
 
@@ -96,13 +112,6 @@ def _fake_bwd(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse, g_row, g_c
             x.new_empty((), dtype=cd))
 
 
-def _setup_fwd(ctx, inputs, output):
-    x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa = inputs
-    row_lse, col_lse = output
-    ctx.save_for_backward(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse)
-    ctx.kind, ctx.exclude_diagonal, ctx.kappa = kind, exclude_diagonal, kappa
-
-
 def _backward_fwd(ctx, g_row, g_col):
     x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
     g_row = torch.zeros_like(row_lse) if g_row is None else g_row.contiguous()
@@ -110,11 +119,8 @@ def _backward_fwd(ctx, g_row, g_col):
     dx, dy, d_alpha, d_beta, gh = torch.ops.flashnce.pairwise_lse_bwd(
         x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse, g_row, g_col,
         ctx.kind, ctx.exclude_diagonal, ctx.kappa)
-    # logit = scale * h, and h is proportional to k = 1/sqrt(c) for the hyperbolic kind.
-    d_scale = gh.to(scale.dtype) if ctx.needs_input_grad[4] else None
-    d_inv_sqrt_c = None
-    if ctx.needs_input_grad[5] and ctx.kind == _HYPERBOLIC:
-        d_inv_sqrt_c = (scale * gh / inv_sqrt_c).to(inv_sqrt_c.dtype)
+    d_scale, d_inv_sqrt_c = theta_grads(gh, scale, inv_sqrt_c, ctx.kind == _HYPERBOLIC,
+                                        *ctx.needs_input_grad[4:6])
     return dx, dy, d_alpha, d_beta, d_scale, d_inv_sqrt_c, None, None, None
 
 
@@ -126,5 +132,5 @@ def register_compiled_ops():
     torch.library.register_fake("flashnce::pairwise_lse_fwd")(_fake_fwd)
     torch.library.register_fake("flashnce::pairwise_lse_bwd")(_fake_bwd)
     torch.library.register_autograd("flashnce::pairwise_lse_fwd", _backward_fwd,
-                                    setup_context=_setup_fwd)
+                                    setup_context=setup_lse_context)
     _registered = True
