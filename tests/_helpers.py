@@ -117,3 +117,24 @@ def assert_close(actual, expected, rtol, name="", floor=1e-3):
             f"{name}: relative max-norm error {err:.3e} > {rtol:.1e}; worst at {idx}: "
             f"got {a.flatten()[diff.argmax()].item():.8g}, "
             f"expected {e.flatten()[diff.argmax()].item():.8g}")
+
+
+def assert_matches_oracle(geometry, loss, grads, ref_loss, ref_grads, floors, tols, *,
+                          grad_dtype=None, device_type=None):
+    """Loss and (x, y, scale, curvature) gradients against ``oracle``'s output.
+
+    tols: [loss, dx, dy, dscale, dcurvature] max-norm relative tolerances. A None gradient is
+    only allowed for the curvature of a flat geometry, whose true gradient is then zero.
+    """
+    assert_close(loss.reshape(1).double(), ref_loss.reshape(1), tols[0], f"{geometry} loss",
+                 floor=floors[0])
+    for name, g, rg, floor, tol in zip(("x", "y", "scale", "curvature"), grads, ref_grads,
+                                       floors[1:], tols[1:]):
+        if g is None:
+            assert name == "curvature" and flashnce.GEOMETRIES[geometry].kind != "hyperbolic"
+            assert rg.abs().max() == 0
+            continue
+        if name in ("x", "y"):
+            assert grad_dtype is None or g.dtype == grad_dtype, f"d{name} dtype {g.dtype}"
+            assert device_type is None or g.device.type == device_type
+        assert_close(g.reshape(rg.shape).double(), rg, tol, f"{geometry} d{name}", floor=floor)
