@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 
 from . import dispatch
-from .geometry import compute_dtype, paired_logits, tile_logits
+from .geometry import compute_dtype, tile_logits
 from .ops import pairwise_lse_prepared
 from .validate import REDUCTIONS, SUPPORTED_DTYPES, check_choice, check_features
 
@@ -366,7 +366,7 @@ def _check_local(x, y, symmetric, targets, mode):
 def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, on_manifold,
                         symmetric, targets, reduction, backend):
     """``flashnce.infonce(..., group=...)``; see the module docstring for the convention."""
-    from .losses import _Prepared  # losses imports this module lazily: no import cycle
+    from .losses import _Prepared, per_row_losses  # losses imports this module lazily
 
     check_group(group)
     error, prep, impl, grad_mask = None, None, None, 0
@@ -406,13 +406,10 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
             _, col_lse = _lse(impl, x_all, py.operand, a_all, py.scalars, args, spec)
 
     if targets is not None:  # gather mode only (checked): positives among the gathered columns
-        positive = _paired(prep, px.operand, y_all[targets], px.scalars, b_all[targets])
+        positive = prep.logits_of_pairs(px.operand, y_all[targets], px.scalars, b_all[targets])
     else:
-        positive = _paired(prep, px.operand, py.operand, px.scalars, py.scalars)
-    if symmetric:
-        per_row = 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
-    else:
-        per_row = row_lse - positive
+        positive = prep.logits_of_pairs(px.operand, py.operand, px.scalars, py.scalars)
+    per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
     if reduction == "none":
         return per_row
     # mean over ranks of the returned losses = the global loss (DDP averages gradients).
@@ -428,9 +425,3 @@ def _lse(impl, x, y, a, b, args, spec):
         logits = tile_logits(spec.kind, x.to(cd) @ y.to(cd).T, a, b, *args, spec.kappa)
         return torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
     return pairwise_lse_prepared(x, y, a, b, *args, spec, impl)
-
-
-def _paired(prep, ex, ey, sx, sy):
-    cd = compute_dtype(ex.dtype)
-    p = (ex.to(cd) * ey.to(cd)).sum(-1)
-    return paired_logits(prep.geo.kind, p, sx, sy, prep.scale, prep.inv_sqrt_c, prep.kappa)

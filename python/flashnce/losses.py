@@ -54,10 +54,20 @@ class _Prepared:
             ey, sy = ey[:n], sy[:n]
         else:
             ey, sy = ey[cols], sy[cols]
-        cd = compute_dtype(self.x.dtype)
-        p = (self.px.operand.to(cd) * ey.to(cd)).sum(-1)
-        return paired_logits(self.geo.kind, p, self.px.scalars, sy,
-                             self.scale, self.inv_sqrt_c, self.kappa)
+        return self.logits_of_pairs(self.px.operand, ey, self.px.scalars, sy)
+
+    def logits_of_pairs(self, ex, ey, sx, sy):
+        """logit(ex_i, ey_i) of operand rows paired elementwise, with their per-row scalars."""
+        cd = compute_dtype(ex.dtype)
+        p = (ex.to(cd) * ey.to(cd)).sum(-1)
+        return paired_logits(self.geo.kind, p, sx, sy, self.scale, self.inv_sqrt_c, self.kappa)
+
+
+def per_row_losses(row_lse, col_lse, positive, symmetric: bool):
+    """InfoNCE per row: 1/2 (row - pos) + 1/2 (col - pos) symmetric, else row - pos."""
+    if symmetric:
+        return 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
+    return row_lse - positive
 
 
 def _reference_dtype(x):
@@ -150,10 +160,7 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
                                  targets=targets, reduction=reduction, **prep.raw)
     row_lse, col_lse = prep.lse(impl, False)
     positive = prep.paired_logits(targets)
-    if symmetric:
-        per_row = 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
-    else:
-        per_row = row_lse - positive
+    per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
     if reduction == "mean":
         return per_row.mean()
     if reduction == "sum":
