@@ -68,10 +68,9 @@ class _PairwiseLSE(torch.autograd.Function):
 
 def pairwise_lse_prepared(x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec, backend: Backend):
     """(row_lse [N], col_lse [M]) of logits scale * h_kind(<x_i, y_j>, alpha_i, beta_j)."""
-    if getattr(backend, "op_based", False):
-        return torch.ops.flashnce.pairwise_lse_fwd(
-            x.contiguous(), y.contiguous(), alpha.contiguous(), beta.contiguous(), scale,
-            inv_sqrt_c, EPILOGUE_KINDS.index(spec.kind), spec.exclude_diagonal, spec.kappa)
+    if getattr(backend, "op_based", False):  # differentiable through register_autograd below
+        return backend.forward(x.contiguous(), y.contiguous(), alpha.contiguous(),
+                               beta.contiguous(), scale, inv_sqrt_c, spec)
     return _PairwiseLSE.apply(
         x.contiguous(), y.contiguous(), alpha.contiguous(), beta.contiguous(),
         scale, inv_sqrt_c, spec, backend)

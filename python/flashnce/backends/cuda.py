@@ -64,7 +64,6 @@ class CudaKernel(CpuKernel):
     runs the CUDA kernel for CUDA tensors. Only the acceptance rules differ."""
 
     name = "cuda"
-    op_based = True  # flashnce.ops calls torch.ops.flashnce.* for this backend
 
     def not_supported_reasons(self, x, y, spec: TileSpec) -> list[str]:
         reasons = []
