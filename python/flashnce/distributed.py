@@ -377,7 +377,7 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         if not isinstance(symmetric, bool):
             raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
         _check_local(x, y, symmetric, targets, group_mode)
-        prep = _Prepared(x, y, geometry, scale, curvature, on_manifold)
+        prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True)
         if group_mode == "ring" and backend == "reference":
             raise ValueError("group_mode='ring' needs a kernel backend, not 'reference'")
         impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand,

@@ -15,8 +15,9 @@ from .validate import REDUCTIONS, as_param, check_ball, check_choice, check_feat
 class _Prepared:
     """Validated inputs after the geometry prologue (operands, per-row scalars, parameters)."""
 
-    def __init__(self, x, y, geometry, scale, curvature, on_manifold):
-        check_features(x, y)
+    def __init__(self, x, y, geometry, scale, curvature, on_manifold, features_checked=False):
+        if not features_checked:  # the finite-value scan costs a host sync: do it once
+            check_features(x, y)
         self.geo = get_geometry(geometry)
         if not isinstance(on_manifold, bool):
             raise TypeError(f"on_manifold must be a bool, got {type(on_manifold).__name__}")
@@ -153,7 +154,7 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
     else:
         targets = _check_targets(targets, n, m, x.device)
 
-    prep = _Prepared(x, y, geometry, scale, curvature, on_manifold)
+    prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True)
     impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand, prep.spec(False))
     if impl == "reference":
         return reference_infonce(_reference_dtype(x), _reference_dtype(y), symmetric=symmetric,
