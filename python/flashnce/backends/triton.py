@@ -39,6 +39,9 @@ def _ops():
 
 class TritonBackend(Backend):
     name = "triton"
+    # flashnce.ops calls forward() directly: the op's registered autograd (triton_kernels/ops.py)
+    # is the backward, so eager and torch.compile see the same triton_op pair.
+    op_based = True
 
     def not_supported_reasons(self, x, y, spec: TileSpec) -> list[str]:
         problem = _import_problem()
