@@ -39,8 +39,12 @@ def check_features(x, y) -> None:
         raise ValueError(
             f"x and y must have the same feature dim, got {x.shape[1]} and {y.shape[1]}")
     if not _tracing():
-        for name, t in (("x", x), ("y", y)):
-            if not bool(torch.isfinite(t).all()):
+        # min and max propagate NaN and expose +-inf: a reduction pass with no N x d
+        # temporary (isfinite(t).all() allocates a bool tensor per input), one host sync.
+        extremes = torch.stack([*torch.aminmax(x), *torch.aminmax(y)])
+        x_finite_lo, x_finite_hi, y_finite_lo, y_finite_hi = torch.isfinite(extremes).tolist()
+        for name, finite in (("x", x_finite_lo and x_finite_hi), ("y", y_finite_lo and y_finite_hi)):
+            if not finite:
                 raise ValueError(f"{name} contains NaN or infinite values")
 
 
