@@ -1,4 +1,4 @@
-"""Geometry registry: prologues (features -> GEMM operands + per-row scalars) and epilogues.
+"""Geometry registry: prologues (squared row norms -> per-row scalars) and epilogues.
 
 Every geometry is written as ``logit = s * h(p, alpha_i, beta_j; c)`` where ``p = <X_i, Y_j>``
 is the tile's dot product, ``alpha``/``beta`` are a few fp32 scalars per row/column and ``s`` is
@@ -68,9 +68,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Output of a prologue: what the tile walk consumes.
+    """What the tile walk consumes for one side.
 
-    operand: [N, K] in the input dtype (what the GEMM sees).
+    operand: [N, K] the features as given, in the input dtype (what the GEMM sees).
     scalars: [N, r] in the compute dtype, computed from ``operand`` as rounded (P1).
     """
 
@@ -80,79 +80,86 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Geometry:
-    """A registered geometry: an epilogue kind plus the prologue that feeds it."""
+    """A registered geometry: an epilogue kind plus the prologue that feeds it.
+
+    The prologue maps the squared row norms q = |x|^2 [N] (compute dtype, taken from the
+    operand as rounded) to the per-row scalars [N, r]; every registered geometry depends on a
+    feature row only through its norm, so the O(N d) part of the prologue and of its gradient
+    is shared by all of them (``flashnce.features``).
+    """
 
     name: str
     kind: str
     uses_curvature: bool
     supports_on_manifold: bool
-    prologue: Callable[[torch.Tensor, torch.Tensor, bool], Prepared]
+    prologue: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
     formula: str
 
+    def row_scalars(self, q: torch.Tensor, curvature: torch.Tensor,
+                    on_manifold: bool) -> torch.Tensor:
+        """Per-row scalars [N, r] from squared row norms q [N] (differentiable)."""
+        return self.prologue(q, curvature, on_manifold)
+
     def prepare(self, x: torch.Tensor, curvature: torch.Tensor, on_manifold: bool) -> Prepared:
-        """Map raw features [N, d] to GEMM operand + per-row scalars (differentiable)."""
-        return self.prologue(x, curvature, on_manifold)
+        """Operand (x itself, no copy) and per-row scalars of raw features x [N, d]."""
+        from .features import rowwise_dot  # features imports this module
+
+        return Prepared(x, self.row_scalars(rowwise_dot(x, x), curvature, on_manifold))
 
 
 # --------------------------------------------------------------------------------------------
-# Prologues: O(N d) PyTorch with autograd; the kernels never see raw features.
+# Prologues: O(N) PyTorch with autograd, from q = |x|^2; the operand is always x as given
+# (cosine and the hyperbolic kind normalise inside the kernel), so no N x d copy is made.
 # --------------------------------------------------------------------------------------------
 
 
-def _empty_scalars(x: torch.Tensor) -> torch.Tensor:
-    return x.new_zeros((x.shape[0], 0), dtype=compute_dtype(x.dtype))
+def _norm(q: torch.Tensor) -> torch.Tensor:
+    """sqrt(q) with gradient 0 at q = 0 (torch.norm's convention at the zero vector), never
+    0 * inf = nan: the inner where keeps sqrt's backward away from q = 0."""
+    positive = q > 0
+    return torch.where(positive, torch.where(positive, q, 1.0).sqrt(), 0.0)
 
 
-def _prologue_dot(x, curvature, on_manifold):
-    return Prepared(x, _empty_scalars(x))
+def _prologue_dot(q, curvature, on_manifold):
+    return q.new_zeros((q.shape[0], 0))
 
 
-def _prologue_cosine(x, curvature, on_manifold):
-    """Operand = x as given (no normalised copy); n = max(||x||, eps) of the operand as the
-    GEMM sees it (P1: for bf16/fp16 the norm of the rounded input), in the compute dtype."""
-    n = _norm(x.to(compute_dtype(x.dtype))).clamp_min(NORM_EPS)
-    return Prepared(x, n.unsqueeze(-1))
+def _prologue_cosine(q, curvature, on_manifold):
+    """n = max(|x|, eps) (F.normalize's eps: a zero feature has cosine 0 to everything)."""
+    return _norm(q).clamp_min(NORM_EPS).unsqueeze(-1)
 
 
-def _prologue_sqnorm(x, curvature, on_manifold):
-    a = x.to(compute_dtype(x.dtype)).square().sum(-1, keepdim=True)
-    return Prepared(x, a)
+def _prologue_sqnorm(q, curvature, on_manifold):
+    """a = |x|^2, the squared-distance expansion's per-row term."""
+    return q.unsqueeze(-1)
 
 
-def _direction_scalars(x: torch.Tensor, r: torch.Tensor, rho: torch.Tensor) -> Prepared:
-    """Operand and (n, rho, sinh rho) for the hyperbolic (L3) epilogue.
+def _direction_scalars(r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """(n, rho, sinh rho) for the hyperbolic (L3) epilogue.
 
-    L3 only needs the direction of each row, and divides by n_i n_j itself, so the operand is
-    the feature tensor as given (no normalised copy: memory stays at the inputs). n = ||x|| is
-    computed from the operand as the GEMM sees it (P1), floored so zero vectors stay finite.
+    L3 only needs the direction of each row and divides by n_i n_j itself; n is floored so
+    zero vectors stay finite, rho capped at MAX_RADIUS.
     """
     n = r.clamp_min(NORM_EPS)
     rho = rho.clamp(max=MAX_RADIUS)
-    return Prepared(x, torch.stack([n, rho, torch.sinh(rho)], dim=-1))
+    return torch.stack([n, rho, torch.sinh(rho)], dim=-1)
 
 
-def _norm(xc: torch.Tensor) -> torch.Tensor:
-    # sqrt(sum x^2 + 0): torch's norm backward is 0 at the zero vector, which is what we want.
-    return xc.norm(dim=-1)
-
-
-def _prologue_lorentz(x, curvature, on_manifold):
+def _prologue_lorentz(q, curvature, on_manifold):
     """MERU: tangent v at the origin -> rho = sqrt(c)||v||; points: space part u -> asinh."""
-    xc = x.to(compute_dtype(x.dtype))
-    sqrt_c = curvature.to(xc.dtype).sqrt()
-    r = _norm(xc)
+    sqrt_c = curvature.to(q.dtype).sqrt()
+    r = _norm(q)
     rho = torch.asinh(sqrt_c * r) if on_manifold else sqrt_c * r
-    return _direction_scalars(x, r, rho)
+    return _direction_scalars(r, rho)
 
 
-def _prologue_poincare(x, curvature, on_manifold):
+def _prologue_poincare(q, curvature, on_manifold):
     """Poincare ball through L3: expmap0(v) sits at radius 2 sqrt(c)||v||; a ball point x at
     2 artanh(sqrt(c)||x||). Isometric to Lorentz(exp_map0(2v)) (GEOMETRY.md section 7)."""
-    xc = x.to(compute_dtype(x.dtype))
-    sqrt_c = curvature.to(xc.dtype).sqrt()
-    r = _norm(xc)
+    sqrt_c = curvature.to(q.dtype).sqrt()
+    r = _norm(q)
     rho = 2.0 * torch.atanh(sqrt_c * r) if on_manifold else 2.0 * sqrt_c * r
-    return _direction_scalars(x, r, rho)
+    return _direction_scalars(r, rho)
 
 
 GEOMETRIES: dict[str, Geometry] = {

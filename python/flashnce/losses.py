@@ -6,16 +6,24 @@ import torch
 
 from . import dispatch
 from .backends.base import TileSpec
-from .geometry import clamp_kappa, compute_dtype, get_geometry, paired_logits
+from .features import feature_stats, rowwise_dot
+from .geometry import Prepared, clamp_kappa, get_geometry, paired_logits
 from .ops import pairwise_lse_prepared
 from .reference import reference_infonce, reference_pairwise_lse
 from .validate import REDUCTIONS, as_param, check_ball, check_choice, check_features
 
 
 class _Prepared:
-    """Validated inputs after the geometry prologue (operands, per-row scalars, parameters)."""
+    """Validated inputs after the geometry prologue (operands, per-row scalars, parameters).
 
-    def __init__(self, x, y, geometry, scale, curvature, on_manifold, features_checked=False):
+    The features enter the autograd graph once, through ``feature_stats``: the operands are
+    its aliases of x and y, the per-row scalars come from its squared norms, and with
+    ``with_positives`` it also returns the positive-pair dots <x_i, y_{t_i}> (t = targets, or
+    i), so every N x d gradient term is added in place into the kernel's dX / dY.
+    """
+
+    def __init__(self, x, y, geometry, scale, curvature, on_manifold, features_checked=False,
+                 targets=None, with_positives=False):
         if not features_checked:  # the finite-value scan costs a host sync: do it once
             check_features(x, y)
         self.geo = get_geometry(geometry)
@@ -33,8 +41,10 @@ class _Prepared:
         self.raw = dict(geometry=geometry, scale=scale, curvature=curvature,
                         on_manifold=on_manifold)
         self.x, self.y = x, y
-        self.px = self.geo.prepare(x, self.curvature, on_manifold)
-        self.py = self.geo.prepare(y, self.curvature, on_manifold)
+        x_op, y_op, q_x, q_y, self.positive_dots = feature_stats(x, y, targets, with_positives)
+        self.targets = targets
+        self.px = Prepared(x_op, self.geo.row_scalars(q_x, self.curvature, on_manifold))
+        self.py = Prepared(y_op, self.geo.row_scalars(q_y, self.curvature, on_manifold))
         self.inv_sqrt_c = (self.curvature.rsqrt() if self.geo.uses_curvature
                            else torch.ones_like(self.curvature))
         self.kappa = clamp_kappa(x.dtype)
@@ -47,20 +57,20 @@ class _Prepared:
             self.px.operand, self.py.operand, self.px.scalars, self.py.scalars,
             self.scale, self.inv_sqrt_c, self.spec(exclude_diagonal), impl)
 
-    def paired_logits(self, cols=None):
-        """logit(x_i, y_{cols[i]}) for every row i (cols=None: y_i), O(N d)."""
-        ey, sy = self.py.operand, self.py.scalars
-        if cols is None:  # row i's positive is column i (N <= M, checked at the edge)
-            n = self.px.operand.shape[0]
-            ey, sy = ey[:n], sy[:n]
-        else:
-            ey, sy = ey[cols], sy[cols]
-        return self.logits_of_pairs(self.px.operand, ey, self.px.scalars, sy)
+    def positive_logits(self):
+        """logit(x_i, y_{t_i}) for every row i (t = targets, or i when None), O(N).
+
+        Needs ``with_positives=True``: the dots come from ``feature_stats``.
+        """
+        sy = self.py.scalars
+        sy = sy[: self.px.scalars.shape[0]] if self.targets is None else sy[self.targets]
+        return self._logits(self.positive_dots, self.px.scalars, sy)
 
     def logits_of_pairs(self, ex, ey, sx, sy):
         """logit(ex_i, ey_i) of operand rows paired elementwise, with their per-row scalars."""
-        cd = compute_dtype(ex.dtype)
-        p = (ex.to(cd) * ey.to(cd)).sum(-1)
+        return self._logits(rowwise_dot(ex, ey), sx, sy)
+
+    def _logits(self, p, sx, sy):
         return paired_logits(self.geo.kind, p, sx, sy, self.scale, self.inv_sqrt_c, self.kappa)
 
 
@@ -154,13 +164,14 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
     else:
         targets = _check_targets(targets, n, m, x.device)
 
-    prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True)
+    prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True,
+                     targets=targets, with_positives=True)
     impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand, prep.spec(False))
     if impl == "reference":
         return reference_infonce(_reference_dtype(x), _reference_dtype(y), symmetric=symmetric,
                                  targets=targets, reduction=reduction, **prep.raw)
     row_lse, col_lse = prep.lse(impl, False)
-    positive = prep.paired_logits(targets)
+    positive = prep.positive_logits()
     per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
     if reduction == "mean":
         return per_row.mean()

@@ -1,0 +1,81 @@
+"""flashnce.features: per-row norms and positive dots, and the in-place gradient folding."""
+
+import pytest
+import torch
+
+from flashnce import features
+
+from _helpers import make_features
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 3 rows (d = 5): several chunks, and a ragged last one, on tiny inputs."""
+    monkeypatch.setattr(features, "_CHUNK_ELEMENTS", 15)
+
+
+def _inputs(n, m, d=5):
+    x = make_features(n, d, seed=1, dtype=torch.float64).requires_grad_()
+    y = make_features(m, d, seed=2, dtype=torch.float64, role="y").requires_grad_()
+    return x, y
+
+
+TARGET_CASES = {
+    "diagonal": (7, 10, None),  # row i's positive is column i (N < M)
+    "repeated-targets": (7, 4, torch.tensor([3, 0, 3, 1, 3, 2, 0])),  # shared columns
+}
+
+
+@pytest.mark.parametrize("case", TARGET_CASES, ids=str)
+def test_values(small_chunks, case):
+    n, m, targets = TARGET_CASES[case]
+    x, y = _inputs(n, m)
+    x_op, y_op, q_x, q_y, p = features.feature_stats(x, y, targets, with_positives=True)
+    assert x_op.data_ptr() == x.data_ptr() and y_op.data_ptr() == y.data_ptr()
+    cols = torch.arange(n) if targets is None else targets
+    torch.testing.assert_close(q_x, (x * x).sum(-1), rtol=1e-15, atol=0)
+    torch.testing.assert_close(q_y, (y * y).sum(-1), rtol=1e-15, atol=0)
+    torch.testing.assert_close(p, (x * y[cols]).sum(-1), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("case", TARGET_CASES, ids=str)
+def test_gradcheck(small_chunks, case):
+    """float64 gradcheck of all five outputs, including the aliases the kernel consumes (whose
+    gradient is what the backward adds the norm and positive-pair terms into)."""
+    n, m, targets = TARGET_CASES[case]
+    x, y = _inputs(n, m)
+    fn = lambda a, b: features.feature_stats(a, b, targets, with_positives=True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, y))
+
+
+def test_no_positives_gradcheck(small_chunks):
+    x, y = _inputs(6, 4)
+    fn = lambda a, b: features.feature_stats(a, b)[:4]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, y))
+    assert features.feature_stats(x, y)[4].numel() == 0
+
+
+def test_kernel_gradient_is_added_into_in_place(small_chunks):
+    """The alias gradient, when the node owns it (a fresh contiguous tensor, as the kernels
+    return), is updated in place and returned as x's gradient: no N x d copy."""
+    x, y = _inputs(7, 7)
+    x_op, y_op, q_x, q_y, p = features.feature_stats(x, y, None, with_positives=True)
+    g_x = torch.randn(7, 5, dtype=torch.float64)
+    g_y = torch.randn(7, 5, dtype=torch.float64)
+    g_q = torch.randn(7, dtype=torch.float64)
+    want_x = g_x + 2 * g_q[:, None] * x.detach() + g_q[:, None] * y.detach()
+    kept = g_x.clone()
+    gx, gy = torch.autograd.grad([x_op, y_op, q_x, p], [x, y], [kept, g_y.clone(), g_q, g_q])
+    torch.testing.assert_close(gx, want_x)
+    assert gx.data_ptr() == kept.data_ptr()
+
+
+def test_view_gradient_is_copied_not_modified():
+    """A gradient that is a view of someone else's tensor is copied before adding into it."""
+    x, y = _inputs(4, 4)
+    x_op, _, q_x, _, _ = features.feature_stats(x, y)
+    base = torch.randn(8, 5, dtype=torch.float64)
+    before = base.clone()
+    (gx,) = torch.autograd.grad([x_op, q_x], [x], [base[:4], torch.ones(4, dtype=torch.float64)])
+    torch.testing.assert_close(base, before, rtol=0, atol=0)
+    torch.testing.assert_close(gx, before[:4] + 2 * x.detach())
