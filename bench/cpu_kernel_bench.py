@@ -24,6 +24,7 @@ import time
 import torch
 
 import flashnce
+from flashnce.bench.measure import CHILD_MALLOC_ENV
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {"cosine": 4.5, "lorentz": 5.5}  # x GEMM at N = 16384, d = 512 (issue 3)
@@ -106,8 +107,9 @@ def _child_memory(n, d, geometry, backend, what="loss"):
     if what == "loss":
         base = _vm_kib("VmRSS")
         step(x, y, geometry, backend)
+        # The gradients dx, dy (as large as the inputs) are part of the peak.
         print(json.dumps({"peak_above_inputs": _vm_kib("VmHWM") - base,
-                          "inputs": 2 * x.numel() * 4}))
+                          "inputs": 2 * x.numel() * 4, "gradients": 2 * x.numel() * 4}))
         return
     from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
     kind_name = flashnce.get_geometry(geometry).kind
@@ -131,8 +133,11 @@ def memory_case(n, d, geometry, backend="cpu"):
         code = ("import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(2)\n"
                 "import cpu_kernel_bench as b; b._child_memory(%d, %d, %r, %r, %r)"
                 % (HERE, n, d, geometry, backend, what))
+        # glibc's malloc settings of flashnce-bench: freed blocks go back to the OS, so the
+        # peak RSS is the peak of live memory, not heap the allocator kept (runs varied by
+        # tens of MiB without it).
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=3600)
+                             timeout=3600, env={**os.environ, **CHILD_MALLOC_ENV})
         if out.returncode != 0:
             result[f"{what}_error"] = (out.stderr.strip().splitlines() or ["failed"])[-1]
             continue
