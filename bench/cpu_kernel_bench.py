@@ -109,7 +109,8 @@ def _child_memory(n, d, geometry, backend, what="loss"):
         step(x, y, geometry, backend)
         # The gradients dx, dy (as large as the inputs) are part of the peak.
         print(json.dumps({"peak_above_inputs": _vm_kib("VmHWM") - base,
-                          "inputs": 2 * x.numel() * 4, "gradients": 2 * x.numel() * 4}))
+                          "inputs": 2 * x.numel() * x.element_size(),
+                          "gradients": 2 * x.numel() * x.element_size()}))
         return
     from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
     kind_name = flashnce.get_geometry(geometry).kind

@@ -79,3 +79,16 @@ def test_view_gradient_is_copied_not_modified():
     (gx,) = torch.autograd.grad([x_op, q_x], [x], [base[:4], torch.ones(4, dtype=torch.float64)])
     torch.testing.assert_close(base, before, rtol=0, atol=0)
     torch.testing.assert_close(gx, before[:4] + 2 * x.detach())
+
+
+def test_one_gradient_tensor_for_both_aliases_is_not_added_into_twice():
+    """If autograd hands the same tensor to both aliases (e.g. a consumer like x' + y'), the
+    second is copied first, so neither gradient sees the other's terms."""
+    x, y = _inputs(4, 4)
+    x_op, y_op, q_x, q_y, _ = features.feature_stats(x, y)
+    g = torch.randn(4, 5, dtype=torch.float64)
+    want = g.clone()
+    ones = torch.ones(4, dtype=torch.float64)
+    gx, gy = torch.autograd.grad([x_op, y_op, q_x, q_y], [x, y], [g, g, ones, ones])
+    torch.testing.assert_close(gx, want + 2 * x.detach())
+    torch.testing.assert_close(gy, want + 2 * y.detach())

@@ -97,3 +97,15 @@ def test_caller_tensors_untouched_by_validation():
     s = torch.tensor(2.0)
     flashnce.infonce(x, y, scale=s, backend="torch")
     assert torch.equal(x, X) and torch.equal(y, Y) and s.item() == 2.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("name", ["x", "y"])
+def test_non_finite_features_rejected_in_every_dtype(name, value, dtype):
+    """One bad entry anywhere (here the middle of the last row) is found, whatever its sign."""
+    feats = {"x": X.to(dtype), "y": Y.to(dtype)}
+    feats[name] = feats[name].clone()
+    feats[name][-1, feats[name].shape[1] // 2] = value
+    with pytest.raises(ValueError, match=f"{name} contains NaN or infinite"):
+        flashnce.infonce(feats["x"], feats["y"], backend="torch")

@@ -28,7 +28,7 @@ returned loss and divide by W.
 
 Modes (``group_mode``), with n = n_r, N = global batch, d = feature dim, W = world size:
 
-* ``"gather"`` (default): all-gather the prologue's outputs (GEMM operands and per-row scalars)
+* ``"gather"`` (default): all-gather the GEMM operands (the features) and per-row scalars
   of x and y, then run local rows x all columns (row LSE) and all rows x local columns (column
   LSE). Memory O(N d) per rank for the gathered copies; communication: one all-gather of
   2 N d elements forward and one reduce-scatter of the same size backward; compute 2 n N d
@@ -377,7 +377,10 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         if not isinstance(symmetric, bool):
             raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
         _check_local(x, y, symmetric, targets, group_mode)
-        prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True)
+        # Without targets the positives (x_i, y_i) are local rows: feature_stats gives their
+        # dots, and their gradients join the kernel's dX / dY in place.
+        prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True,
+                         with_positives=targets is None)
         if group_mode == "ring" and backend == "reference":
             raise ValueError("group_mode='ring' needs a kernel backend, not 'reference'")
         impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand,
@@ -408,7 +411,7 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
     if targets is not None:  # gather mode only (checked): positives among the gathered columns
         positive = prep.logits_of_pairs(px.operand, y_all[targets], px.scalars, b_all[targets])
     else:
-        positive = prep.logits_of_pairs(px.operand, py.operand, px.scalars, py.scalars)
+        positive = prep.positive_logits()
     per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
     if reduction == "none":
         return per_row

@@ -15,9 +15,9 @@ Autograd runs its backward after all of their consumers, so it receives the kern
 (fresh tensors the backend allocated) and adds paths 2 and 3 into them with ``addcmul_`` in fp32
 opmath: the backward's peak is dX + dY + the kernel's workspace, nothing else of size N x d.
 
-Forward temporaries (the products of the row dots) are bounded by working in row chunks of
-about 4 MiB; under torch.compile one expression is used instead, which inductor fuses into a
-reduction that never materialises the product.
+Temporaries (the products of the row dots, fp32 copies of bf16 rows) are bounded by working
+in row chunks of about 4 MiB; under torch.compile one expression is used instead, which
+inductor fuses without materialising it.
 """
 
 from __future__ import annotations
@@ -47,8 +47,15 @@ def _rows(t: torch.Tensor, index, start: int, stop: int) -> torch.Tensor:
 
 def rowwise_dot(a: torch.Tensor, b: torch.Tensor, index=None) -> torch.Tensor:
     """[N] = sum_k a_ik b_{index_i, k} (index=None: b_ik) in the compute dtype (fp32 for
-    bf16/fp16 inputs), without an N x d temporary."""
+    bf16/fp16 inputs).
+
+    Without autograd recording (e.g. inside ``_FeatureStats.forward``) the products are formed
+    in row chunks, so no N x d temporary exists. Under autograd one expression is used: the
+    backward of chunk slices would allocate a full-size zero gradient per chunk.
+    """
     cd = compute_dtype(a.dtype)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return (a.to(cd) * _rows(b, index, 0, a.shape[0]).to(cd)).sum(-1)
     out = a.new_empty((a.shape[0],), dtype=cd)
     for start, stop in _row_chunks(a.shape[0], a.shape[1]):
         rows_b = _rows(b, index, start, stop)
@@ -56,16 +63,44 @@ def rowwise_dot(a: torch.Tensor, b: torch.Tensor, index=None) -> torch.Tensor:
     return out
 
 
-def _owned_gradient(grad, like: torch.Tensor) -> torch.Tensor:
+def _add_scaled_rows(dst, src, coef, index=None):
+    """dst_i += coef_i * src_{index_i} (index=None: src_i) in place, in row chunks.
+
+    coef [N] is fp32 (or fp64): addcmul_ then runs in fp32 opmath and rounds once into a
+    bf16/fp16 dst. On CPU that promotion makes fp32 copies of its operands, which chunking
+    keeps at ~4 MiB instead of N x d.
+    """
+    coef = coef.unsqueeze(1)
+    for start, stop in _row_chunks(dst.shape[0], dst.shape[1]):
+        dst[start:stop].addcmul_(_rows(src, index, start, stop), coef[start:stop])
+
+
+def _scatter_add_scaled_rows(dst, src, coef, index):
+    """dst_{index_i} += coef_i * src_i in place (rows may share an index: contributions sum).
+
+    index_put_(accumulate=True) rather than index_add_: deterministic on CUDA as well.
+    """
+    for start, stop in _row_chunks(src.shape[0], src.shape[1]):
+        rows = src[start:stop].to(coef.dtype) * coef[start:stop].unsqueeze(1)
+        dst.index_put_((index[start:stop],), rows.to(dst.dtype), accumulate=True)
+
+
+def _owned_gradient(grad, like: torch.Tensor, other=None) -> torch.Tensor:
     """A gradient tensor this node may add into in place.
 
-    The kernels return fresh contiguous dX / dY; anything else (no gradient, an expanded or
-    a view tensor from some other consumer) is replaced by a private copy first. Under
-    torch.compile the copy is a graph value that functionalisation and inductor fuse away.
+    The kernels return fresh contiguous dX / dY (backends/base.py); anything else (no
+    gradient, an expanded or a view tensor, or one sharing storage with ``other``, the
+    gradient of the other alias) is replaced by a private copy first. Under torch.compile
+    the copy is a graph value that functionalisation and inductor fuse away (a backward may
+    not mutate its inputs there).
     """
     if grad is None:
         return torch.zeros_like(like, memory_format=torch.contiguous_format)
-    if torch.compiler.is_compiling() or not grad.is_contiguous() or grad._is_view():
+    if torch.compiler.is_compiling():
+        return grad.clone(memory_format=torch.contiguous_format)
+    shared = other is not None and grad.untyped_storage().data_ptr() == \
+        other.untyped_storage().data_ptr()
+    if shared or not grad.is_contiguous() or grad._is_view():
         return grad.clone(memory_format=torch.contiguous_format)
     return grad
 
@@ -101,36 +136,22 @@ class _FeatureStats(torch.autograd.Function):
         x, y, targets = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad[:2]
         dx = _owned_gradient(g_x, x) if need_x else None
-        dy = _owned_gradient(g_y, y) if need_y else None
-        # Path 2: d|x_i|^2 / dx_i = 2 x_i. The fp32 coefficient makes addcmul_ run in fp32
-        # opmath and round once into a bf16/fp16 gradient.
+        dy = _owned_gradient(g_y, y, other=g_x) if need_y else None
+        # Path 2: d|x_i|^2 / dx_i = 2 x_i.
         if dx is not None and g_qx is not None:
-            dx.addcmul_(x, (2.0 * g_qx).unsqueeze(1))
+            _add_scaled_rows(dx, x, 2.0 * g_qx)
         if dy is not None and g_qy is not None:
-            dy.addcmul_(y, (2.0 * g_qy).unsqueeze(1))
+            _add_scaled_rows(dy, y, 2.0 * g_qy)
         # Path 3: the positive pairs (x_i, y_{t_i}).
         if ctx.with_positives and g_p is not None:
-            _add_positive_grads(dx, dy, x, y, targets, g_p)
+            n = x.shape[0]
+            if dx is not None:
+                _add_scaled_rows(dx, y if targets is not None else y[:n], g_p, targets)
+            if dy is not None and targets is None:
+                _add_scaled_rows(dy[:n], x, g_p)
+            elif dy is not None:
+                _scatter_add_scaled_rows(dy, x, g_p, targets)
         return dx, dy, None, None
-
-
-def _add_positive_grads(dx, dy, x, y, targets, g_p):
-    """dx_i += g_p_i y_{t_i} and dy_{t_i} += g_p_i x_i, in place, in row chunks."""
-    g = g_p.unsqueeze(1)
-    n = x.shape[0]
-    if targets is None:  # t_i = i: both updates are plain row-aligned addcmul_
-        if dx is not None:
-            dx.addcmul_(y[:n], g)
-        if dy is not None:
-            dy[:n].addcmul_(x, g)
-        return
-    for start, stop in _row_chunks(n, x.shape[1]):
-        g_rows = g[start:stop]
-        if dx is not None:
-            dx[start:stop].addcmul_(y[targets[start:stop]], g_rows)
-        if dy is not None:  # several rows may share a target: index_add_ sums them
-            contrib = (x[start:stop].to(g.dtype) * g_rows).to(dy.dtype)
-            dy.index_add_(0, targets[start:stop], contrib)
 
 
 def feature_stats(x, y, targets=None, with_positives=False):

@@ -3,7 +3,10 @@
 Every geometry is written as ``logit = s * h(p, alpha_i, beta_j; c)`` where ``p = <X_i, Y_j>``
 is the tile's dot product, ``alpha``/``beta`` are a few fp32 scalars per row/column and ``s`` is
 the logit scale. The scale-free part ``h`` is one of five **epilogue kinds**; a geometry is a
-prologue that maps raw features to one of them (see ``../shared/GEOMETRY.md``):
+prologue that feeds one of them (see ``../shared/GEOMETRY.md``). The operands X, Y are the
+features as given; the prologue maps each row's squared norm |x|^2 (``flashnce.features``)
+to the per-row scalars, so a geometry may depend on a row beyond the dot products only
+through its norm:
 
 =============  ==========================================  ===============================
 kind           h(p, alpha_i, beta_j)                       per-row scalars (alpha = beta)
@@ -98,6 +101,9 @@ class Geometry:
     def row_scalars(self, q: torch.Tensor, curvature: torch.Tensor,
                     on_manifold: bool) -> torch.Tensor:
         """Per-row scalars [N, r] from squared row norms q [N] (differentiable)."""
+        if q.dim() != 1:
+            raise ValueError(f"row_scalars takes squared row norms q [N], got shape "
+                             f"{tuple(q.shape)} (use prepare() for features [N, d])")
         return self.prologue(q, curvature, on_manifold)
 
     def prepare(self, x: torch.Tensor, curvature: torch.Tensor, on_manifold: bool) -> Prepared:

@@ -1,8 +1,10 @@
 """The pairwise log-sum-exp primitive as an autograd function over a chosen backend.
 
-``pairwise_lse_prepared`` takes GEMM operands and per-row scalars (the prologue's output) and
-returns (row_lse, col_lse); its backward recomputes tiles through the backend (no N x M tensor
+``pairwise_lse_prepared`` takes GEMM operands (the features as given) and per-row scalars (the
+prologue's output) and returns (row_lse, col_lse); its backward recomputes tiles through the backend (no N x M tensor
 is saved). Saved for backward: X, Y, alpha, beta, scale, k = 1/sqrt(c), row_lse, col_lse.
+Every backend returns dX and dY as fresh tensors that alias nothing: ``flashnce.features`` adds
+the norm and positive-pair gradient terms into them in place.
 
 Backends with compiled kernels (``op_based = True``, e.g. ``cpu``) are instead called through
 the torch.library ops ``flashnce::pairwise_lse_fwd`` / ``flashnce::pairwise_lse_bwd`` (schemas in

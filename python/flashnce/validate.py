@@ -41,7 +41,8 @@ def check_features(x, y) -> None:
     if not _tracing():
         # min and max propagate NaN and expose +-inf: a reduction pass with no N x d
         # temporary (isfinite(t).all() allocates a bool tensor per input), one host sync.
-        extremes = torch.stack([*torch.aminmax(x), *torch.aminmax(y)])
+        with torch.no_grad():  # a check, not part of the loss: no autograd node
+            extremes = torch.stack([*torch.aminmax(x), *torch.aminmax(y)])
         x_finite_lo, x_finite_hi, y_finite_lo, y_finite_hi = torch.isfinite(extremes).tolist()
         for name, finite in (("x", x_finite_lo and x_finite_hi), ("y", y_finite_lo and y_finite_hi)):
             if not finite:

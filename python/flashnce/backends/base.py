@@ -15,7 +15,8 @@ Tensors handed to a backend are already validated and contiguous:
 X [N, K], Y [M, K] in fp32 / fp64 / bf16 / fp16 (same dtype); alpha [N, r], beta [M, r],
 scale and inv_sqrt_c 0-d, all in the compute dtype (fp64 for fp64 inputs, else fp32);
 g_row [N], g_col [M] compute dtype (zeros where the caller has no upstream gradient).
-Outputs: row_lse, col_lse, d_alpha, d_beta, gh in the compute dtype; dX, dY in X's dtype.
+Outputs: row_lse, col_lse, d_alpha, d_beta, gh in the compute dtype; dX, dY in X's dtype,
+freshly allocated and aliasing nothing (``flashnce.features`` adds into them in place).
 """
 
 from __future__ import annotations
