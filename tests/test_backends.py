@@ -1,7 +1,8 @@
 """Correctness matrix for every CPU-capable kernel backend against the float64 reference.
 
 geometry x {float32, float64} x shapes (N in {1, 7, 64, 300}, d in {1, 3, 64}), symmetric and
-one-way (N != M), learnable scale and curvature: loss and gradients (x, y, scale, curvature).
+one-way (N != M), learnable scale and curvature: loss and gradients (x, y, scale, curvature);
+hyperbolic inputs given as manifold points (on_manifold=True) as well as tangent vectors.
 A backend that refuses these inputs is skipped with its own refusal reason.
 """
 
@@ -129,3 +130,30 @@ def test_inputs_not_modified(backend):
     flashnce.infonce(x, y, geometry="lorentz", scale=scale, backend=backend).backward()
     for t, b in zip((x, y, scale), before):
         assert torch.equal(t.detach(), b)
+
+
+def manifold_points(n, d, geometry, curvature, dtype, seed):
+    """Points given on the manifold: Lorentz space parts (any vector), or Poincare ball points
+    with |x| in [0.05, 0.9] / sqrt(c) (hyperbolic radius up to 2 artanh(0.9) ~ 2.9)."""
+    v = make_features(n, d, dtype=torch.float64, seed=seed, geometry="lorentz")
+    if geometry == "poincare":
+        g = torch.Generator().manual_seed(seed + 1)
+        r = (0.05 + 0.85 * torch.rand(n, 1, generator=g, dtype=torch.float64)) / curvature**0.5
+        v = v / v.norm(dim=-1, keepdim=True) * r
+    return v.to(dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", ["poincare", "lorentz"])
+@pytest.mark.parametrize("n,m,d", [(1, 1, 3), (7, 7, 3), (64, 64, 64), (300, 257, 64)])
+def test_on_manifold_matches_reference(backend, dtype, geometry, n, m, d):
+    """on_manifold=True: inputs are points (ball points / hyperboloid space parts), mapped to
+    the L3 radius by artanh / asinh in the prologue; the oracle builds the explicit points."""
+    x = manifold_points(n, d, geometry, 0.8, dtype, seed=n + d)  # run_case uses c = 0.8
+    y = manifold_points(m, d, geometry, 0.8, dtype, seed=n + d + 5)
+    require_backend(backend, x)
+    if n == m:
+        check_case(backend, geometry, x, y, on_manifold=True)
+    targets = torch.randint(0, m, (n,), generator=torch.Generator().manual_seed(n))
+    check_case(backend, geometry, x, y, on_manifold=True, symmetric=False, targets=targets)
