@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import compute_dtype
+from .geometry import NORM_EPS, compute_dtype
 
 # Rows per chunk are chosen so one fp32 chunk of a product is about 4 MiB.
 _CHUNK_ELEMENTS = 1 << 20
@@ -111,11 +111,17 @@ class _FeatureStats(torch.autograd.Function):
     x', y' alias x, y (the operands handed to the kernel). q_x [N], q_y [M] are squared row
     norms and p [N] the positive-pair dots <x_i, y_{t_i}> (t = targets, or i when targets is
     None; p is empty when with_positives is False), all in the compute dtype.
-    Saved for backward: x, y, targets (no copies).
+
+    scale_invariant (cosine): the loss depends on each row only through its direction while
+    |x_i| > eps, so its exact gradient is orthogonal to x_i. The backward then projects the
+    assembled gradient, dx_i -= (<dx_i, x_i> / |x_i|^2) x_i: this removes only rounding, the
+    radial part of the error left by a bf16/fp16 kernel dX and the separately added norm term
+    that cancels it (at d = 1 the whole gradient is that error, and becomes exactly 0).
+    Saved for backward: x, y, targets, q_x, q_y (no copies).
     """
 
     @staticmethod
-    def forward(x, y, targets, with_positives: bool):
+    def forward(x, y, targets, with_positives: bool, scale_invariant: bool):
         q_x, q_y = rowwise_dot(x, x), rowwise_dot(y, y)
         if with_positives:
             y_pos = y if targets is not None else y[: x.shape[0]]
@@ -126,14 +132,14 @@ class _FeatureStats(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, targets, with_positives = inputs
-        ctx.save_for_backward(x, y, targets)
-        ctx.with_positives = with_positives
+        x, y, targets, with_positives, scale_invariant = inputs
+        ctx.save_for_backward(x, y, targets, output[2], output[3])
+        ctx.with_positives, ctx.scale_invariant = with_positives, scale_invariant
         ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, g_x, g_y, g_qx, g_qy, g_p):
-        x, y, targets = ctx.saved_tensors
+        x, y, targets, q_x, q_y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad[:2]
         dx = _owned_gradient(g_x, x) if need_x else None
         dy = _owned_gradient(g_y, y, other=g_x) if need_y else None
@@ -151,10 +157,22 @@ class _FeatureStats(torch.autograd.Function):
                 _add_scaled_rows(dy[:n], x, g_p)
             elif dy is not None:
                 _scatter_add_scaled_rows(dy, x, g_p, targets)
-        return dx, dy, None, None
+        if ctx.scale_invariant:
+            for grad, feats, q in ((dx, x, q_x), (dy, y, q_y)):
+                if grad is not None:
+                    _project_out_radial(grad, feats, q)
+        return dx, dy, None, None, None
 
 
-def feature_stats(x, y, targets=None, with_positives=False):
+def _project_out_radial(grad, feats, q):
+    """grad_i -= (<grad_i, x_i> / q_i) x_i in place, for rows with |x_i| > eps (below it the
+    norm is clamped, the logit is not scale invariant, and the row is left alone)."""
+    radial = rowwise_dot(grad, feats)
+    coef = torch.where(q > NORM_EPS**2, -radial / torch.where(q > 0, q, 1.0), 0.0)
+    _add_scaled_rows(grad, feats, coef)
+
+
+def feature_stats(x, y, targets=None, with_positives=False, scale_invariant=False):
     """(x', y', |x_i|^2 [N], |y_j|^2 [M], <x_i, y_{t_i}> [N] or empty) as one autograd node.
 
     Use x', y' (aliases of x, y) wherever the features enter the graph, so that all O(N d)
@@ -163,4 +181,4 @@ def feature_stats(x, y, targets=None, with_positives=False):
     or views; the backward adds into a contiguous non-view gradient in place, which would be
     wrong for a tensor that autograd also hands to some other input.
     """
-    return _FeatureStats.apply(x, y, targets, with_positives)
+    return _FeatureStats.apply(x, y, targets, with_positives, scale_invariant)

@@ -98,6 +98,11 @@ class Geometry:
     prologue: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
     formula: str
 
+    @property
+    def scale_invariant(self) -> bool:
+        """Logits depend on each row only through its direction (cosine, for |x| > eps)."""
+        return self.kind == "cosine"
+
     def row_scalars(self, q: torch.Tensor, curvature: torch.Tensor,
                     on_manifold: bool) -> torch.Tensor:
         """Per-row scalars [N, r] from squared row norms q [N] (differentiable)."""

@@ -41,7 +41,8 @@ class _Prepared:
         self.raw = dict(geometry=geometry, scale=scale, curvature=curvature,
                         on_manifold=on_manifold)
         self.x, self.y = x, y
-        x_op, y_op, q_x, q_y, self.positive_dots = feature_stats(x, y, targets, with_positives)
+        x_op, y_op, q_x, q_y, self.positive_dots = feature_stats(
+            x, y, targets, with_positives, self.geo.scale_invariant)
         self.targets = targets
         self.px = Prepared(x_op, self.geo.row_scalars(q_x, self.curvature, on_manifold))
         self.py = Prepared(y_op, self.geo.row_scalars(q_y, self.curvature, on_manifold))
