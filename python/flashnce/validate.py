@@ -43,8 +43,8 @@ def check_features(x, y) -> None:
         # temporary (isfinite(t).all() allocates a bool tensor per input), one host sync.
         with torch.no_grad():  # a check, not part of the loss: no autograd node
             extremes = torch.stack([*torch.aminmax(x), *torch.aminmax(y)])
-        x_finite_lo, x_finite_hi, y_finite_lo, y_finite_hi = torch.isfinite(extremes).tolist()
-        for name, finite in (("x", x_finite_lo and x_finite_hi), ("y", y_finite_lo and y_finite_hi)):
+        x_finite, y_finite = torch.isfinite(extremes).view(2, 2).all(1).tolist()
+        for name, finite in (("x", x_finite), ("y", y_finite)):
             if not finite:
                 raise ValueError(f"{name} contains NaN or infinite values")
 
