@@ -10,6 +10,13 @@ from flashnce.backends.base import TileSpec
 from _helpers import make_features
 
 
+def require_backend(name):
+    reasons = dispatch.get_backend(name).not_supported_reasons(
+        torch.empty(1, 1), torch.empty(1, 1), TileSpec("cosine", False, 1e-6))
+    if reasons:
+        pytest.skip(f"backend {name!r} unavailable: {'; '.join(reasons)}")
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 3 rows (d = 5): several chunks, and a ragged last one, on tiny inputs."""
@@ -102,10 +109,7 @@ def test_cosine_gradient_has_no_radial_rounding(backend, dtype):
     """Cosine logits are scale invariant per row, so the exact gradient is orthogonal to x_i.
     In d = 1 it is exactly 0; without the projection, a bf16 kernel dX minus the separately
     added norm term leaves ~1e-4 of rounding there (seen on the cpu backend)."""
-    reasons = dispatch.get_backend(backend).not_supported_reasons(
-        torch.empty(1, 1), torch.empty(1, 1), TileSpec("cosine", False, 1e-6))
-    if reasons:
-        pytest.skip(f"backend {backend!r} unavailable: {'; '.join(reasons)}")
+    require_backend(backend)
     for d, bound in ((1, 1e-6), (16, 2.0**-6)):
         x = make_features(64, d, seed=3, dtype=dtype).requires_grad_()
         y = make_features(64, d, seed=4, dtype=dtype, role="y").requires_grad_()
@@ -117,3 +121,14 @@ def test_cosine_gradient_has_no_radial_rounding(backend, dtype):
             else:  # the radial share of each row's gradient is rounding only
                 radial = (g * f).sum(-1).abs() / (g.norm(dim=-1) * f.norm(dim=-1))
                 assert radial.max() <= bound, radial.max()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_double_backward_is_refused_clearly(backend):
+    """The kernels' backward and the in-place gradient folding are not differentiable: a
+    second-order gradient raises instead of returning a wrong number."""
+    require_backend(backend)
+    x, y = _inputs(6, 6)
+    (gx,) = torch.autograd.grad(flashnce.infonce(x, y, backend=backend), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.square().sum().backward()

@@ -138,6 +138,7 @@ class _FeatureStats(torch.autograd.Function):
         ctx.set_materialize_grads(False)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # in-place on gradients; kernels are too
     def backward(ctx, g_x, g_y, g_qx, g_qy, g_p):
         x, y, targets, q_x, q_y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad[:2]
