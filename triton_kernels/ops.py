@@ -67,6 +67,7 @@ if INTERPRETED:
                 torch.empty_like(beta), x.new_empty((), dtype=torch.float32))
 
 
+@torch.autograd.function.once_differentiable  # the bwd op has no derivative: refuse, not 0
 def _backward(ctx, g_row, g_col):
     x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
     g_row = torch.zeros_like(row_lse) if g_row is None else g_row.float().contiguous()

@@ -13,7 +13,8 @@ N = 32768, d = 128 that tripled the loss's memory above the inputs. ``feature_st
 autograd node that returns aliases of x and y (the kernel's operands) together with q and p.
 Autograd runs its backward after all of their consumers, so it receives the kernel's dX and dY
 (fresh tensors the backend allocated) and adds paths 2 and 3 into them with ``addcmul_`` in fp32
-opmath: the backward's peak is dX + dY + the kernel's workspace, nothing else of size N x d.
+opmath: the backward's peak is dX + dY + the kernel's workspace; nothing else of size N x d is
+allocated outside the kernel (the CPU kernel itself widens bf16/fp16 inputs to fp32).
 
 Temporaries (the products of the row dots, fp32 copies of bf16 rows) are bounded by working
 in row chunks of about 4 MiB; under torch.compile one expression is used instead, which
@@ -78,11 +79,17 @@ def _add_scaled_rows(dst, src, coef, index=None):
 def _scatter_add_scaled_rows(dst, src, coef, index):
     """dst_{index_i} += coef_i * src_i in place (rows may share an index: contributions sum).
 
-    index_put_(accumulate=True) rather than index_add_: deterministic on CUDA as well.
+    Deterministic on both devices: on CPU index_add_ (index_put_ with accumulate uses float
+    atomics there beyond 32768 elements), on CUDA index_put_(accumulate=True) (index_add_
+    uses atomics there). Each chunk's contributions are rounded to dst's dtype before the
+    add (a second rounding for bf16/fp16, unlike ``_add_scaled_rows``).
     """
     for start, stop in _row_chunks(src.shape[0], src.shape[1]):
-        rows = src[start:stop].to(coef.dtype) * coef[start:stop].unsqueeze(1)
-        dst.index_put_((index[start:stop],), rows.to(dst.dtype), accumulate=True)
+        rows = (src[start:stop].to(coef.dtype) * coef[start:stop].unsqueeze(1)).to(dst.dtype)
+        if dst.device.type == "cpu":
+            dst.index_add_(0, index[start:stop], rows)
+        else:
+            dst.index_put_((index[start:stop],), rows, accumulate=True)
 
 
 def _owned_gradient(grad, like: torch.Tensor, other=None) -> torch.Tensor:
@@ -116,7 +123,8 @@ class _FeatureStats(torch.autograd.Function):
     |x_i| > eps, so its exact gradient is orthogonal to x_i. The backward then projects the
     assembled gradient, dx_i -= (<dx_i, x_i> / |x_i|^2) x_i: this removes only rounding, the
     radial part of the error left by a bf16/fp16 kernel dX and the separately added norm term
-    that cancels it (at d = 1 the whole gradient is that error, and becomes exactly 0).
+    that cancels it (at d = 1 the whole gradient is that error, and becomes 0 to fp32
+    rounding).
     Saved for backward: x, y, targets, q_x, q_y (no copies).
     """
 
@@ -182,4 +190,6 @@ def feature_stats(x, y, targets=None, with_positives=False, scale_invariant=Fals
     or views; the backward adds into a contiguous non-view gradient in place, which would be
     wrong for a tensor that autograd also hands to some other input.
     """
+    if y is x:  # same-set losses: dynamo refuses one tensor passed twice to a Function
+        y = x.view_as(x)
     return _FeatureStats.apply(x, y, targets, with_positives, scale_invariant)

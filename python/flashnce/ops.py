@@ -1,8 +1,8 @@
 """The pairwise log-sum-exp primitive as an autograd function over a chosen backend.
 
 ``pairwise_lse_prepared`` takes GEMM operands (the features as given) and per-row scalars (the
-prologue's output) and returns (row_lse, col_lse); its backward recomputes tiles through the backend (no N x M tensor
-is saved). Saved for backward: X, Y, alpha, beta, scale, k = 1/sqrt(c), row_lse, col_lse.
+prologue's output) and returns (row_lse, col_lse); its backward recomputes tiles through the
+backend (no N x M tensor is saved). Saved for backward: X, Y, alpha, beta, scale, k = 1/sqrt(c), row_lse, col_lse.
 Every backend returns dX and dY as fresh tensors that alias nothing: ``flashnce.features`` adds
 the norm and positive-pair gradient terms into them in place.
 
@@ -113,6 +113,7 @@ def _fake_bwd(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse, g_row, g_c
             x.new_empty((), dtype=cd))
 
 
+@torch.autograd.function.once_differentiable  # the bwd op has no derivative: refuse, not 0
 def _backward_fwd(ctx, g_row, g_col):
     x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
     g_row = torch.zeros_like(row_lse) if g_row is None else g_row.contiguous()
