@@ -6,12 +6,29 @@ values and gradients" means the same thing everywhere.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import flashnce
+from flashnce import _extension, dispatch
+from flashnce.backends.base import TileSpec
 
 GEOMETRY_NAMES = tuple(flashnce.GEOMETRIES)
 HYPERBOLIC = ("poincare", "lorentz")
+
+# Skip marker for tests of the compiled cpu backend, with the extension's own reason.
+needs_cpu_kernel = pytest.mark.skipif(
+    not _extension.load(), reason=f"cpu backend unavailable: {_extension.why_unavailable()}")
+
+
+def require_backend(name, x=None):
+    """Skip (printing the backend's own refusal reasons) unless backend ``name`` takes x."""
+    x = torch.empty(1, 1) if x is None else x
+    reasons = dispatch.get_backend(name).not_supported_reasons(
+        x, x, TileSpec("dot", False, 1e-6))
+    if reasons:
+        pytest.skip(f"backend {name!r} unavailable: {'; '.join(reasons)}")
+
 
 # fp32 acceptance bounds against float64 (issue 2): loss relative, gradients max-norm relative.
 FP32_LOSS_RTOL = 1e-5

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import flashnce
-from flashnce import dispatch
-from flashnce.backends.base import TileSpec
 
 from _helpers import (FP32_GRAD_RTOL, FP32_LOSS_RTOL, GEOMETRY_NAMES, assert_close,
-                      assert_matches_oracle, make_features, oracle, rel_maxnorm_error)
+                      assert_matches_oracle, make_features, oracle, rel_maxnorm_error,
+                      require_backend)
 
 CPU_BACKENDS = ("torch", "cpu")
 DTYPES = (torch.float32, torch.float64)
@@ -22,13 +21,6 @@ TOL = {  # (loss relative, gradient max-norm relative) against float64
     torch.float32: (FP32_LOSS_RTOL, FP32_GRAD_RTOL),
     torch.float64: (1e-10, 1e-9),
 }
-
-
-def require_backend(name, x):
-    reasons = dispatch.get_backend(name).not_supported_reasons(
-        x, x, TileSpec("dot", False, 1e-6))
-    if reasons:
-        pytest.skip(f"backend {name!r} unavailable: {'; '.join(reasons)}")
 
 
 def run_case(backend, geometry, x, y, **kwargs):

@@ -17,10 +17,9 @@ import flashnce
 from flashnce import _extension, dispatch
 from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
 
-from _helpers import HYPERBOLIC, assert_close, make_features
+from _helpers import HYPERBOLIC, assert_close, make_features, needs_cpu_kernel
 
-pytestmark = pytest.mark.skipif(
-    not _extension.load(), reason=f"cpu backend unavailable: {_extension.why_unavailable()}")
+pytestmark = needs_cpu_kernel
 
 OPS = (torch.ops.flashnce.pairwise_lse_fwd, torch.ops.flashnce.pairwise_lse_bwd) \
     if _extension.load() else ()

@@ -4,17 +4,9 @@ import pytest
 import torch
 
 import flashnce
-from flashnce import dispatch, features
-from flashnce.backends.base import TileSpec
+from flashnce import features
 
-from _helpers import make_features
-
-
-def require_backend(name):
-    reasons = dispatch.get_backend(name).not_supported_reasons(
-        torch.empty(1, 1), torch.empty(1, 1), TileSpec("cosine", False, 1e-6))
-    if reasons:
-        pytest.skip(f"backend {name!r} unavailable: {'; '.join(reasons)}")
+from _helpers import make_features, require_backend
 
 
 @pytest.fixture

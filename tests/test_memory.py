@@ -6,9 +6,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import flashnce
-from flashnce import _extension, features
+from flashnce import features
 
-from _helpers import GEOMETRY_NAMES, make_features
+from _helpers import GEOMETRY_NAMES, make_features, needs_cpu_kernel
 
 N = M = 2048
 
@@ -108,10 +108,6 @@ def _feature_sized_allocations(monkeypatch, x, y, **kwargs):
         loss.backward()
     assert torch.isfinite(loss) and xx.grad is not None and yy.grad is not None
     return mode.fresh
-
-
-needs_cpu_kernel = pytest.mark.skipif(
-    not _extension.load(), reason=f"cpu backend unavailable: {_extension.why_unavailable()}")
 
 
 @needs_cpu_kernel
