@@ -12,6 +12,7 @@ import torch
 import flashnce
 from flashnce import _extension, dispatch
 from flashnce.backends.base import TileSpec
+from flashnce.core.relation import Relation
 
 GEOMETRY_NAMES = tuple(flashnce.GEOMETRIES)
 HYPERBOLIC = ("poincare", "lorentz")
@@ -21,11 +22,15 @@ needs_cpu_kernel = pytest.mark.skipif(
     not _extension.load(), reason=f"cpu backend unavailable: {_extension.why_unavailable()}")
 
 
+def tile_spec(kind="dot", relation=None, stat="lse", kappa=1e-6):
+    """A TileSpec for backend queries (relation none by default)."""
+    return TileSpec(kind, stat, relation or Relation.none(), kappa)
+
+
 def require_backend(name, x=None):
     """Skip (printing the backend's own refusal reasons) unless backend ``name`` takes x."""
     x = torch.empty(1, 1) if x is None else x
-    reasons = dispatch.get_backend(name).not_supported_reasons(
-        x, x, TileSpec("dot", False, 1e-6))
+    reasons = dispatch.get_backend(name).not_supported_reasons(x, x, tile_spec())
     if reasons:
         pytest.skip(f"backend {name!r} unavailable: {'; '.join(reasons)}")
 

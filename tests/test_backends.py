@@ -1,7 +1,11 @@
-"""Correctness matrix for every CPU-capable kernel backend against the float64 reference.
+"""The losses through every backend that runs CPU tensors here, against the textbook oracle.
 
-geometry x {float32, float64} x shapes (N in {1, 7, 64, 300}, d in {1, 3, 64}), symmetric and
-one-way (N != M), learnable scale and curvature: loss and gradients (x, y, scale, curvature);
+Backends and dtypes come from the backends' declared capabilities (``dispatch.BACKENDS``):
+torch, cpu and reference (the materialised N x M logits) run the full matrix, triton (the
+interpreter: slow) a subset of shapes. geometry x {float32, float64} x shapes (N in
+{1, 7, 64, 300}, d in {1, 3, 64}), symmetric and one-way (N != M), learnable scale and
+curvature: loss and gradients (x, y, scale, curvature) against ``flashnce.reference_infonce``
+in float64 (explicit hyperboloid / ball points: different algebra from the kernels);
 hyperbolic inputs given as manifold points (on_manifold=True) as well as tangent vectors.
 A backend that refuses these inputs is skipped with its own refusal reason.
 """
@@ -10,13 +14,25 @@ import pytest
 import torch
 
 import flashnce
+from flashnce import dispatch
 
 from _helpers import (FP32_GRAD_RTOL, FP32_LOSS_RTOL, GEOMETRY_NAMES, assert_close,
                       assert_matches_oracle, make_features, oracle, rel_maxnorm_error,
                       require_backend)
 
-CPU_BACKENDS = ("torch", "cpu")
+CPU_BACKENDS = tuple(name for name, b in dispatch.BACKENDS.items()
+                     if b.devices is None or "cpu" in b.devices)
 DTYPES = (torch.float32, torch.float64)
+# The Triton interpreter takes ~1 s per call: a subset of the shapes.
+SLOW = {"triton": dict(n=(1, 64), d=(3,), nmd=((7, 13, 3),))}
+
+
+def _skip_slow(backend, dtype, **shape):
+    if dtype not in dispatch.BACKENDS[backend].dtypes:
+        pytest.skip(f"{backend} does not declare {dtype}")
+    subset = SLOW.get(backend)
+    if subset and any(v not in subset[k] for k, v in shape.items()):
+        pytest.skip(f"{backend}: covered by a subset of the shapes (the interpreter is slow)")
 TOL = {  # (loss relative, gradient max-norm relative) against float64
     torch.float32: (FP32_LOSS_RTOL, FP32_GRAD_RTOL),
     torch.float64: (1e-10, 1e-9),
@@ -52,6 +68,7 @@ def check_case(backend, geometry, x, y, **kwargs):
 @pytest.mark.parametrize("n", [1, 7, 64, 300])
 @pytest.mark.parametrize("d", [1, 3, 64])
 def test_symmetric_matches_reference(backend, dtype, geometry, n, d):
+    _skip_slow(backend, dtype, n=n, d=d)
     x = make_features(n, d, dtype=dtype, seed=n * 100 + d, geometry=geometry)
     y = make_features(n, d, dtype=dtype, seed=n * 100 + d + 1, geometry=geometry, role="y")
     require_backend(backend, x)
@@ -63,6 +80,7 @@ def test_symmetric_matches_reference(backend, dtype, geometry, n, d):
 @pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
 @pytest.mark.parametrize("n,m,d", [(1, 5, 3), (7, 13, 3), (64, 30, 64), (300, 257, 64)])
 def test_one_way_matches_reference(backend, dtype, geometry, n, m, d):
+    _skip_slow(backend, dtype, nmd=(n, m, d))
     x = make_features(n, d, dtype=dtype, seed=n + m, geometry=geometry)
     y = make_features(m, d, dtype=dtype, seed=n + m + 7, geometry=geometry, role="y")
     require_backend(backend, x)
@@ -76,6 +94,7 @@ def test_one_way_matches_reference(backend, dtype, geometry, n, m, d):
 @pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
 @pytest.mark.parametrize("n,m", [(2, 2), (9, 5), (5, 9), (70, 70)])
 def test_pairwise_lse_exclude_diagonal(backend, geometry, n, m):
+    _skip_slow(backend, torch.float64)
     x = make_features(n, 4, dtype=torch.float64, seed=n, geometry=geometry)
     y = make_features(m, 4, dtype=torch.float64, seed=m + 50, geometry=geometry)
     require_backend(backend, x)
@@ -100,6 +119,7 @@ def test_pairwise_lse_exclude_diagonal(backend, geometry, n, m):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_reductions(backend, reduction):
+    _skip_slow(backend, torch.float64)
     x = make_features(33, 8, dtype=torch.float64, seed=1)
     y = make_features(33, 8, dtype=torch.float64, seed=2)
     require_backend(backend, x)
@@ -142,6 +162,7 @@ def manifold_points(n, d, geometry, curvature, dtype, seed):
 def test_on_manifold_matches_reference(backend, dtype, geometry, n, m, d):
     """on_manifold=True: inputs are points (ball points / hyperboloid space parts), mapped to
     the L3 radius by artanh / asinh in the prologue; the oracle builds the explicit points."""
+    _skip_slow(backend, dtype, nmd=(n, m, d))
     x = manifold_points(n, d, geometry, 0.8, dtype, seed=n + d)  # run_case uses c = 0.8
     y = manifold_points(m, d, geometry, 0.8, dtype, seed=n + d + 5)
     require_backend(backend, x)

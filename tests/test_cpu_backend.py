@@ -1,9 +1,11 @@
-"""The compiled ``cpu`` backend: what the shared matrix (tests/test_backends.py) does not cover.
+"""The compiled ``cpu`` backend: what the shared matrices do not cover.
 
-float64 gradcheck of the raw op for every epilogue kind (with and without the diagonal mask),
-torch.library.opcheck of both ops, torch.compile(fullgraph=True), bitwise determinism, 1 vs 2
-threads, bf16/fp16 inputs against the materialised loss's own error, the per-tile LSE paths, and
-the message when the extension is missing.
+The generated matrices (test_tile_ops.py: the op vs the dense float64 oracle for every kind,
+relation and dtype; test_backends.py: the losses vs the textbook oracle) and the op
+registration checks (test_op_registration.py: gradcheck, opcheck) cover correctness. Here:
+torch.compile(fullgraph=True), bitwise determinism, 1 vs 2 threads, bf16/fp16 inputs against
+the materialised loss's own error, the per-tile LSE paths, column super-blocks, and the message
+when the extension is missing.
 """
 
 import os
@@ -15,73 +17,12 @@ import torch
 
 import flashnce
 from flashnce import _extension, dispatch
-from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
+from flashnce.core import spec
+from flashnce.core.relation import Relation
 
-from _helpers import HYPERBOLIC, assert_close, make_features, needs_cpu_kernel
+from _helpers import HYPERBOLIC, assert_close, make_features, needs_cpu_kernel, tile_spec
 
 pytestmark = needs_cpu_kernel
-
-OPS = (torch.ops.flashnce.pairwise_lse_fwd, torch.ops.flashnce.pairwise_lse_bwd) \
-    if _extension.load() else ()
-
-
-def op_inputs(kind, n, m, k, *, dtype=torch.float64, seed=0, requires_grad=False):
-    """Random operands and per-row scalars for one epilogue kind, away from the clamps."""
-    g = torch.Generator().manual_seed(seed)
-    cd = torch.float64 if dtype == torch.float64 else torch.float32
-
-    def rows(count):
-        e = torch.randn(count, k, generator=g, dtype=torch.float64)
-        if kind == "hyperbolic":
-            rho = 0.3 + 1.5 * torch.rand(count, generator=g, dtype=torch.float64)
-            n_ = e.norm(dim=-1)
-            return e, torch.stack([n_, rho, torch.sinh(rho)], -1)
-        if kind in ("sqeuclidean", "euclidean"):
-            return e, e.square().sum(-1, keepdim=True)
-        if kind == "cosine":
-            return e, e.norm(dim=-1, keepdim=True)
-        return e / k**0.5, e.new_zeros(count, 0)
-
-    x, a = rows(n)
-    y, b = rows(m)
-    tensors = [x.to(dtype), y.to(dtype), a.to(cd), b.to(cd),
-               torch.tensor(1.7, dtype=cd), torch.tensor(0.8, dtype=cd)]
-    return [t.requires_grad_(requires_grad) for t in tensors]
-
-
-def fwd(kind, excl, tensors):
-    kappa = 1e-14 if tensors[0].dtype == torch.float64 else 1e-6
-    return torch.ops.flashnce.pairwise_lse_fwd(*tensors, EPILOGUE_KINDS.index(kind), excl, kappa)
-
-
-@pytest.mark.parametrize("excl", [False, True])
-@pytest.mark.parametrize("kind", EPILOGUE_KINDS)
-def test_gradcheck_float64(kind, excl):
-    tensors = op_inputs(kind, 6, 5, 4, requires_grad=True)
-    if kind != "hyperbolic":
-        tensors[5].requires_grad_(False)  # k = 1/sqrt(c) only enters the hyperbolic logit
-    assert torch.autograd.gradcheck(lambda *t: fwd(kind, excl, t), tensors)
-
-
-def _opcheck_samples():
-    for kind in EPILOGUE_KINDS:
-        for excl in (False, True):
-            for rg in (False, True):
-                yield kind, excl, rg
-
-
-@pytest.mark.parametrize("kind,excl,requires_grad", list(_opcheck_samples()))
-def test_opcheck(kind, excl, requires_grad):
-    tensors = op_inputs(kind, 7, 5, 3, dtype=torch.float32, requires_grad=requires_grad)
-    ik = EPILOGUE_KINDS.index(kind)
-    torch.library.opcheck(torch.ops.flashnce.pairwise_lse_fwd.default,
-                          (*tensors, ik, excl, 1e-6))
-    plain = [t.detach() for t in tensors]
-    row_lse, col_lse = fwd(kind, excl, plain)
-    g_row, g_col = torch.rand_like(row_lse), torch.rand_like(col_lse)
-    torch.library.opcheck(torch.ops.flashnce.pairwise_lse_bwd.default,
-                          (*plain, row_lse, col_lse, g_row, g_col, ik, excl, 1e-6))
-
 
 @pytest.mark.parametrize("geometry", ["cosine", "lorentz"])
 def test_compile_fullgraph(geometry):
@@ -203,10 +144,10 @@ def test_fully_masked_column():
 
 def test_auto_picks_cpu_for_cpu_tensors():
     x = make_features(4, 8, seed=13)
-    spec = flashnce.backends.base.TileSpec("dot", False, 1e-6)
-    assert dispatch.get_backend("cpu").not_supported_reasons(x, x, spec) == []
-    picked = dispatch.select_backend("auto", x, x, spec)
-    assert picked.name in ("triton", "cuda", "cpu")  # the first CPU-capable compiled backend
+    tspec = tile_spec("dot")
+    assert dispatch.get_backend("cpu").not_supported_reasons(x, x, tspec) == []
+    # triton (interpreter) and cuda never take CPU tensors under auto: cpu is the first.
+    assert dispatch.select_backend("auto", x, x, tspec).name == "cpu"
 
 
 def test_extension_missing_message(tmp_path):
@@ -217,8 +158,10 @@ def test_extension_missing_message(tmp_path):
         "import torch, flashnce\n"
         "from flashnce import dispatch\n"
         "from flashnce.backends.base import TileSpec\n"
+        "from flashnce.core.relation import Relation\n"
         "x = torch.randn(5, 4)\n"
-        "r = dispatch.get_backend('cpu').not_supported_reasons(x, x, TileSpec('dot', False, 1e-6))\n"
+        "r = dispatch.get_backend('cpu').not_supported_reasons(\n"
+        "    x, x, TileSpec('dot', 'lse', Relation.none(), 1e-6))\n"
         "assert len(r) == 1 and 'pip install --no-build-isolation' in r[0], r\n"
         "assert 'flashnce._C' in r[0], r\n"
         "try:\n"
@@ -227,6 +170,8 @@ def test_extension_missing_message(tmp_path):
         "    assert 'pip install --no-build-isolation' in str(e)\n"
         "else:\n"
         "    raise AssertionError('cpu backend ran without its extension')\n"
+        "assert dispatch.select_backend('auto', x, x, TileSpec('dot', 'lse', Relation.none(),\n"
+        "                               1e-6)).name == 'torch'\n"
         "print(float(flashnce.infonce(x, x, backend='auto')))\n"
     )
     env = dict(os.environ, FLASHNCE_BACKEND="")
@@ -256,13 +201,6 @@ def test_hyperbolic_clamp_zero_gradient(geometry):
     assert_close(gy, ty, 1e-4, "dy")
 
 
-def test_num_row_scalars_match_python():
-    for kind in EPILOGUE_KINDS:
-        tensors = op_inputs(kind, 3, 2, 2)
-        assert tensors[2].shape[1] == NUM_ROW_SCALARS[kind]
-        fwd(kind, False, tensors)
-
-
 @pytest.mark.parametrize("excl", [False, True])
 def test_cosine_kind_is_normalised_dot(excl):
     """The cosine kind on raw operands + norms == the dot kind on normalised copies (float64),
@@ -273,11 +211,16 @@ def test_cosine_kind_is_normalised_dot(excl):
     s, k = torch.tensor(3.1, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
     w_r, w_c = torch.rand(37, generator=g, dtype=torch.float64), torch.rand(41, generator=g,
                                                                             dtype=torch.float64)
-    cos, dot = EPILOGUE_KINDS.index("cosine"), EPILOGUE_KINDS.index("dot")
+    theta = torch.stack([s, k, torch.zeros_like(s)])
+    rel = Relation.none(skip_self=excl)
+
+    def op(kind, a, b, sa, sb):
+        opts = rel.options(kind, "lse", b.shape[0])
+        return torch.ops.flashnce.tile_fwd(a, b, sa, sb, theta, [], opts, 1e-14)
+
     nx, ny = x.norm(dim=-1, keepdim=True), y.norm(dim=-1, keepdim=True)
-    ours = torch.ops.flashnce.pairwise_lse_fwd(x, y, nx, ny, s, k, cos, excl, 1e-14)
-    empty = x.new_zeros(37, 0), y.new_zeros(41, 0)
-    ref = torch.ops.flashnce.pairwise_lse_fwd(x / nx, y / ny, *empty, s, k, dot, excl, 1e-14)
+    ours = op("cosine", x, y, nx, ny)
+    ref = op("dot", x / nx, y / ny, x.new_zeros(37, 0), y.new_zeros(41, 0))
     grads = [torch.autograd.grad((r * w_r).sum() + (c * w_c).sum(), [x, y], retain_graph=True)
              for r, c in (ours, ref)]
     for a, b in zip([*ours, *grads[0]], [*ref, *grads[1]]):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import flashnce
+from flashnce.core.numerics import clamp_kappa
 
 from _helpers import (FP32_GRAD_RTOL, FP32_LOSS_RTOL, GEOMETRY_NAMES, assert_close,
                       make_features, oracle)
@@ -39,7 +40,7 @@ def clamp_bound(x, geometry, scale):
     euclidean: d >= sqrt(kappa (a + b)) <= sqrt(2 kappa) max|x|; hyperbolic (c = 1):
     w >= kappa S^2, so d >= arcosh(1 + kappa S^2) ~ sqrt(2 kappa) S. sqeuclidean is unclamped.
     """
-    kappa = flashnce.geometry.clamp_kappa(x.dtype)
+    kappa = clamp_kappa(x.dtype)
     if geometry == "sqeuclidean":
         return 0.0
     if geometry == "euclidean":

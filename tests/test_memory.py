@@ -7,6 +7,9 @@ from torch.utils._pytree import tree_flatten
 
 import flashnce
 from flashnce import features
+from flashnce.core.numerics import NORM_EPS
+from flashnce.core.problem import TileProblem
+from flashnce.core.spec import NUM_ROW_SCALARS
 
 from _helpers import GEOMETRY_NAMES, make_features, needs_cpu_kernel
 
@@ -60,14 +63,15 @@ def test_prologue_makes_no_operand_copy(geometry, dtype):
     those are computed from the operand as the GEMM sees it (P1)."""
     x = make_features(64, 16, seed=1, geometry=geometry, dtype=dtype)
     geo = flashnce.get_geometry(geometry)
-    prepared = geo.prepare(x, torch.tensor(1.0), False)
-    assert prepared.operand is x
-    assert prepared.scalars.shape == (64, flashnce.geometry.NUM_ROW_SCALARS[geo.kind])
+    prob = TileProblem(x, x, geometry, 1.0, 1.0, False)
+    # The operand is an alias of x (same storage, no copy) carrying the features' graph node.
+    assert prob.x_op.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    assert prob.x_scalars.shape == (64, NUM_ROW_SCALARS[geo.kind])
     if geometry == "cosine":
         # The norm of x as rounded to its dtype (P1), to fp32 rounding: a bf16 norm would be
         # off by ~2^-9, far outside this tolerance.
-        want = x.double().norm(dim=-1).clamp_min(flashnce.geometry.NORM_EPS).float()
-        torch.testing.assert_close(prepared.scalars[:, 0], want, rtol=3e-7, atol=0)
+        want = x.double().norm(dim=-1).clamp_min(NORM_EPS).float()
+        torch.testing.assert_close(prob.x_scalars[:, 0], want, rtol=3e-7, atol=0)
 
 
 class FreshAllocations(TorchDispatchMode):
@@ -122,7 +126,7 @@ def test_only_n_by_d_tensors_are_the_kernel_gradients(monkeypatch, geometry, dty
     x = make_features(n, d, seed=1, geometry=geometry, dtype=dtype)
     y = make_features(n, d, seed=2, geometry=geometry, role="y", dtype=dtype)
     fresh = _feature_sized_allocations(monkeypatch, x, y, geometry=geometry)
-    assert fresh == [("flashnce.pairwise_lse_bwd.default", (n, d))] * 2, fresh
+    assert fresh == [("flashnce.tile_bwd.default", (n, d))] * 2, fresh
 
 
 @needs_cpu_kernel
@@ -135,8 +139,8 @@ def test_only_kernel_gradients_with_targets(monkeypatch, geometry):
     targets = torch.randint(0, m, (n,), generator=torch.Generator().manual_seed(0))
     fresh = _feature_sized_allocations(monkeypatch, x, y, geometry=geometry, symmetric=False,
                                        targets=targets)
-    assert fresh == [("flashnce.pairwise_lse_bwd.default", (n, d)),
-                     ("flashnce.pairwise_lse_bwd.default", (m, d))], fresh
+    assert fresh == [("flashnce.tile_bwd.default", (n, d)),
+                     ("flashnce.tile_bwd.default", (m, d))], fresh
 
 
 @needs_cpu_kernel

@@ -1,5 +1,9 @@
 """Every bad input gets a ValueError / TypeError naming the argument, before any kernel runs."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -75,11 +79,27 @@ def test_pairwise_lse_rejects():
         flashnce.pairwise_lse(X[0], Y)
 
 
-def test_named_backend_that_refuses_lists_its_reasons(monkeypatch):
-    # Triton cannot take CPU tensors outside the interpreter; the error says why.
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(ValueError, match=r"backend='triton' cannot run these inputs: .+"):
-        flashnce.infonce(X, Y, backend="triton")
+def test_named_backend_that_refuses_lists_its_reasons():
+    # Triton takes no float64; the error names the backend and says why.
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run these inputs: .*float64"):
+        flashnce.infonce(X.double(), Y.double(), backend="triton")
+
+
+def test_triton_refuses_cpu_tensors_without_the_interpreter():
+    """In a process whose kernels were loaded without TRITON_INTERPRET=1, CPU tensors are
+    refused with the way to enable the interpreter (decided at import, hence a subprocess)."""
+    code = ("import torch, flashnce\n"
+            "try:\n"
+            "    flashnce.infonce(torch.randn(4, 3), torch.randn(4, 3), backend='triton')\n"
+            "except ValueError as e:\n"
+            "    assert 'TRITON_INTERPRET=1' in str(e) or 'triton' in str(e), e\n"
+            "    print('refused:', e)\n"
+            "else:\n"
+            "    raise SystemExit('triton ran CPU tensors without the interpreter')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0 and "refused" in out.stdout, out.stderr[-3000:]
 
 
 def test_env_override_is_read_per_call(monkeypatch):

@@ -57,9 +57,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dataclasses import replace
+
 from . import dispatch
-from .geometry import compute_dtype, tile_logits
-from .ops import pairwise_lse_prepared
+from .core.problem import TileProblem, per_row_losses
+from .core.relation import Relation
+from .core.stats import get_stat
 from .validate import REDUCTIONS, SUPPORTED_DTYPES, check_choice, check_features
 
 GROUP_MODES = ("gather", "ring")
@@ -176,7 +179,7 @@ def all_gather_with_grad(t: torch.Tensor, comm: Comm) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Ring pairwise LSE (Inf-CL style): column blocks travel rank -> rank + 1.
+# The ring (Inf-CL style), generic over the stat: column blocks travel rank -> rank + 1.
 # --------------------------------------------------------------------------------------------
 
 
@@ -205,21 +208,37 @@ def _shift(comm: Comm, parts, src_rows: int, widths):
     return _unpack(recv, src_rows, widths)
 
 
-class _RingLSE(torch.autograd.Function):
-    """(row_lse [n_r], col_lse [n_r]) of local rows / local columns against the global batch."""
+def _shifted(tspec, row_start: int, col_start: int):
+    """tspec for a block whose rows start at global row ``row_start`` and columns at global
+    column ``col_start``: self / diagonal pairs j_global == i_global + offset become
+    j == i + offset + row_start - col_start in block coordinates."""
+    rel = tspec.relation
+    return replace(tspec, relation=replace(
+        rel, diag_offset=rel.diag_offset + row_start - col_start))
+
+
+RING_RELATIONS = ("none", "diagonal")  # relations whose index data need not travel
+
+
+class _RingStat(torch.autograd.Function):
+    """(row_stat [n_r], col_stat [n_r]) of local rows / local columns against the global
+    batch, for any stat: the visiting block's partial states merge by the stat's merge rule."""
 
     @staticmethod
-    def forward(ctx, x, y, alpha, beta, scale, inv_sqrt_c, spec, impl, comm):
+    def forward(ctx, x, y, alpha, beta, theta, tspec, impl, comm):
+        stat = get_stat(tspec.stat)
         cd = alpha.dtype
         w, d, r = comm.world, y.shape[1], beta.shape[1]
-        row = torch.full((x.shape[0],), float("-inf"), dtype=cd, device=x.device)
+        starts = [sum(comm.sizes[:q]) for q in range(w)]
+        row = stat.identity(x.shape[0], cd, x.device)
         y_b, beta_b = y, beta
-        col_b = torch.full((y.shape[0],), float("-inf"), dtype=cd, device=x.device)
+        col_b = stat.identity(y.shape[0], cd, x.device)
         for step in range(w):
             owner = (comm.rank - step) % w
-            r_part, c_part = impl.forward(x, y_b, alpha, beta_b, scale, inv_sqrt_c, spec)
-            row = torch.logaddexp(row, r_part)
-            col_b = torch.logaddexp(col_b, c_part)
+            step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
+            r_part, c_part = impl.forward_raw(x, y_b, alpha, beta_b, theta, step_spec)
+            row = stat.merge(row, r_part)
+            col_b = stat.merge(col_b, c_part)
             src = comm.sizes[(owner - 1) % w]
             if w == 1:
                 break
@@ -227,35 +246,37 @@ class _RingLSE(torch.autograd.Function):
                 y_b, beta_b, col_b = _shift(comm, [y_b.to(cd), beta_b, col_b], src, [d, r, 1])
                 y_b = y_b.to(x.dtype)
                 col_b = col_b.reshape(-1)
-            else:  # last hop: only the finished column LSE goes home
+            else:  # last hop: only the finished column stat goes home
                 (col_b,) = _shift(comm, [col_b], src, [1])
                 col_b = col_b.reshape(-1)
-        ctx.save_for_backward(x, y, alpha, beta, scale, inv_sqrt_c, row, col_b)
-        ctx.spec, ctx.impl, ctx.comm = spec, impl, comm
+        ctx.save_for_backward(x, y, alpha, beta, theta, row, col_b)
+        ctx.tspec, ctx.impl, ctx.comm, ctx.starts = tspec, impl, comm, starts
         ctx.set_materialize_grads(False)
         return row, col_b
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g_row, g_col):
-        x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
-        spec, impl, comm = ctx.spec, ctx.impl, ctx.comm
+        x, y, alpha, beta, theta, row_stat, col_stat = ctx.saved_tensors
+        tspec, impl, comm, starts = ctx.tspec, ctx.impl, ctx.comm, ctx.starts
         cd = alpha.dtype
         w, d, r = comm.world, y.shape[1], beta.shape[1]
-        g_row = torch.zeros_like(row_lse) if g_row is None else g_row.contiguous()
-        g_col = torch.zeros_like(col_lse) if g_col is None else g_col.contiguous()
+        g_row = torch.zeros_like(row_stat) if g_row is None else g_row.contiguous()
+        g_col = torch.zeros_like(col_stat) if g_col is None else g_col.contiguous()
         dx = torch.zeros(x.shape, dtype=cd, device=x.device)
         d_alpha = torch.zeros_like(alpha)
-        gh = torch.zeros((), dtype=cd, device=x.device)
-        y_b, beta_b, col_b, gcol_b = y, beta, col_lse, g_col
+        d_theta = torch.zeros_like(theta)
+        y_b, beta_b, col_b, gcol_b = y, beta, col_stat, g_col
         dy_b = torch.zeros(y.shape, dtype=cd, device=y.device)
         dbeta_b = torch.zeros_like(beta)
         for step in range(w):
             owner = (comm.rank - step) % w
-            dx_p, dy_p, da_p, db_p, gh_p = impl.backward(
-                x, y_b, alpha, beta_b, scale, inv_sqrt_c, spec, row_lse, col_b, g_row, gcol_b)
+            step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
+            dx_p, dy_p, da_p, db_p, dt_p = impl.backward_raw(
+                x, y_b, alpha, beta_b, theta, step_spec, row_stat, col_b, g_row, gcol_b)
             dx += dx_p.to(cd)
             d_alpha += da_p
-            gh += gh_p
+            d_theta += dt_p
             dy_b += dy_p.to(cd)
             dbeta_b += db_p
             if w == 1:
@@ -269,12 +290,7 @@ class _RingLSE(torch.autograd.Function):
                 col_b, gcol_b = col_b.reshape(-1), gcol_b.reshape(-1)
             else:  # last hop: the block's finished gradients go home
                 dy_b, dbeta_b = _shift(comm, [dy_b, dbeta_b], src, [d, r])
-        d_scale = gh if ctx.needs_input_grad[4] else None
-        d_inv_sqrt_c = None
-        if ctx.needs_input_grad[5] and spec.kind == "hyperbolic":
-            d_inv_sqrt_c = scale * gh / inv_sqrt_c  # logit is proportional to 1/sqrt(c)
-        return (dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_scale, d_inv_sqrt_c,
-                None, None, None)
+        return (dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_theta, None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,11 +302,11 @@ def _dtype_code(t) -> int:
     return SUPPORTED_DTYPES.index(t.dtype) if t.dtype in SUPPORTED_DTYPES else -1
 
 
-def _grad_mask(x, y, prep) -> int:
+def _grad_mask(x, y, prob) -> int:
     """Which inputs need gradients (and whether autograd is on): the backward collectives
     run only if this agrees across ranks."""
     flags = (torch.is_grad_enabled(), x.requires_grad, y.requires_grad,
-             prep.scale.requires_grad, prep.geo.uses_curvature and prep.curvature.requires_grad)
+             prob.scale.requires_grad, prob.geo.uses_curvature and prob.curvature.requires_grad)
     return sum(int(bool(f)) << k for k, f in enumerate(flags))
 
 
@@ -366,10 +382,9 @@ def _check_local(x, y, symmetric, targets, mode):
 def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, on_manifold,
                         symmetric, targets, reduction, backend):
     """``flashnce.infonce(..., group=...)``; see the module docstring for the convention."""
-    from .losses import _Prepared, per_row_losses  # losses imports this module lazily
-
     check_group(group)
-    error, prep, impl, grad_mask = None, None, None, 0
+    error, prob, impl, grad_mask = None, None, None, 0
+    relation = Relation.none()
     try:
         dispatch.check_backend_name(backend)
         check_choice(reduction, "reduction", REDUCTIONS)
@@ -379,52 +394,42 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         _check_local(x, y, symmetric, targets, group_mode)
         # Without targets the positives (x_i, y_i) are local rows: feature_stats gives their
         # dots, and their gradients join the kernel's dX / dY in place.
-        prep = _Prepared(x, y, geometry, scale, curvature, on_manifold, features_checked=True,
-                         with_positives=targets is None)
-        if group_mode == "ring" and backend == "reference":
-            raise ValueError("group_mode='ring' needs a kernel backend, not 'reference'")
-        impl = dispatch.select_backend(backend, prep.px.operand, prep.py.operand,
-                                       prep.spec(False))
-        grad_mask = _grad_mask(x, y, prep)
+        prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, features_checked=True,
+                           with_positives=targets is None)
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, prob.tspec(relation))
+        grad_mask = _grad_mask(x, y, prob)
     except Exception as exc:  # re-raised on this rank after the handshake: no hang
         error = exc
     comm, y_sizes = _handshake(group, x, y, targets, error, grad_mask)
 
-    px, py = prep.px, prep.py
-    spec = prep.spec(False)
-    args = (prep.scale, prep.inv_sqrt_c)
+    tspec = prob.tspec(relation)
     if group_mode == "ring":
-        row_lse, col_lse = _RingLSE.apply(px.operand.contiguous(), py.operand.contiguous(),
-                                          px.scalars.contiguous(), py.scalars.contiguous(),
-                                          *args, spec, impl, comm)
+        row_lse, col_lse = _RingStat.apply(
+            prob.x_op.contiguous(), prob.y_op.contiguous(), prob.x_scalars.contiguous(),
+            prob.y_scalars.contiguous(), prob.theta, tspec, impl, comm)
     else:
         y_comm = comm if symmetric else Comm(group, comm.rank, comm.world, y_sizes)
-        y_all = all_gather_with_grad(py.operand, y_comm)
-        b_all = all_gather_with_grad(py.scalars, y_comm)
+        y_all = all_gather_with_grad(prob.y_op, y_comm)
+        b_all = all_gather_with_grad(prob.y_scalars, y_comm)
+        # Local rows start at global row comm.offset; the gathered columns at 0.
+        row_lse, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta,
+                                    _shifted(tspec, comm.offset, 0))
         if symmetric:
-            x_all = all_gather_with_grad(px.operand, comm)
-            a_all = all_gather_with_grad(px.scalars, comm)
-        row_lse, col_lse = _lse(impl, px.operand, y_all, px.scalars, b_all, args, spec)
-        if symmetric:
-            _, col_lse = _lse(impl, x_all, py.operand, a_all, py.scalars, args, spec)
+            x_all = all_gather_with_grad(prob.x_op, comm)
+            a_all = all_gather_with_grad(prob.x_scalars, comm)
+            _, col_lse = impl.tile_stat(x_all, prob.y_op, a_all, prob.y_scalars, prob.theta,
+                                        _shifted(tspec, 0, comm.offset))
+        else:
+            col_lse = None
 
     if targets is not None:  # gather mode only (checked): positives among the gathered columns
-        positive = prep.logits_of_pairs(px.operand, y_all[targets], px.scalars, b_all[targets])
+        positive = prob.logits_of_pairs(prob.x_op, y_all[targets], prob.x_scalars,
+                                        b_all[targets])
     else:
-        positive = prep.positive_logits()
+        positive = prob.positive_logits()
     per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
     if reduction == "none":
         return per_row
     # mean over ranks of the returned losses = the global loss (DDP averages gradients).
     factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
     return per_row.sum() * factor
-
-
-def _lse(impl, x, y, a, b, args, spec):
-    """(row LSE, column LSE) of x vs y. Callers use one of them: the other costs forward work
-    only (its upstream gradient is None, so the backward adds nothing for it)."""
-    if impl == "reference":  # materialised tile in PyTorch autograd (small inputs only)
-        cd = compute_dtype(x.dtype)
-        logits = tile_logits(spec.kind, x.to(cd) @ y.to(cd).T, a, b, *args, spec.kappa)
-        return torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
-    return pairwise_lse_prepared(x, y, a, b, *args, spec, impl)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import NORM_EPS, compute_dtype
+from .core.numerics import NORM_EPS, compute_dtype
 
 # Rows per chunk are chosen so one fp32 chunk of a product is about 4 MiB.
 _CHUNK_ELEMENTS = 1 << 20

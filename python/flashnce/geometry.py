@@ -3,7 +3,7 @@
 Every geometry is written as ``logit = s * h(p, alpha_i, beta_j; c)`` where ``p = <X_i, Y_j>``
 is the tile's dot product, ``alpha``/``beta`` are a few fp32 scalars per row/column and ``s`` is
 the logit scale. The scale-free part ``h`` is one of five **epilogue kinds**; a geometry is a
-prologue that feeds one of them (see ``../shared/GEOMETRY.md``). The operands X, Y are the
+prologue that feeds one of them (see ``docs/NUMERICS.md``). The operands X, Y are the
 features as given; the prologue maps each row's squared norm |x|^2 (``flashnce.features``)
 to the per-row scalars, so a geometry may depend on a row beyond the dot products only
 through its norm:
@@ -41,45 +41,12 @@ upstream tile ``G = dL/dlogit`` with the partial derivatives.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-# Order = kind index of the compiled kernels (csrc/flashnce/geometry.h): append, never renumber.
-EPILOGUE_KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic", "cosine")
-# Number of fp32 per-row scalars each epilogue kind reads.
-NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, "cosine": 1}
-
-# MERU caps the sinh argument at asinh(2^15): beyond it fp32 products S_i S_j lose all angular
-# resolution (GEOMETRY.md P3) and overflow is near. Radii above the cap get zero radial gradient.
-MAX_RADIUS = math.asinh(2.0**15)
-# Norm floor for directions (F.normalize's eps): a zero feature maps to the origin.
-NORM_EPS = 1e-12
-
-
-def clamp_kappa(dtype: torch.dtype) -> float:
-    """kappa of the distance clamps: 1e-14 for float64 math, 1e-6 for fp32 accumulation."""
-    return 1e-14 if dtype == torch.float64 else 1e-6
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Epilogue, reductions and saved statistics run in fp32 (float64 stays float64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What the tile walk consumes for one side.
-
-    operand: [N, K] the features as given, in the input dtype (what the GEMM sees).
-    scalars: [N, r] in the compute dtype, computed from ``operand`` as rounded (P1).
-    """
-
-    operand: torch.Tensor
-    scalars: torch.Tensor
-
+from .core.numerics import MAX_RADIUS, NORM_EPS
 
 @dataclass(frozen=True)
 class Geometry:
@@ -108,14 +75,8 @@ class Geometry:
         """Per-row scalars [N, r] from squared row norms q [N] (differentiable)."""
         if q.dim() != 1:
             raise ValueError(f"row_scalars takes squared row norms q [N], got shape "
-                             f"{tuple(q.shape)} (use prepare() for features [N, d])")
+                             f"{tuple(q.shape)}")
         return self.prologue(q, curvature, on_manifold)
-
-    def prepare(self, x: torch.Tensor, curvature: torch.Tensor, on_manifold: bool) -> Prepared:
-        """Operand (x itself, no copy) and per-row scalars of raw features x [N, d]."""
-        from .features import rowwise_dot  # features imports this module
-
-        return Prepared(x, self.row_scalars(rowwise_dot(x, x), curvature, on_manifold))
 
 
 # --------------------------------------------------------------------------------------------

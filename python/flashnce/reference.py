@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .geometry import MAX_RADIUS, NORM_EPS, get_geometry
+from .core.numerics import MAX_RADIUS, NORM_EPS
+from .geometry import get_geometry
 
 
 def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:

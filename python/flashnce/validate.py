@@ -97,3 +97,26 @@ def check_ball(x: torch.Tensor, curvature: torch.Tensor, name: str) -> None:
 def check_choice(value, name: str, choices) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_targets(targets, n: int, m: int, device):
+    """One-way InfoNCE targets: None (row i's positive is column i, needs N <= M) or an int64
+    tensor [N] of column indices in [0, M) on x's device (range checked outside tracing)."""
+    if targets is None:
+        if n > m:
+            raise ValueError(f"without targets, row i's positive is column i, which needs "
+                             f"N <= M; got N={n}, M={m}")
+        return None
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a LongTensor, got {type(targets).__name__}")
+    if targets.dtype != torch.int64:
+        raise TypeError(f"targets must be int64 (LongTensor), got {targets.dtype}")
+    if targets.shape != (n,):
+        raise ValueError(f"targets must have shape ({n},), got {tuple(targets.shape)}")
+    if targets.device != device:
+        raise ValueError(f"targets are on {targets.device} but x is on {device}")
+    if not _tracing() and n > 0:
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= m:
+            raise ValueError(f"targets must be column indices in [0, {m}), got range [{lo}, {hi}]")
+    return targets

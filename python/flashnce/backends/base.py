@@ -1,53 +1,120 @@
-"""The contract every kernel backend implements (see ``../shared/DESIGN.md``, "The primitive").
+"""What a backend is: the tile op contract's two raw functions, and its capabilities as data.
 
-A backend computes, without ever holding an N x M tensor,
+The contract itself -- kinds x stats x relations, the argument layout of ``forward_raw`` /
+``backward_raw`` (identical to the compiled ops ``flashnce::tile_fwd`` / ``tile_bwd``) and their
+semantics -- is defined once in ``flashnce.core.spec``. A backend never holds an N x M tensor:
 
-    forward:  row_lse[i] = log sum_j exp l_ij,   col_lse[j] = log sum_i exp l_ij
-    backward: G_ij = g_row[i] exp(l_ij - row_lse[i]) + g_col[j] exp(l_ij - col_lse[j])
-              dX = (G * dl/dp) @ Y,   dY = (G * dl/dp)^T @ X,
-              d_alpha[i] = sum_j G_ij dl/dalpha_i,   d_beta[j] = sum_i G_ij dl/dbeta_j,
-              gh = sum_ij G_ij h_ij                  (h = l / scale)
+    forward_raw(x, y, alpha, beta, theta, tspec)            -> (row_stat [N], col_stat [M0])
+    backward_raw(x, y, alpha, beta, theta, tspec,
+                 row_stat, col_stat, g_row, g_col)          -> (dX, dY, d_alpha, d_beta, d_theta)
 
-with l_ij = scale * h_kind(<X_i, Y_j>, alpha_i, beta_j) from ``flashnce.geometry`` and, when
-``exclude_diagonal``, l_ii = -inf (G_ii = 0, never evaluated in backward).
+Inputs are validated and contiguous: X [N, K], Y [M, K] (fp32 / fp64 / bf16 / fp16, same
+dtype), alpha [N, r], beta [M, r], theta [3] = (scale, 1/sqrt(c), bias) in the compute dtype.
+dX, dY come back in X's dtype, freshly allocated and aliasing nothing (``flashnce.features``
+adds the norm and positive-pair terms into them in place).
 
-Tensors handed to a backend are already validated and contiguous:
-X [N, K], Y [M, K] in fp32 / fp64 / bf16 / fp16 (same dtype); alpha [N, r], beta [M, r],
-scale and inv_sqrt_c 0-d, all in the compute dtype (fp64 for fp64 inputs, else fp32);
-g_row [N], g_col [M] compute dtype (zeros where the caller has no upstream gradient).
-Outputs: row_lse, col_lse, d_alpha, d_beta, gh in the compute dtype; dX, dY in X's dtype,
-freshly allocated and aliasing nothing (``flashnce.features`` adds into them in place).
+``tile_stat`` is the differentiable entry point: op-based backends call their op (whose
+autograd is registered once for all compiled ops in ``flashnce.core.library``); Python
+backends go through the one autograd Function ``flashnce.core.autograd.TileStat``.
+
+Capabilities (devices, dtypes, kinds, stats, relations) are data: ``not_supported_reasons``
+is derived from them plus ``unavailable()`` (resolved once, at import, by ``dispatch``) and
+``input_reasons`` (limits that depend on the input, e.g. sizes). The test matrix is generated
+from the same data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from ..core import spec
+from ..core.autograd import tile_stat_function
+from ..core.tilespec import TileSpec
 
-@dataclass(frozen=True)
-class TileSpec:
-    """Static options of one pairwise-LSE call (travel together; hashable for caching)."""
+__all__ = ["ALL_DTYPES", "Backend", "OpBackend", "TileSpec"]
 
-    kind: str  # epilogue kind, see flashnce.geometry.EPILOGUE_KINDS
-    exclude_diagonal: bool
-    kappa: float  # distance clamp constant (geometry.clamp_kappa)
+ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class Backend:
-    """Base class: a named implementation that can explain why it refuses an input."""
+    """A named implementation of the tile op that can explain why it refuses an input."""
 
     name = "?"
+    devices: tuple | None = ("cpu",)  # device types; None: any device PyTorch runs on
+    dtypes: tuple = ALL_DTYPES
+    kinds: tuple = spec.KINDS
+    stats: tuple = spec.STATS
+    relations: tuple = spec.RELATIONS
 
-    def not_supported_reasons(self, x: torch.Tensor, y: torch.Tensor, spec: TileSpec) -> list[str]:
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run in this process at all (None when it can)."""
+        return None
+
+    def auto_candidate(self, x: torch.Tensor) -> bool:
+        """Whether ``backend="auto"`` may pick this backend for x (default: yes)."""
+        return True
+
+    def input_reasons(self, x: torch.Tensor, y: torch.Tensor, tspec: TileSpec) -> list[str]:
+        """Refusals that depend on the input beyond device / dtype / axes (e.g. sizes)."""
+        return []
+
+    def not_supported_reasons(self, x: torch.Tensor, y: torch.Tensor,
+                              tspec: TileSpec) -> list[str]:
+        reasons = []
+        why = self.unavailable()
+        if why is not None:
+            reasons.append(why)
+        if self.devices is not None and (x.device.type not in self.devices
+                                         or y.device.type not in self.devices):
+            reasons.append(f"needs {' or '.join(d.upper() for d in self.devices)} tensors, got "
+                           f"{x.device.type} and {y.device.type}")
+        elif x.device != y.device:
+            reasons.append(f"x is on {x.device} but y is on {y.device}")
+        if x.dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            reasons.append(f"dtype {x.dtype} not supported ({names})")
+        for axis, value, known in (("epilogue kind", tspec.kind, self.kinds),
+                                   ("statistic", tspec.stat, self.stats),
+                                   ("relation", tspec.relation.name, self.relations)):
+            if value not in known:
+                reasons.append(f"{axis} {value!r} not implemented")
+        return reasons + self.input_reasons(x, y, tspec)
+
+    # -- the contract ------------------------------------------------------------------------
+    def forward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
         raise NotImplementedError
 
-    def forward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec):
-        """-> (row_lse [N], col_lse [M])."""
+    def backward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec, row_stat, col_stat,
+                     g_row, g_col):
         raise NotImplementedError
 
-    def backward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec,
-                 row_lse, col_lse, g_row, g_col):
-        """-> (dX, dY, d_alpha, d_beta, gh)."""
-        raise NotImplementedError
+    def tile_stat(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        """Differentiable (row_stat, col_stat) in x, y, alpha, beta and theta."""
+        return tile_stat_function(self, x, y, alpha, beta, theta, tspec)
+
+
+class OpBackend(Backend):
+    """A backend whose raw functions are a pair of registered torch.library ops with the
+    contract's schema; their autograd and fakes are registered in ``flashnce.core.library``,
+    so eager and ``torch.compile`` see the same op pair."""
+
+    fwd_op_name = "?"
+    bwd_op_name = "?"
+
+    def _ops(self):
+        namespace = torch.ops.flashnce
+        return getattr(namespace, self.fwd_op_name), getattr(namespace, self.bwd_op_name)
+
+    def forward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        fwd, _ = self._ops()
+        return fwd(x, y, alpha, beta, theta, list(tspec.relation.tensors),
+                   tspec.options(y.shape[0]), tspec.kappa)
+
+    def backward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec, row_stat, col_stat,
+                     g_row, g_col):
+        _, bwd = self._ops()
+        return bwd(x, y, alpha, beta, theta, list(tspec.relation.tensors),
+                   tspec.options(y.shape[0]), tspec.kappa, row_stat, col_stat, g_row, g_col)
+
+    def tile_stat(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        return self.forward_raw(x, y, alpha, beta, theta, tspec)

@@ -1,17 +1,24 @@
-"""``torch`` backend: the tile walk in plain PyTorch, on any device.
+"""``torch`` backend: the tile walk in plain PyTorch, on any device, generic over the stat.
 
 Rows are walked in blocks of ``BLOCK_N`` and columns in blocks of ``BLOCK_M``; the largest
 tensor that ever exists is one BLOCK_N x BLOCK_M tile (plus O((N + M) K) operand copies), so
-memory is linear in the batch. Forward folds each tile into a running row LSE (per row block)
-and a running column LSE (all M columns, merged with logaddexp). Backward recomputes each tile
-once from the saved LSEs and does both gradient GEMMs on it.
+memory is linear in the batch. Per tile: p = X_blk Y_blk^T, the epilogue (``flashnce.geometry``),
+the relation's roles (``flashnce.core.relation.tile_roles``), then the stat
+(``flashnce.core.stats``) folds it into the rows' running state and the columns' running state
+(columns >= M0 are row-only). Backward recomputes each tile once from the saved states, forms
+G with the stat's rule and does both gradient GEMMs on it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..geometry import compute_dtype, tile_logit_grads, tile_logits
+from ..core import spec
+from ..core.autograd import theta_grad
+from ..core.numerics import compute_dtype
+from ..core.relation import tile_roles
+from ..core.stats import get_stat
+from ..geometry import tile_logit_grads, tile_logits
 from .base import Backend, TileSpec
 
 # 512 x 512 fp32 = 1 MiB per tile: fits a core's L2 on most CPUs, and is far below N*M/4
@@ -20,20 +27,9 @@ BLOCK_N = 512
 BLOCK_M = 512
 
 
-def _diag_mask(i0, i1, j0, j1, device):
-    """Boolean [i1-i0, j1-j0] mask of global diagonal entries, or None if the tile has none."""
-    if i1 <= j0 or j1 <= i0:
-        return None
-    rows = torch.arange(i0, i1, device=device)[:, None]
-    cols = torch.arange(j0, j1, device=device)[None, :]
-    return rows == cols
-
-
 class TorchBlockwise(Backend):
     name = "torch"
-
-    def not_supported_reasons(self, x, y, spec):
-        return []  # runs anywhere PyTorch runs
+    devices = None  # any device PyTorch runs on
 
     @staticmethod
     def _tiles(n, m):
@@ -42,47 +38,61 @@ class TorchBlockwise(Backend):
                 yield i0, min(i0 + BLOCK_N, n), j0, min(j0 + BLOCK_M, m)
 
     @staticmethod
-    def _tile(xc, yc, alpha, beta, scale, inv_sqrt_c, spec, i0, i1, j0, j1):
-        """Recompute one logit tile (masked diagonal set to -inf) and its dot products."""
+    def _tile(xc, yc, alpha, beta, theta, tspec, i0, i1, j0, j1):
+        """One tile: dot products, logits (scale * h + bias) and the skip mask (or None)."""
         p = xc[i0:i1] @ yc[j0:j1].T
-        logits = tile_logits(spec.kind, p, alpha[i0:i1], beta[j0:j1], scale, inv_sqrt_c, spec.kappa)
-        if spec.exclude_diagonal:
-            mask = _diag_mask(i0, i1, j0, j1, p.device)
-            if mask is not None:
-                logits = logits.masked_fill(mask, float("-inf"))
-        return p, logits
+        logits = tile_logits(tspec.kind, p, alpha[i0:i1], beta[j0:j1],
+                             theta[spec.THETA_SCALE], theta[spec.THETA_INV_SQRT_C], tspec.kappa)
+        logits = logits + theta[spec.THETA_BIAS]
+        roles = tile_roles(tspec.relation, i0, i1, j0, j1, p.device)
+        skip = None if roles is None else roles == spec.ROLE_SKIP
+        return p, logits, skip
 
-    def forward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec):
+    def forward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        stat = get_stat(tspec.stat)
         cd = compute_dtype(x.dtype)
         xc, yc = x.to(cd), y.to(cd)
         n, m = x.shape[0], y.shape[0]
-        row_lse = torch.full((n,), float("-inf"), dtype=cd, device=x.device)
-        col_lse = torch.full((m,), float("-inf"), dtype=cd, device=x.device)
+        m0 = tspec.cols_both(m)
+        row = stat.identity(n, cd, x.device)
+        col = stat.identity(m0, cd, x.device)
         for i0, i1, j0, j1 in self._tiles(n, m):
-            _, logits = self._tile(xc, yc, alpha, beta, scale, inv_sqrt_c, spec, i0, i1, j0, j1)
-            row_lse[i0:i1] = torch.logaddexp(row_lse[i0:i1], torch.logsumexp(logits, 1))
-            col_lse[j0:j1] = torch.logaddexp(col_lse[j0:j1], torch.logsumexp(logits, 0))
-        return row_lse, col_lse
+            _, logits, skip = self._tile(xc, yc, alpha, beta, theta, tspec, i0, i1, j0, j1)
+            row[i0:i1] = stat.merge(row[i0:i1], stat.fold(logits, skip, 1))
+            c1 = min(j1, m0)
+            if c1 > j0:
+                col_part = stat.fold(logits[:, : c1 - j0],
+                                     None if skip is None else skip[:, : c1 - j0], 0)
+                col[j0:c1] = stat.merge(col[j0:c1], col_part)
+        return row, col
 
-    def backward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec,
-                 row_lse, col_lse, g_row, g_col):
+    def backward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec, row_stat, col_stat,
+                     g_row, g_col):
+        stat = get_stat(tspec.stat)
         cd = compute_dtype(x.dtype)
         xc, yc = x.to(cd), y.to(cd)
         n, m = x.shape[0], y.shape[0]
+        m0 = tspec.cols_both(m)
         dx, dy = torch.zeros_like(xc), torch.zeros_like(yc)
         d_alpha, d_beta = torch.zeros_like(alpha), torch.zeros_like(beta)
-        gh = torch.zeros((), dtype=cd, device=x.device)
+        sum_gh = torch.zeros((), dtype=cd, device=x.device)
+        sum_g = torch.zeros((), dtype=cd, device=x.device)
         for i0, i1, j0, j1 in self._tiles(n, m):
-            p, logits = self._tile(xc, yc, alpha, beta, scale, inv_sqrt_c, spec, i0, i1, j0, j1)
-            # G = dL/dlogit; masked entries have logit -inf, hence G = 0 exactly.
-            g = (g_row[i0:i1, None] * torch.exp(logits - row_lse[i0:i1, None])
-                 + g_col[None, j0:j1] * torch.exp(logits - col_lse[None, j0:j1]))
+            p, logits, skip = self._tile(xc, yc, alpha, beta, theta, tspec, i0, i1, j0, j1)
+            c1 = max(j0, min(j1, m0))
+            g = stat.upstream(logits, skip, row_stat[i0:i1], col_stat[j0:c1], g_row[i0:i1],
+                              g_col[j0:c1])
             g_p, g_a, g_b, gh_t = tile_logit_grads(
-                spec.kind, p, alpha[i0:i1], beta[j0:j1], scale, inv_sqrt_c, spec.kappa, g)
+                tspec.kind, p, alpha[i0:i1], beta[j0:j1], theta[spec.THETA_SCALE],
+                theta[spec.THETA_INV_SQRT_C], tspec.kappa, g)
             dx[i0:i1] += g_p @ yc[j0:j1]
             dy[j0:j1] += g_p.T @ xc[i0:i1]
             d_alpha[i0:i1] += g_a
             d_beta[j0:j1] += g_b
-            gh += gh_t
-        return dx.to(x.dtype), dy.to(y.dtype), d_alpha, d_beta, gh
+            sum_gh += gh_t
+            sum_g += g.sum()
+        d_theta = theta_grad(sum_gh, sum_g, theta, tspec.kind)
+        return dx.to(x.dtype), dy.to(y.dtype), d_alpha, d_beta, d_theta
+
+
 BACKEND = TorchBlockwise()

@@ -1,88 +1,65 @@
 """``triton`` backend: the fused Triton kernels of ``flashnce.triton_kernels``.
 
-Accepts CUDA tensors when Triton is importable, and CPU tensors only when ``TRITON_INTERPRET=1``
-is set (read on every call) and the kernels were loaded under the interpreter: that is how the
-test-suite runs them without a GPU. ``backend="auto"`` tries this backend first, so on CUDA it is
-preferred. Every refusal says why. Forward and backward call the registered ops
-``flashnce::triton_lse_fwd`` / ``flashnce::triton_lse_bwd`` (see ``triton_kernels/ops.py``).
+Accepts CUDA tensors when Triton is importable. CPU tensors run only through the Triton
+interpreter, and only when asked for by name (``backend="triton"``) in a process whose
+kernels were loaded with ``TRITON_INTERPRET=1``: ``backend="auto"`` never picks the
+interpreter (it is thousands of times slower than the cpu backend). Every refusal says why.
+
+The kernels are imported once, when this module loads (at ``import flashnce``): dynamo cannot
+trace an import inside a call. Forward and backward are the registered ops
+``flashnce::triton_tile_fwd`` / ``triton_tile_bwd`` (same schema as the C++ ops), whose
+autograd is registered in ``flashnce.core.library``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 
 import torch
 
-from .base import Backend, TileSpec
-
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic", "cosine")
-_OPS_MODULE = "flashnce.triton_kernels.ops"
+from .base import OpBackend
 
 
-def _import_problem() -> str | None:
-    """None when triton imports, else the reason (cached by Python's module cache)."""
+def _load():
+    """(the kernels' ops module or None, why not)."""
     if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install flashnce[triton])"
+        return None, "triton is not installed (pip install flashnce[triton])"
     try:
-        import triton  # noqa: F401
+        from ..triton_kernels import ops
     except Exception as exc:  # a broken install must refuse, not crash dispatch
-        return f"triton could not be imported: {exc!r}"
-    return None
+        return None, f"triton could not be imported: {exc!r}"
+    from ..core import library
+
+    library.register_compiled_ops()
+    return ops, None
 
 
-def _ops():
-    return importlib.import_module(_OPS_MODULE)
+_OPS, _WHY = _load()
+INTERPRETED = bool(_OPS is not None and _OPS.INTERPRETED)
 
 
-class TritonBackend(Backend):
+class TritonBackend(OpBackend):
     name = "triton"
-    # flashnce.ops calls forward() directly: the op's registered autograd (triton_kernels/ops.py)
-    # is the backward, so eager and torch.compile see the same triton_op pair.
-    op_based = True
+    fwd_op_name = "triton_tile_fwd"
+    bwd_op_name = "triton_tile_bwd"
+    devices = ("cuda", "cpu")
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
 
-    def not_supported_reasons(self, x, y, spec: TileSpec) -> list[str]:
-        problem = _import_problem()
-        if problem:
-            return [problem]
-        reasons = []
-        interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-        if x.device.type == "cpu":
-            if not interpret:
-                reasons.append("CPU tensors run only under the Triton interpreter "
-                               "(set TRITON_INTERPRET=1; meant for tests, it is slow)")
-            else:
-                loaded = sys.modules.get(_OPS_MODULE)
-                if loaded is not None and not loaded.INTERPRETED:
-                    reasons.append("the Triton kernels were loaded without TRITON_INTERPRET=1, "
-                                   "so they cannot run on CPU tensors in this process")
-        elif x.device.type != "cuda":
-            reasons.append(f"device {x.device.type!r} is not supported (CUDA, or CPU under "
-                           "TRITON_INTERPRET=1)")
-        if y.device != x.device:
-            reasons.append(f"x is on {x.device} but y is on {y.device}")
-        if x.dtype == torch.float64:
-            reasons.append("float64 is not supported by the Triton kernels (fp32, bf16, fp16); "
-                           "use backend='cpu' or 'torch'")
-        elif x.dtype not in _DTYPES:
-            reasons.append(f"dtype {x.dtype} is not supported (fp32, bf16, fp16)")
-        if spec.kind not in _KINDS:
-            reasons.append(f"epilogue kind {spec.kind!r} has no Triton kernel")
-        return reasons
+    def unavailable(self):
+        return _WHY
 
-    def forward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec):
-        _ops()
-        return torch.ops.flashnce.triton_lse_fwd(
-            x, y, alpha, beta, scale, inv_sqrt_c, spec.kind, spec.exclude_diagonal, spec.kappa)
+    def input_reasons(self, x, y, tspec):
+        if x.device.type == "cpu" and not INTERPRETED:
+            return ["CPU tensors run only under the Triton interpreter: set TRITON_INTERPRET=1 "
+                    "before importing flashnce (meant for tests; it is slow)"]
+        if x.device.type == "cuda" and INTERPRETED:
+            return ["the Triton kernels were loaded under TRITON_INTERPRET=1, so they run only "
+                    "on CPU tensors in this process"]
+        return []
 
-    def backward(self, x, y, alpha, beta, scale, inv_sqrt_c, spec: TileSpec,
-                 row_lse, col_lse, g_row, g_col):
-        _ops()
-        return torch.ops.flashnce.triton_lse_bwd(
-            x, y, alpha, beta, scale, inv_sqrt_c, spec.kind, spec.exclude_diagonal, spec.kappa,
-            row_lse, col_lse, g_row.float(), g_col.float())
+    def auto_candidate(self, x) -> bool:
+        """``auto`` takes this backend for CUDA tensors only, never the interpreter."""
+        return x.device.type == "cuda"
 
 
 BACKEND = TritonBackend()

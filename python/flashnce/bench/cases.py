@@ -235,15 +235,15 @@ def resolve_flashnce_backend(case: Case, x=None, y=None) -> str:
     """The backend name flashnce would run for this case; raises ValueError with the reasons
     every candidate refuses (for 'auto') or the named backend refuses."""
     from flashnce import dispatch
-    from flashnce.losses import _Prepared
+    from flashnce.core.problem import TileProblem
 
     if x is None:
         # Only the dtype, device, geometry and (roughly) the shape matter to a backend.
         x, y = make_inputs(replace(case, n=min(case.n, 8)), requires_grad=False)
-    prep = _Prepared(x.detach(), y.detach(), case.geometry, case.logit_scale, 1.0, False)
-    impl = dispatch.select_backend(_flashnce_backend(case.provider), prep.px.operand,
-                                   prep.py.operand, prep.spec(False))
-    return impl if isinstance(impl, str) else impl.name
+    prob = TileProblem(x.detach(), y.detach(), case.geometry, case.logit_scale, 1.0, False)
+    impl = dispatch.select_backend(_flashnce_backend(case.provider), prob.x_op, prob.y_op,
+                                   prob.tspec())
+    return impl.name
 
 
 def unavailable_reason(case: Case) -> str | None:

@@ -1,0 +1,82 @@
+"""torch.library registration of every compiled tile op: one fake, one autograd.
+
+The C++ ops (``flashnce::tile_fwd`` / ``tile_bwd``, CPU and CUDA kernels) and the Triton ops
+(``flashnce::triton_tile_fwd`` / ``triton_tile_bwd``) share one schema
+(``flashnce.core.spec``), so one ``setup_context`` and one ``backward`` serve both pairs, and
+one pair of fake functions serves the C++ ops (the Triton ops trace their launchers, or bring
+their own fakes under the interpreter). Saved for backward: x, y, alpha, beta, theta, the
+relation tensors and both stats -- no N x M tensor.
+
+The backward op has no derivative of its own: the registered backward is
+``once_differentiable``, so a second-order gradient raises instead of returning 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import spec
+from .numerics import compute_dtype
+
+# (forward op, backward op) pairs with the contract's schema.
+OP_PAIRS = {
+    "flashnce::tile_fwd": "flashnce::tile_bwd",
+    "flashnce::triton_tile_fwd": "flashnce::triton_tile_bwd",
+}
+_registered: set = set()
+
+
+def _op(qualname: str):
+    namespace, name = qualname.split("::")
+    return getattr(getattr(torch.ops, namespace), name)
+
+
+def _fake_fwd(x, y, alpha, beta, theta, relation, options, kappa):
+    cd = compute_dtype(x.dtype)
+    return (x.new_empty((x.shape[0],), dtype=cd),
+            x.new_empty((options[spec.OPT_COLS_BOTH],), dtype=cd))
+
+
+def _fake_bwd(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat, g_row,
+              g_col):
+    return (torch.empty_like(x), torch.empty_like(y), torch.empty_like(alpha),
+            torch.empty_like(beta), torch.empty_like(theta))
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, alpha, beta, theta, relation, options, kappa = inputs
+    row_stat, col_stat = output
+    ctx.save_for_backward(x, y, alpha, beta, theta, row_stat, col_stat, *relation)
+    ctx.options, ctx.kappa = list(options), kappa
+
+
+def _make_backward(bwd_name: str):
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_row, g_col):
+        x, y, alpha, beta, theta, row_stat, col_stat, *relation = ctx.saved_tensors
+        g_row = torch.zeros_like(row_stat) if g_row is None else g_row.contiguous()
+        g_col = torch.zeros_like(col_stat) if g_col is None else g_col.contiguous()
+        dx, dy, d_alpha, d_beta, d_theta = _op(bwd_name)(
+            x, y, alpha, beta, theta, list(relation), ctx.options, ctx.kappa, row_stat,
+            col_stat, g_row.to(row_stat.dtype), g_col.to(col_stat.dtype))
+        # One None per relation tensor: autograd wants the structure of the inputs.
+        return dx, dy, d_alpha, d_beta, d_theta, [None] * len(relation), None, None
+
+    return backward
+
+
+def _defined(qualname: str) -> bool:
+    namespace, name = qualname.split("::")
+    return hasattr(getattr(torch.ops, namespace), name)
+
+
+def register_compiled_ops(*, fakes: bool = True) -> None:
+    """Register fakes (C++ ops only) and autograd for every defined op pair (idempotent)."""
+    for fwd, bwd in OP_PAIRS.items():
+        if fwd in _registered or not (_defined(fwd) and _defined(bwd)):
+            continue
+        if fakes and not fwd.startswith("flashnce::triton_"):
+            torch.library.register_fake(fwd)(_fake_fwd)
+            torch.library.register_fake(bwd)(_fake_bwd)
+        torch.library.register_autograd(fwd, _make_backward(bwd), setup_context=_setup_context)
+        _registered.add(fwd)

@@ -1,0 +1,97 @@
+"""The problem builder: validated features of both sides, their per-row scalars, and theta.
+
+``TileProblem`` is what every loss (and the distributed front end) builds once per call:
+
+* the features enter the autograd graph once, through ``flashnce.features.feature_stats``:
+  the GEMM operands are its aliases of x and y, the per-row scalars come from its squared
+  norms (``Geometry.row_scalars``), and with ``with_positives`` it also returns the
+  positive-pair dots <x_i, y_{t_i}> (t = targets, or i), so every N x d gradient term is
+  added in place into the kernel's dX / dY;
+* theta = (scale, 1/sqrt(c), bias) [3] in the compute dtype, differentiable in the caller's
+  tensors;
+* ``stat(backend, relation)`` runs one tile statistic; ``positive_logits()`` gives the
+  O(N) logits of the positive pairs from the same epilogue spec.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..features import feature_stats, rowwise_dot
+from ..geometry import get_geometry, paired_logits
+from ..validate import as_param, check_ball, check_features
+from . import spec
+from .numerics import clamp_kappa
+from .relation import Relation
+from .tilespec import TileSpec
+
+
+class TileProblem:
+    def __init__(self, x, y, geometry, scale, curvature, on_manifold, *, bias=0.0,
+                 features_checked=False, targets=None, with_positives=False):
+        if not features_checked:  # the finite-value scan costs a host sync: do it once
+            check_features(x, y)
+        self.geo = get_geometry(geometry)
+        if not isinstance(on_manifold, bool):
+            raise TypeError(f"on_manifold must be a bool, got {type(on_manifold).__name__}")
+        if on_manifold and not self.geo.supports_on_manifold:
+            raise ValueError(
+                f"on_manifold=True is only meaningful for hyperbolic geometries "
+                f"(poincare, lorentz), not {self.geo.name!r}")
+        self.scale = as_param(scale, "scale", x, positive=False)
+        self.curvature = as_param(curvature, "curvature", x, positive=True)
+        self.bias = as_param(bias, "bias", x, positive=False)
+        if on_manifold and self.geo.name == "poincare":
+            check_ball(x, self.curvature, "x")
+            check_ball(y, self.curvature, "y")
+        self.x, self.y = x, y
+        self.targets = targets
+        self.x_op, self.y_op, q_x, q_y, self.positive_dots = feature_stats(
+            x, y, targets, with_positives, self.geo.scale_invariant)
+        self.x_scalars = self.geo.row_scalars(q_x, self.curvature, on_manifold)
+        self.y_scalars = self.geo.row_scalars(q_y, self.curvature, on_manifold)
+        self.inv_sqrt_c = (self.curvature.rsqrt() if self.geo.uses_curvature
+                           else torch.ones_like(self.curvature))
+        self.theta = torch.stack([self.scale, self.inv_sqrt_c, self.bias])
+        self.kappa = clamp_kappa(x.dtype)
+
+    def tspec(self, relation: Relation | None = None, stat: str = "lse") -> TileSpec:
+        return TileSpec(self.geo.kind, stat, relation or Relation.none(), self.kappa)
+
+    def stat(self, backend, relation: Relation | None = None, stat: str = "lse"):
+        """(row_stat [N], col_stat [M0]) of x vs y through ``backend`` (differentiable)."""
+        return backend.tile_stat(self.x_op, self.y_op, self.x_scalars, self.y_scalars,
+                                 self.theta, self.tspec(relation, stat))
+
+    def positive_logits(self):
+        """logit(x_i, y_{t_i}) for every row i (t = targets, or i when None), O(N).
+
+        Needs ``with_positives=True``: the dots come from ``feature_stats``.
+        """
+        sy = self.y_scalars
+        sy = sy[: self.x_scalars.shape[0]] if self.targets is None else sy[self.targets]
+        return self._logits(self.positive_dots, self.x_scalars, sy)
+
+    def logits_of_pairs(self, ex, ey, sx, sy):
+        """logit(ex_i, ey_i) of operand rows paired elementwise, with their per-row scalars."""
+        return self._logits(rowwise_dot(ex, ey), sx, sy)
+
+    def _logits(self, p, sx, sy):
+        return paired_logits(self.geo.kind, p, sx, sy, self.theta[spec.THETA_SCALE],
+                             self.theta[spec.THETA_INV_SQRT_C], self.kappa) + self.bias
+
+
+def per_row_losses(row_lse, col_lse, positive, symmetric: bool):
+    """InfoNCE per row: 1/2 (row - pos) + 1/2 (col - pos) symmetric, else row - pos."""
+    if symmetric:
+        return 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
+    return row_lse - positive
+
+
+def reduce_losses(per_row, reduction: str):
+    """'mean' | 'sum' | 'none' of per-row losses."""
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row

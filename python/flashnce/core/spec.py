@@ -1,0 +1,141 @@
+"""The tile contract's three axes, defined once: epilogue kinds, statistics and relations.
+
+Every loss is a reduction over the pairwise logits
+
+    l_ij = scale * h_kind(p_ij = <x_i, y_j>, alpha_i, beta_j; c) + bias
+
+that a backend walks tile by tile without storing. Three independent choices describe a call:
+
+* **kind** -- the geometry epilogue h (``KINDS``; per-row scalar counts in
+  ``NUM_ROW_SCALARS``). The math lives in ``flashnce.geometry`` (torch spec),
+  ``csrc/flashnce/geometry.h`` (CPU + CUDA) and ``triton_kernels/epilogue.py``.
+* **stat** -- what a tile is folded into (``STATS``): per-row / per-column state, how two
+  partial states merge, and the upstream rule G_ij = dL/dl_ij for the backward.
+* **relation** -- the role of each pair (i, j): *skip* (not part of the statistic),
+  *positive* or *negative* (``RELATIONS``). It travels as a few small index tensors and
+  an options vector, never as an N x M mask.
+
+This module imports nothing (not even torch): ``csrc/flashnce/spec.h`` mirrors it and a test
+checks the two agree; the Triton kernels import their constants from here. Indices are part of
+the compiled ops' ABI: append, never renumber.
+
+Compiled op family (one schema for the C++ CPU / CUDA ops ``flashnce::tile_fwd/tile_bwd`` and
+the Triton ops ``flashnce::triton_tile_fwd/triton_tile_bwd``)::
+
+    tile_fwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta, Tensor[] relation,
+             int[] options, float kappa) -> (Tensor row_stat, Tensor col_stat)
+    tile_bwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta, Tensor[] relation,
+             int[] options, float kappa, Tensor row_stat, Tensor col_stat, Tensor g_row,
+             Tensor g_col) -> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta,
+                               Tensor d_theta)
+
+* x [N, K], y [M, K]: fp32 / fp64 / bf16 / fp16, same dtype, contiguous (the GEMM operands).
+* alpha [N, r], beta [M, r]: per-row scalars, r = NUM_ROW_SCALARS[kind], compute dtype
+  (fp64 for fp64 inputs, else fp32).
+* theta [3], compute dtype: THETA_SCALE, THETA_INV_SQRT_C (k = 1/sqrt(c)), THETA_BIAS.
+* relation: the relation's index tensors, all int64 and contiguous (``RELATION_TENSORS``).
+* options [NUM_OPTIONS]: OPT_KIND, OPT_STAT, OPT_RELATION, OPT_FLAGS, OPT_DIAG_OFFSET,
+  OPT_COLS_BOTH (see below).
+* kappa: the distance clamp constant (``flashnce.core.numerics.clamp_kappa``).
+* row_stat [N], col_stat [M0] (M0 = options[OPT_COLS_BOTH]) in the compute dtype, and the
+  upstream gradients g_row [N], g_col [M0] (zeros where the caller has none).
+* dX, dY in the input dtype, freshly allocated, aliasing nothing (``flashnce.features`` adds
+  into them in place); d_alpha [N, r], d_beta [M, r], d_theta [3] in the compute dtype with
+  d_theta = (sum G h, scale * sum G h / k for the hyperbolic kind else 0, sum G).
+
+Relations (pair roles; precedence skip > positive > negative):
+
+* ``none``      -- no positives.
+* ``diagonal``  -- (i, j) is positive iff j == i + diag_offset.
+* ``targets``   -- relation = [t [N]]: (i, j) positive iff j == t_i.
+* ``labels``    -- relation = [a [N], b [M]]: (i, j) positive iff a_i == b_j.
+* ``csr``       -- relation = [indptr [N+1], indices [nnz], roles [nnz],
+                   t_indptr [M+1], t_indices [nnz], t_roles [nnz]]: row i lists its columns
+                   indices[indptr[i]:indptr[i+1]] (strictly increasing) with a role each
+                   (ROLE_SKIP or ROLE_POSITIVE); columns not listed are negatives. The t_*
+                   tensors are the same sets transposed (per column, rows strictly
+                   increasing), for walks that visit columns as rows.
+
+Flags (options[OPT_FLAGS], bit set), applied on top of any relation:
+
+* FLAG_SKIP_SELF       -- (i, j) is skipped iff j == i + diag_offset (same-set losses; in
+                          distributed runs diag_offset is the global offset of the column
+                          block relative to the row block).
+* FLAG_SKIP_POSITIVES  -- the relation's positives are skipped (e.g. a margin loss adds its
+                          positive analytically).
+
+Row-only columns: options[OPT_COLS_BOTH] = M0 <= M. Columns j >= M0 are seen only by rows:
+they enter row statistics, have no column statistic (col_stat and g_col have M0 entries),
+and their G comes from the row side alone (MoCo queues, extra hard negatives).
+
+Statistic ``lse`` (the first instance; the walk is generic over the stat):
+
+* forward: row_stat[i] = log sum_{j not skipped} exp l_ij, col_stat[j] = log sum_{i not
+  skipped} exp l_ij (j < M0); -inf for a row / column with every pair skipped.
+* merge of two partial states: logaddexp.
+* backward: G_ij = g_row[i] exp(l_ij - row_stat[i]) + g_col[j] exp(l_ij - col_stat[j])
+  (second term only for j < M0), and G_ij = 0 exactly on skipped pairs.
+"""
+
+# --- kinds: index = the compiled kernels' kind id ---------------------------------------------
+KINDS = ("dot", "sqeuclidean", "euclidean", "hyperbolic", "cosine")
+NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, "cosine": 1}
+MAX_ROW_SCALARS = 3
+
+# --- stats ------------------------------------------------------------------------------------
+STATS = ("lse",)
+# Per stat: how two partial states of one row merge ("logaddexp" / "sum"), whether it has a
+# backward, and the number of values per row of its state.
+STAT_INFO = {
+    "lse": dict(merge="logaddexp", has_backward=True, state_width=1),
+}
+
+# --- relations --------------------------------------------------------------------------------
+RELATIONS = ("none", "diagonal", "targets", "labels", "csr")
+# The index tensors each relation carries, in order (all int64).
+RELATION_TENSORS = {
+    "none": (),
+    "diagonal": (),
+    "targets": ("targets",),
+    "labels": ("row_labels", "col_labels"),
+    "csr": ("indptr", "indices", "roles", "t_indptr", "t_indices", "t_roles"),
+}
+ROLE_SKIP = 0
+ROLE_POSITIVE = 1
+
+FLAG_SKIP_SELF = 1
+FLAG_SKIP_POSITIVES = 2
+ALL_FLAGS = FLAG_SKIP_SELF | FLAG_SKIP_POSITIVES
+
+# --- options vector layout --------------------------------------------------------------------
+OPT_KIND = 0
+OPT_STAT = 1
+OPT_RELATION = 2
+OPT_FLAGS = 3
+OPT_DIAG_OFFSET = 4
+OPT_COLS_BOTH = 5
+NUM_OPTIONS = 6
+
+# --- theta layout -----------------------------------------------------------------------------
+THETA_SCALE = 0
+THETA_INV_SQRT_C = 1
+THETA_BIAS = 2
+NUM_THETA = 3
+
+
+def kind_id(kind: str) -> int:
+    if kind not in KINDS:
+        raise ValueError(f"unknown epilogue kind {kind!r} (known: {', '.join(KINDS)})")
+    return KINDS.index(kind)
+
+
+def stat_id(stat: str) -> int:
+    if stat not in STATS:
+        raise ValueError(f"unknown statistic {stat!r} (known: {', '.join(STATS)})")
+    return STATS.index(stat)
+
+
+def relation_id(relation: str) -> int:
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r} (known: {', '.join(RELATIONS)})")
+    return RELATIONS.index(relation)

@@ -1,0 +1,122 @@
+"""Tile-op problems shared by the op-level tests: relation cases and random inputs per kind.
+
+``relation_case(name, n, m, g)`` builds one of ``RELATION_CASES`` (none, self skips with
+offsets, diagonal / targets / labels / csr relations with and without skipped positives,
+row-only columns; the csr cases include a fully skipped row), ``make_problem`` the operands,
+per-row scalars (from the geometry prologue, as the GEMM sees the operands), theta, TileSpec
+and upstream gradients, and ``oracle`` the float64 dense statistics and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flashnce.backends.base import TileSpec
+from flashnce.backends.dense import dense_tile_stat
+from flashnce.core import spec
+from flashnce.core.numerics import clamp_kappa, compute_dtype
+from flashnce.core.relation import Relation
+from flashnce.geometry import GEOMETRIES
+
+KIND_GEOMETRY = {"dot": "dot", "sqeuclidean": "sqeuclidean", "euclidean": "euclidean",
+                 "hyperbolic": "lorentz", "cosine": "cosine"}
+
+
+def _csr(n, m, g, skip_self=False):
+    """A random per-row column set with both roles, sorted within rows; row 0 lists every
+    column as skipped (a fully skipped row)."""
+    rows_cols, rows_roles, indptr = [], [], [0]
+    for i in range(n):
+        if i == 0:
+            cols = torch.arange(m)
+            roles = torch.full((m,), spec.ROLE_SKIP)
+        else:
+            k = int(torch.randint(0, min(m, 4) + 1, (1,), generator=g))
+            cols = torch.randperm(m, generator=g)[:k].sort().values
+            roles = torch.randint(0, 2, (k,), generator=g)
+        rows_cols.append(cols)
+        rows_roles.append(roles)
+        indptr.append(indptr[-1] + len(cols))
+    return Relation.csr(torch.tensor(indptr), torch.cat(rows_cols).long(),
+                        torch.cat(rows_roles).long(), m, skip_self=skip_self)
+
+
+def relation_case(name, n, m, g):
+    if name == "none":
+        return Relation.none()
+    if name.startswith("self"):  # self0 / self+3 / self-2
+        return Relation.none(skip_self=True, diag_offset=int(name[4:]))
+    if name == "diagonal_skip":
+        return Relation.diagonal(diag_offset=1, skip_positives=True)
+    if name == "targets_skip":
+        # Column 0 is every row's target when m == 1: a fully skipped column elsewhere.
+        return Relation.targets(torch.randint(0, m, (n,), generator=g), skip_positives=True)
+    if name == "labels_self":
+        lab = torch.randint(0, 3, (max(n, m),), generator=g)
+        return Relation.labels(lab[:n], lab[:m], skip_self=True)
+    if name == "labels_skip":
+        return Relation.labels(torch.randint(0, 3, (n,), generator=g),
+                               torch.randint(0, 3, (m,), generator=g), skip_positives=True)
+    if name == "csr":
+        return _csr(n, m, g)
+    if name == "csr_self":
+        return _csr(n, m, g, skip_self=True)
+    if name == "row_only":
+        return Relation.none(cols_both=max(m // 2, 0))
+    if name == "row_only_self":
+        return Relation.none(skip_self=True, cols_both=m - 1)
+    raise AssertionError(name)
+
+
+RELATION_CASES = ("none", "self0", "self+3", "self-2", "diagonal_skip", "targets_skip",
+                  "labels_self", "labels_skip", "csr", "csr_self", "row_only", "row_only_self")
+CASE_RELATION = {c: ("none" if c.startswith(("self", "row_only")) else c.split("_")[0])
+                 for c in RELATION_CASES}
+def make_problem(kind, case, dtype, shape, device="cpu", seed=0):
+    n, m, d = shape
+    g = torch.Generator().manual_seed(seed)
+    geo = GEOMETRIES[KIND_GEOMETRY[kind]]
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64)
+    if kind in ("dot", "sqeuclidean", "euclidean"):
+        x, y = x / d**0.5, y / d**0.5
+    if kind == "hyperbolic":
+        x, y = x * 1.5 / d**0.5, y * 1.5 / d**0.5
+    if d >= 8 and n > 2 and m > 2:  # an exact duplicate pair: coincident points (clamps)
+        y[1] = x[1]
+    x, y = x.to(dtype), y.to(dtype)
+    cd = compute_dtype(dtype)
+    curv = torch.tensor(0.8, dtype=cd)
+
+    def scalars(t):
+        q = t.to(torch.float64).square().sum(-1)
+        return geo.row_scalars(q, curv.double(), False).to(cd)
+
+    k = 1 / curv.sqrt() if geo.uses_curvature else torch.ones((), dtype=cd)
+    theta = torch.stack([torch.tensor(1.7, dtype=cd), k.to(cd), torch.tensor(0.3, dtype=cd)])
+    rel = relation_case(case, n, m, g)
+    tspec = TileSpec(kind, "lse", rel, clamp_kappa(dtype))
+    m0 = tspec.cols_both(m)
+    g_row = torch.randn(n, generator=g, dtype=torch.float64).to(cd)
+    g_col = torch.randn(m0, generator=g, dtype=torch.float64).to(cd)
+    dev = lambda t: t.to(device)  # noqa: E731
+    rel = Relation(rel.name, tuple(dev(t) for t in rel.tensors), rel.flags, rel.diag_offset,
+                   rel.cols_both)
+    tspec = TileSpec(kind, "lse", rel, clamp_kappa(dtype))
+    return (dev(x), dev(y), dev(scalars(x)), dev(scalars(y)), dev(theta), tspec,
+            dev(g_row), dev(g_col))
+
+
+def oracle(x, y, alpha, beta, theta, tspec, g_row, g_col):
+    """float64 stats and gradients of sum(row * g_row) + sum(col * g_col)."""
+    ins = [t.detach().cpu().double().requires_grad_() for t in (x, y, alpha, beta, theta)]
+    rel = tspec.relation
+    rel = Relation(rel.name, tuple(t.cpu() for t in rel.tensors), rel.flags, rel.diag_offset,
+                   rel.cols_both)
+    row, col = dense_tile_stat(*ins, rel, tspec.kind, "lse", 1e-14 if x.dtype == torch.float64
+                               else tspec.kappa)
+    fin = lambda s: torch.where(torch.isfinite(s), s, 0.0)  # noqa: E731
+    total = (fin(row) * g_row.cpu().double()).sum() + (fin(col) * g_col.cpu().double()).sum()
+    grads = torch.autograd.grad(total, ins, allow_unused=True)
+    grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(ins, grads)]
+    return row.detach(), col.detach(), grads

@@ -1,0 +1,141 @@
+"""The tile op contract, one matrix for every backend, generated from declared capabilities.
+
+For each backend that can run here (``flashnce.dispatch.BACKENDS``: torch, cpu, triton under
+the interpreter; cuda needs a device; reference is the oracle itself), every (kind, relation case, dtype, shape)
+the backend declares is compared with the float64 materialised oracle
+``flashnce.backends.dense.dense_tile_stat``: both statistics and every gradient
+(dX, dY, d_alpha, d_beta, d_theta) of a random upstream (g_row, g_col). Relation cases cover
+none, self skips with offsets, the diagonal / targets / labels / csr relations with and without
+skipping their positives, row-only columns, and a fully skipped row and column (-inf stat,
+zero gradient, no NaN).
+
+Backends are called through ``forward_raw`` / ``backward_raw``: the op pair itself, not
+autograd (that is tested in test_autograd_ops.py). The Triton interpreter is slow, so it runs
+the relation cases on two kinds and the kinds on two relation cases, in fp32 and bf16
+(``_budget``); the other backends run the full product.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashnce import dispatch
+from flashnce.core import spec
+from flashnce.core.numerics import compute_dtype
+
+from _tile_cases import CASE_RELATION, RELATION_CASES, make_problem, oracle
+
+SHAPES = ((1, 5, 3), (17, 23, 4), (70, 33, 48))
+BIG_SHAPES = ((300, 700, 16), (600, 530, 8))  # cross the cpu (256 x 512), torch (512) tiles
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def _budget(backend):
+    """(kind, case, dtype, shape) tuples this backend runs, from its declared capabilities."""
+    kinds = [k for k in spec.KINDS if k in backend.kinds]
+    cases = [c for c in RELATION_CASES if CASE_RELATION[c] in backend.relations]
+    dtypes = [d for d in DTYPES if d in backend.dtypes]
+    out = []
+    if backend.name == "triton":  # interpreter: a covering subset
+        for d in (torch.float32, torch.bfloat16):
+            for c in cases:
+                for k in ("cosine", "hyperbolic"):
+                    out.append((k, c, d, (17, 23, 4)))
+            for k in kinds:
+                for c in ("none", "self0"):
+                    out.append((k, c, d, (70, 33, 48)))
+                    out.append((k, c, d, (1, 5, 3)))
+        return out
+    for k in kinds:
+        for c in cases:
+            for d in dtypes:
+                # 16-bit inputs: one odd shape per case (the fp32 / fp64 runs cover shapes).
+                for s in (SHAPES if d in (torch.float32, torch.float64) else SHAPES[1:2]):
+                    out.append((k, c, d, s))
+    if backend.name in ("cpu", "torch"):
+        for k in kinds:
+            for c in ("none", "self0", "labels_skip", "csr", "row_only"):
+                for s in BIG_SHAPES:
+                    out.append((k, c, torch.float32, s))
+    return out
+
+
+def _available():
+    x = torch.zeros(2, 2)
+    out = []
+    for name, backend in dispatch.BACKENDS.items():
+        if name == "reference":  # it *is* the oracle here; test_backends checks it
+            continue
+        why = backend.unavailable()
+        if name == "cuda" and why is None and not torch.cuda.is_available():
+            why = "no CUDA device"
+        out.append((name, backend, why))
+    return out
+
+
+PARAMS = []
+for _name, _backend, _why in _available():
+    if _why is not None:
+        PARAMS.append(pytest.param(_name, None, marks=pytest.mark.skip(
+            reason=f"backend {_name!r} unavailable: {_why}"), id=f"{_name}-unavailable"))
+        continue
+    for _k, _c, _d, _s in _budget(_backend):
+        PARAMS.append(pytest.param(_name, (_k, _c, _d, _s),
+                                   id=f"{_name}-{_k}-{_c}-{str(_d)[6:]}-{_s[0]}x{_s[1]}x{_s[2]}"))
+
+
+# Max-norm relative tolerances per input dtype: (statistics, gradients).
+TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-4),
+       torch.bfloat16: (2e-4, 3e-2), torch.float16: (2e-4, 1e-2)}
+
+
+def _check_stat(name, got, want, tol):
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got = got.detach().cpu().double()
+    inf = torch.isinf(want)
+    assert torch.equal(torch.isinf(got), inf) and bool((got[inf] == want[inf]).all()), (
+        f"{name}: -inf pattern differs: got {got[inf | torch.isinf(got)]}")
+    if (~inf).any():
+        err = (got[~inf] - want[~inf]).abs().max().item()
+        scale = max(want[~inf].abs().max().item(), 1.0)
+        assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:.1e} x {scale:.3g}"
+
+
+def _check_grad(name, got, want, tol):
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got = got.detach().cpu().double()
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    if want.numel() == 0:
+        return
+    scale = max(want.abs().max().item(), 1e-3)
+    err = (got - want).abs().max().item()
+    assert err <= tol * scale, f"{name}: max-norm relative error {err / scale:.3e} > {tol:.1e}"
+
+
+@pytest.mark.parametrize("backend_name, case", PARAMS)
+def test_matches_dense_oracle(backend_name, case):
+    kind, rel_case, dtype, shape = case
+    backend = dispatch.BACKENDS[backend_name]
+    x, y, alpha, beta, theta, tspec, g_row, g_col = make_problem(kind, rel_case, dtype, shape)
+    assert backend.not_supported_reasons(x, y, tspec) == []
+    row, col = backend.forward_raw(x, y, alpha, beta, theta, tspec)
+    want_row, want_col, want_grads = oracle(x, y, alpha, beta, theta, tspec, g_row, g_col)
+    t_stat, t_grad = TOL[dtype]
+    _check_stat("row_stat", row, want_row, t_stat)
+    _check_stat("col_stat", col, want_col, t_stat)
+    assert row.dtype == compute_dtype(dtype) and col.dtype == compute_dtype(dtype)
+    grads = backend.backward_raw(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col)
+    assert grads[0].dtype == dtype and grads[1].dtype == dtype
+    for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads, want_grads):
+        _check_grad(name, got, want, t_grad)
+
+
+def test_matrix_covers_every_declared_capability():
+    """Every backend that runs here is tested on each kind and relation it declares."""
+    for name, backend, why in _available():
+        if why is not None:
+            continue
+        budget = _budget(backend)
+        assert {k for k, *_ in budget} == set(backend.kinds), name
+        assert {CASE_RELATION[c] for _, c, *_ in budget} == set(backend.relations), name
