@@ -35,7 +35,7 @@ def require_backend(name, x=None):
         pytest.skip(f"backend {name!r} unavailable: {'; '.join(reasons)}")
 
 
-# fp32 acceptance bounds against float64 (issue 2): loss relative, gradients max-norm relative.
+# fp32 acceptance bounds against float64: loss relative, gradients max-norm relative.
 FP32_LOSS_RTOL = 1e-5
 FP32_GRAD_RTOL = 1e-4
 
@@ -52,7 +52,7 @@ def make_features(n, d, *, dtype=torch.float32, seed=0, geometry="cosine", radiu
     [0.2, 2.5] (or exactly ``radius``); Euclidean ones get moderate norms so distances are O(1).
 
     In d = 1 every point lies on one line, so random x and y would contain pairs closer than
-    the fp32 resolution of a GEMM-built distance (GEOMETRY.md P3), which the kernels clamp on
+    the fp32 resolution of a GEMM-built distance (docs/NUMERICS.md P3), which the kernels clamp on
     purpose. For the distance geometries, d = 1 therefore puts role "x" on the positive and
     role "y" on the negative half-line: every (x_i, y_j) pair is resolvable. Cosine in d = 1
     has an identically zero true gradient whose rounding grows like 1/|x|, so its norms are

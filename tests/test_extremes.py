@@ -1,4 +1,4 @@
-"""The extremes of GEOMETRY.md: coincident points, large hyperbolic radius, large scale."""
+"""The extremes of docs/NUMERICS.md: coincident points, large hyperbolic radius, large scale."""
 
 import pytest
 import torch
@@ -73,7 +73,7 @@ def test_large_hyperbolic_radius(geometry, radius, dtype):
     loss = flashnce.infonce(xr, yr, geometry=geometry, scale=1.0, backend="torch")
     gx, gy = torch.autograd.grad(loss, [xr, yr])
     ref_loss, (rgx, rgy), floors = oracle(x, y, geometry=geometry, scale=1.0)
-    # fp32 resolution in hyperbolic space degrades like cosh^2(rho) (GEOMETRY.md P3).
+    # fp32 resolution in hyperbolic space degrades like cosh^2(rho) (docs/NUMERICS.md P3).
     loss_tol, grad_tol = (1e-10, 1e-8) if dtype == torch.float64 else (1e-5, 1e-3)
     assert_close(loss.reshape(1), ref_loss.reshape(1), loss_tol, "loss", floor=floors[0])
     assert_close(gx, rgx, grad_tol, "dx", floor=floors[1])

@@ -129,3 +129,12 @@ def test_non_finite_features_rejected_in_every_dtype(name, value, dtype):
     feats[name][-1, feats[name].shape[1] // 2] = value
     with pytest.raises(ValueError, match=f"{name} contains NaN or infinite"):
         flashnce.infonce(feats["x"], feats["y"], backend="torch")
+
+
+def test_explain_backends_lists_every_backend():
+    reasons = flashnce.explain_backends(X, Y, geometry="lorentz")
+    assert set(reasons) == set(flashnce.dispatch.BACKENDS)
+    assert reasons["torch"] == [] and reasons["reference"] == []
+    assert any("CUDA" in r for r in reasons["cuda"]), reasons["cuda"]
+    bad = flashnce.explain_backends(X.double(), Y.double())
+    assert any("float64" in r for r in bad["triton"]), bad["triton"]

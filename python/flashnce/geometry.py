@@ -20,17 +20,17 @@ hyperbolic     -arcosh(1 + w) / sqrt(c),                   (n, rho, S): operand 
 cosine         p / (n_i n_j)                               n = max(||x||, eps)
 =============  ==========================================  ===============================
 
-The cosine kind normalises inside the kernel (GEOMETRY.md section 2): the operand is the
+The cosine kind normalises inside the kernel (docs/NUMERICS.md section 2): the operand is the
 feature tensor as given and n its row norm, so no normalised N x d copy is ever made.
 Partials: dh/dp = 1/(n_i n_j), dh/dn_i = -h/n_i, dh/dn_j = -h/n_j.
 
-The hyperbolic kind is GEOMETRY.md's form L3 (direction + radius, hyperbolic law of cosines),
+The hyperbolic kind is docs/NUMERICS.md's form L3 (direction + radius, hyperbolic law of cosines),
 shared by the Lorentz hyperboloid and the Poincare ball, which differ only in how the radius is
 computed from the features. Its only explicit dependence on the curvature is the ``1/sqrt(c)``
 factor: kernels return ``gh = sum_ij G_ij h_ij`` and both the scale gradient (``gh``) and the
 explicit gradient of ``k = 1/sqrt(c)`` (``scale * gh / k``) follow from that one number.
 
-Clamps (GEOMETRY.md section 10): the euclidean distance uses ``D >= kappa (a_i + b_j)`` and the
+Clamps (docs/NUMERICS.md section 10): the euclidean distance uses ``D >= kappa (a_i + b_j)`` and the
 hyperbolic distance ``w >= kappa S_i S_j``, with kappa = 1e-6 for fp32 accumulation and 1e-14
 for float64; a clamped entry has exactly zero gradient (strict masks, P5).
 
@@ -127,7 +127,7 @@ def _prologue_lorentz(q, curvature, on_manifold):
 
 def _prologue_poincare(q, curvature, on_manifold):
     """Poincare ball through L3: expmap0(v) sits at radius 2 sqrt(c)||v||; a ball point x at
-    2 artanh(sqrt(c)||x||). Isometric to Lorentz(exp_map0(2v)) (GEOMETRY.md section 7)."""
+    2 artanh(sqrt(c)||x||). Isometric to Lorentz(exp_map0(2v)) (docs/NUMERICS.md section 7)."""
     sqrt_c = curvature.to(q.dtype).sqrt()
     r = _norm(q)
     rho = 2.0 * torch.atanh(sqrt_c * r) if on_manifold else 2.0 * sqrt_c * r
@@ -186,7 +186,7 @@ def _hyperbolic_w(p, fa, fb, kappa):
 
 def _scale_free(kind: str, p, fa, fb, inv_sqrt_c, kappa: float):
     """h from broadcastable fields. Autograd-safe: a clamped entry takes the (detached) floor,
-    so its gradient is exactly zero and no 0 * inf appears (strict masks, GEOMETRY.md P5)."""
+    so its gradient is exactly zero and no 0 * inf appears (strict masks, docs/NUMERICS.md P5)."""
     if kind == "dot":
         return p
     if kind in ("sqeuclidean", "euclidean"):

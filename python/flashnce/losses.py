@@ -97,3 +97,11 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
     row_lse, col_lse = prob.stat(impl)
     per_row = per_row_losses(row_lse, col_lse, prob.positive_logits(), symmetric)
     return reduce_losses(per_row, reduction)
+
+
+def explain_backends(x, y, *, geometry="cosine") -> dict[str, list[str]]:
+    """Why each backend would refuse ``infonce(x, y, geometry=...)``: {name: reasons}, an
+    empty list for a backend that accepts. Nothing is computed (no kernel runs)."""
+    check_features(x, y)
+    prob = TileProblem(x.detach(), y.detach(), geometry, 1.0, 1.0, False, features_checked=True)
+    return dispatch.explain(prob.x_op, prob.y_op, prob.tspec())

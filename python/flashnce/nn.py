@@ -1,7 +1,7 @@
 """nn.Modules over ``flashnce.infonce``: learnable scale / curvature, and an open_clip drop-in.
 
 * ``ContrastiveLoss``: symmetric InfoNCE in any geometry holding its own learnable logit scale
-  and curvature, stored and clamped as GEOMETRY.md recommends (sections 3, 6, 10).
+  and curvature, stored and clamped as docs/NUMERICS.md recommends (sections 3, 6, 10).
 * ``ClipLoss``: open_clip's ``ClipLoss`` constructor and forward signature (the model owns
   ``logit_scale``), so switching is one import.
 
@@ -33,7 +33,7 @@ def _positive_float(v, name):
 class ContrastiveLoss(nn.Module):
     """Symmetric InfoNCE (CLIP) in any geometry, with its own learnable scale and curvature.
 
-    Parameters (GEOMETRY.md sections 3 and 6):
+    Parameters (docs/NUMERICS.md sections 3 and 6):
         log_scale      tau = ln s, initialised to ln(scale_init) (default ln(1/0.07) ~ 2.659).
                        An ``nn.Parameter`` if ``learn_scale`` else a buffer.
         log_curvature  ln c, initialised to ln(curvature_init); an ``nn.Parameter`` only for
@@ -131,8 +131,9 @@ class ClipLoss(nn.Module):
     forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
     ``logit_scale`` is the model's already-exponentiated scale (as open_clip passes it), the
     features are the model's L2-normalised embeddings, and the logits are
-    ``logit_scale * image @ text.T`` exactly as in open_clip (cosine geometry; the loss does
-    not normalise again, so gradients match open_clip's even for unnormalised inputs).
+    ``logit_scale * image @ text.T`` exactly as in open_clip: the ``dot`` geometry (cosine
+    logits for the normalised embeddings open_clip passes; the loss does not normalise again,
+    so gradients match open_clip's even for unnormalised inputs).
     ``logit_bias`` shifts every logit equally, which cannot change InfoNCE; it is accepted
     and gets an exact zero gradient (so DDP sees it used).
 

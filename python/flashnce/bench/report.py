@@ -22,7 +22,7 @@ ROW_FIELDS = (
     "full_ms", "full_p20_ms", "full_p80_ms", "peak_mib", "baseline_mib", "mem_method",
     "gflops", "gemm_ms", "fwd_x_gemm", "full_x_gemm", "repeats", "wall_s", "note",
 )
-ENV_FIELDS = ("device_name", "cpu_model", "threads", "torch_version", "triton_version",
+ENV_FIELDS = ("device_name", "cpu_model", "cpu_flags", "threads", "torch_version", "triton_version",
               "flashnce_version", "git_sha", "git_dirty", "timestamp")
 
 
@@ -44,6 +44,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The instruction-set flags that decide which kernel paths a CPU can take.
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+              "amx_tile", "amx_bf16", "amx_fp16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    """The ISA flags of /proc/cpuinfo that matter here, space-separated ('' if unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in _ISA_FLAGS if flag in have)
+    except OSError:
+        pass
+    return ""
 
 
 def _git(*args: str) -> str | None:
@@ -77,6 +95,7 @@ def environment(device: str) -> dict:
         "device": device,
         "device_name": device_name,
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
