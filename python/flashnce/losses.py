@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import dispatch
 from .core.problem import TileProblem, per_row_losses, reduce_losses
 from .core.relation import Relation
-from .distributed import distributed_infonce
+from .distributed import GROUP_MODES, distributed_infonce
 from .validate import REDUCTIONS, check_choice, check_features, check_targets
 
 
@@ -68,6 +68,7 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
 
     Returns the loss in fp32 (float64 for float64 inputs).
     """
+    check_choice(group_mode, "group_mode", GROUP_MODES)  # checked with or without a group
     if group is not None:
         return distributed_infonce(
             x, y, group=group, group_mode=group_mode, geometry=geometry, scale=scale,

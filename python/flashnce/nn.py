@@ -18,8 +18,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import dispatch
+from .distributed import GROUP_MODES
 from .geometry import get_geometry
 from .losses import infonce
+from .validate import check_choice
 
 __all__ = ["ContrastiveLoss", "ClipLoss"]
 
@@ -65,14 +68,20 @@ class ContrastiveLoss(nn.Module):
         if self.max_scale is not None and scale_init > self.max_scale:
             raise ValueError(f"scale_init={scale_init} exceeds max_scale={self.max_scale}")
         curvature_init = _positive_float(curvature_init, "curvature_init")
-        try:
-            lo, hi = (_positive_float(v, "curvature_range bounds") for v in curvature_range)
-        except TypeError:
+        if not isinstance(curvature_range, (tuple, list)) or len(curvature_range) != 2:
             raise ValueError(f"curvature_range must be a pair (lo, hi), got {curvature_range!r}")
+        lo, hi = (_positive_float(v, "curvature_range bounds") for v in curvature_range)
+        if lo > hi:
+            raise ValueError(f"curvature_range must have lo <= hi, got {curvature_range!r}")
         if not lo <= curvature_init <= hi:
             raise ValueError(f"curvature_init={curvature_init} is outside curvature_range="
                              f"({lo}, {hi})")
         self.curvature_range = (lo, hi)
+        # Checked here, not at the first forward: a typo should fail where it is written.
+        dispatch.check_backend_name(backend)
+        check_choice(group_mode, "group_mode", GROUP_MODES)
+        if not isinstance(on_manifold, bool):
+            raise TypeError(f"on_manifold must be a bool, got {type(on_manifold).__name__}")
         self.on_manifold, self.backend = on_manifold, backend
         self.group, self.group_mode = group, group_mode
 

@@ -9,6 +9,7 @@ data-dependent Python branches would break the graph.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -55,7 +56,8 @@ def as_param(value, name: str, like: torch.Tensor, *, positive: bool) -> torch.T
     Tensors keep their autograd graph (gradients flow back to the caller's tensor); the value
     is never modified in place.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+    # numbers.Real covers int, float and numpy's scalars (np.float32 is not a float subclass).
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a 1-element tensor, got {type(value).__name__}")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:

@@ -39,7 +39,8 @@ class TileProblem:
                 f"on_manifold=True is only meaningful for hyperbolic geometries "
                 f"(poincare, lorentz), not {self.geo.name!r}")
         self.scale = as_param(scale, "scale", x, positive=False)
-        self.curvature = as_param(curvature, "curvature", x, positive=True)
+        # Geometries that ignore the curvature accept any finite value for it.
+        self.curvature = as_param(curvature, "curvature", x, positive=self.geo.uses_curvature)
         self.bias = as_param(bias, "bias", x, positive=False)
         if on_manifold and self.geo.name == "poincare":
             check_ball(x, self.curvature, "x")

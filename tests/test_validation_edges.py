@@ -1,0 +1,73 @@
+"""Validation edges found by trying the API as a new (or hostile) user would.
+
+Each case failed before: a curvature that a flat geometry ignores was still required to be
+> 0; numpy.float32 scales were refused (numpy.float64 worked); ``group_mode`` was not checked
+without a group; ``ContrastiveLoss`` checked ``backend`` / ``group_mode`` / a malformed
+``curvature_range`` only at its first forward, or with "too many values to unpack";
+``backend="reference"`` gave NaN gradients at coincident points.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import flashnce
+from flashnce.nn import ContrastiveLoss
+
+X = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+Y = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("geometry", ["cosine", "dot", "sqeuclidean", "euclidean"])
+def test_flat_geometries_ignore_curvature(geometry):
+    want = flashnce.infonce(X, Y, geometry=geometry, backend="torch")
+    got = flashnce.infonce(X, Y, geometry=geometry, curvature=-1.0, backend="torch")
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="curvature must be finite"):
+        flashnce.infonce(X, Y, geometry=geometry, curvature=float("nan"))
+
+
+def test_hyperbolic_still_needs_positive_curvature():
+    with pytest.raises(ValueError, match="curvature must be > 0"):
+        flashnce.infonce(X, Y, geometry="lorentz", curvature=-1.0)
+
+
+@pytest.mark.parametrize("value", [np.float32(2.5), np.float64(2.5), np.int64(2)])
+def test_numpy_scalars_are_accepted(value):
+    got = flashnce.infonce(X, Y, scale=value, backend="torch")
+    assert torch.allclose(got, flashnce.infonce(X, Y, scale=float(value), backend="torch"))
+
+
+def test_group_mode_checked_without_group():
+    with pytest.raises(ValueError, match="group_mode"):
+        flashnce.infonce(X, Y, group_mode="bogus")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backend="bogus"), "backend"),
+    (dict(group_mode="bogus"), "group_mode"),
+    (dict(on_manifold="yes"), "on_manifold"),
+    (dict(geometry="lorentz", curvature_range=(0.1, 1.0, 10.0)), "curvature_range"),
+    (dict(geometry="lorentz", curvature_range=5.0), "curvature_range"),
+    (dict(geometry="lorentz", curvature_range=(10.0, 0.1), curvature_init=1.0),
+     "curvature_range|outside"),
+])
+def test_contrastive_loss_checks_at_construction(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ContrastiveLoss(**kwargs)
+
+
+@pytest.mark.parametrize("geometry", ["euclidean", "poincare", "lorentz"])
+def test_reference_backend_finite_at_coincident_points(geometry):
+    """The materialised backend follows the kernels' clamps, so it stays a usable oracle where
+    pairs coincide (y is a copy of x: every positive pair has distance 0)."""
+    x = (X / 3).clone().requires_grad_()
+    y = (X / 3).clone().requires_grad_()
+    loss = flashnce.infonce(x, y, geometry=geometry, backend="reference")
+    gx, gy = torch.autograd.grad(loss, [x, y])
+    assert torch.isfinite(loss) and torch.isfinite(gx).all() and torch.isfinite(gy).all()
+    xt, yt = (X / 3).clone().requires_grad_(), (X / 3).clone().requires_grad_()
+    lt = flashnce.infonce(xt, yt, geometry=geometry, backend="torch")
+    tx, ty = torch.autograd.grad(lt, [xt, yt])
+    assert torch.allclose(loss, lt, atol=1e-5)
+    assert torch.allclose(gx, tx, atol=1e-4) and torch.allclose(gy, ty, atol=1e-4)
