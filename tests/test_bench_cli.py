@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from flashnce.bench import cases as C
 from flashnce.bench import cli
@@ -96,3 +97,29 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "flashnce.bench", "--help"],
                          capture_output=True, text=True, timeout=120, check=True)
     assert "--providers" in out.stdout and "--mem-limit" in out.stdout
+
+
+@pytest.mark.parametrize("argv", [["-n", "-5"], ["-n", "0"], ["-d", "0"], ["--device", "bogus"],
+                                  ["--device", "cuda"], ["--timeout", "-1"],
+                                  ["--timeout", "nan"], ["--repeats", "0"],
+                                  ["--threads", "0"]])
+def test_bad_arguments_exit_with_a_message(argv, capsys):
+    if argv == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here: --device cuda is valid")
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(argv)
+    assert exc.value.code == 2
+    assert "flashnce-bench: error: argument" in capsys.readouterr().err
+
+
+def test_report_missing_or_malformed_file(tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        cli.main(["--report", str(tmp_path / "missing.json")])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="not a flashnce-bench result file"):
+        cli.main(["--report", str(bad)])
+    other = tmp_path / "other.json"
+    other.write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="not a flashnce-bench result file"):
+        cli.main(["--report", str(other)])

@@ -75,15 +75,51 @@ def expand_providers(names: list[str]) -> list[str]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {v}")
+    return v
+
+
+def _nonnegative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _device(text: str) -> str:
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, "
+                                         "cuda:1)")
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"device type {dev.type!r} is not benchmarked "
+                                         "(cpu or cuda)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("--device cuda: CUDA is not available here")
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="flashnce-bench",
         description="Benchmark flashnce InfoNCE against the materialised loss, torch.compile "
                     "and installed peers: time (fwd, bwd, fwd+bwd), peak memory, GFLOP/s.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("-n", "--n", type=int, nargs="+", default=list(DEFAULT_N),
+    ap.add_argument("-n", "--n", type=_positive_int, nargs="+", default=list(DEFAULT_N),
                     help="batch sizes N (x and y are [N, d])")
-    ap.add_argument("-d", "--d", type=int, nargs="+", default=[128], help="feature dims")
+    ap.add_argument("-d", "--d", type=_positive_int, nargs="+", default=[128],
+                    help="feature dims")
     ap.add_argument("-g", "--geometry", nargs="+", default=["cosine"],
                     choices=list(__import__("flashnce").GEOMETRIES))
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=list(C.DTYPES))
@@ -93,17 +129,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "flashnce-all")
     ap.add_argument("--no-gemm", action="store_true",
                     help="do not measure the plain-GEMM yardstick (no x GEMM ratios)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=_device,
+                    default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--scale", type=float, default=None,
                     help="logit scale (default: 1/0.07 for cosine, 1 otherwise)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed passes per case")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per case")
-    ap.add_argument("--timeout", type=float, default=120.0,
+    ap.add_argument("--warmup", type=_nonnegative_int, default=1,
+                    help="untimed passes per case")
+    ap.add_argument("--repeats", type=_positive_int, default=3, help="timed passes per case")
+    ap.add_argument("--timeout", type=_positive_float, default=120.0,
                     help="seconds per case (warm-up + timed passes); the case is killed")
     ap.add_argument("--mem-limit", type=_mem_bytes, default="auto",
                     help="CPU: cap on a case's memory above its inputs (e.g. 4G); 'auto' = "
                          "half the available memory, 'none' = no cap")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--threads", type=_positive_int, default=None,
+                    help="torch intra-op threads")
     ap.add_argument("--in-process", action="store_true",
                     help="measure in this process (no memory cap, soft timeout, less clean "
                          "CPU memory numbers)")
@@ -257,8 +296,15 @@ def run_sweep(args) -> list[dict]:
 
 
 def _report_only(args) -> int:
-    doc = R.load_json(args.report)
-    env, rows = doc["environment"], doc["rows"]
+    path = Path(args.report)
+    if not path.is_file():
+        raise SystemExit(f"flashnce-bench: --report {args.report}: no such file")
+    try:
+        doc = R.load_json(path)
+        env, rows = doc["environment"], doc["rows"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"flashnce-bench: --report {args.report} is not a flashnce-bench "
+                         f"result file ({type(exc).__name__}: {exc})")
     print(R.format_table(rows))
     print("\n".join(R.memory_wall(rows)))
     if args.plot:
