@@ -71,3 +71,39 @@ def test_reference_backend_finite_at_coincident_points(geometry):
     tx, ty = torch.autograd.grad(lt, [xt, yt])
     assert torch.allclose(loss, lt, atol=1e-5)
     assert torch.allclose(gx, tx, atol=1e-4) and torch.allclose(gy, ty, atol=1e-4)
+
+
+def test_autocast_mixed_tower_dtypes():
+    """One bf16 tower and cached fp32 embeddings under autocast: promoted to fp32 (the
+    materialised loss works there too); outside autocast the mismatch is a clear TypeError."""
+    xb = X.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = flashnce.infonce(xb, Y, backend="torch")
+    (gx,) = torch.autograd.grad(loss, [xb])
+    assert loss.dtype == torch.float32 and gx.dtype == torch.bfloat16
+    want = flashnce.infonce(X.to(torch.bfloat16).float(), Y, backend="torch")
+    assert torch.allclose(loss, want)
+    with pytest.raises(TypeError, match="same dtype"):
+        flashnce.infonce(xb, Y)
+
+
+def test_meta_tensors_give_shapes():
+    """Meta tensors (shape inference, model surgery) run through the torch backend's walk."""
+    xm = X.to("meta").requires_grad_()
+    loss = flashnce.infonce(xm, Y.to("meta"), geometry="lorentz")
+    loss.backward()
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert xm.grad.shape == X.shape and xm.grad.device.type == "meta"
+
+
+def test_torch_func_grad_supported_vmap_refused():
+    y = Y
+    for geometry in ("cosine", "lorentz"):
+        g = torch.func.grad(lambda a: flashnce.infonce(a, y, geometry=geometry))(X)
+        xr = X.clone().requires_grad_()
+        (want,) = torch.autograd.grad(flashnce.infonce(xr, y, geometry=geometry), [xr])
+        assert torch.allclose(g, want, atol=1e-6)
+    with pytest.raises(ValueError, match="torch.func.grad"):
+        torch.func.grad(lambda a: flashnce.infonce(a, y, backend="cpu"))(X)
+    with pytest.raises(RuntimeError, match="do not support torch.func.vmap"):
+        torch.func.vmap(lambda a: flashnce.infonce(a, y))(X.expand(3, 6, 4))

@@ -6,13 +6,35 @@ positives are added in O(N) from the same epilogue spec) plus the positive logit
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 from . import dispatch
 from .core.problem import TileProblem, per_row_losses, reduce_losses
 from .core.relation import Relation
 from .distributed import GROUP_MODES, distributed_infonce
-from .validate import REDUCTIONS, check_choice, check_features, check_targets
+from .validate import (REDUCTIONS, align_autocast_dtypes, check_choice, check_features,
+                       check_targets)
 
 
+def _autocast_off(fn):
+    """Run a loss with autocast off after aligning the towers' dtypes: the tile walk's math
+    is fp32 by contract (16-bit operands, fp32 accumulation and epilogue), and autocast would
+    otherwise turn the torch backend's tile GEMMs and the O(N) assembly into 16-bit ops."""
+    @functools.wraps(fn)
+    def wrapper(x, y, *args, **kwargs):
+        x, y = align_autocast_dtypes(x, y)
+        device = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return fn(x, y, *args, **kwargs)
+        return fn(x, y, *args, **kwargs)
+
+    return wrapper
+
+
+@_autocast_off
 def pairwise_lse(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False,
                  exclude_diagonal=False, backend="auto"):
     """Row and column log-sum-exp of the pairwise logits, never materialising them.
@@ -36,6 +58,7 @@ def pairwise_lse(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifo
     return prob.stat(impl, relation)
 
 
+@_autocast_off
 def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False,
             symmetric=True, targets=None, reduction="mean", backend="auto", group=None,
             group_mode="gather"):

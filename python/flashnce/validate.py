@@ -21,6 +21,41 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
+def functorch_transform() -> str | None:
+    """The innermost active torch.func transform ("grad", "vmap", "jvp", ...) or None."""
+    if _tracing():
+        return None
+    try:
+        from torch._C._functorch import peek_interpreter_stack
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return None
+    top = peek_interpreter_stack()
+    return None if top is None else top.key().name.lower()
+
+
+def check_transforms() -> None:
+    """torch.func.grad (and jacrev / hessian through it) is supported on the Python backends;
+    vmap and forward-mode transforms are not: say so instead of failing inside a kernel."""
+    transform = functorch_transform()
+    if transform in ("vmap", "jvp"):
+        raise RuntimeError(
+            f"flashnce losses do not support torch.func.{transform} (their tile walks read "
+            "tensor data and sizes per tile); loop over the batch, or use torch.func.grad / "
+            "torch.autograd.grad, which are supported")
+
+
+def align_autocast_dtypes(x, y):
+    """Under autocast one tower may come out in bf16 / fp16 while the other is fp32 (cached
+    embeddings, a frozen tower): promote both to the wider dtype, as a materialised loss in
+    fp32 would. Outside autocast, differing dtypes stay an error (check_features)."""
+    if (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype != y.dtype
+            and x.is_floating_point() and y.is_floating_point()
+            and torch.is_autocast_enabled(x.device.type)):
+        common = torch.promote_types(x.dtype, y.dtype)
+        return x.to(common), y.to(common)
+    return x, y
+
+
 def check_features(x, y) -> None:
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
@@ -33,13 +68,15 @@ def check_features(x, y) -> None:
         if t.shape[0] == 0 or t.shape[1] == 0:
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): need batch >= 1, dim >= 1")
     if x.dtype != y.dtype:
-        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype}")
+        raise TypeError(f"x and y must have the same dtype, got {x.dtype} and {y.dtype} "
+                        "(under torch.autocast they are promoted to the wider one)")
     if x.device != y.device:
         raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(
             f"x and y must have the same feature dim, got {x.shape[1]} and {y.shape[1]}")
-    if not _tracing():
+    check_transforms()
+    if not _tracing() and x.device.type != "meta":
         # min and max propagate NaN and expose +-inf: a reduction pass with no N x d
         # temporary (isfinite(t).all() allocates a bool tensor per input), one host sync.
         with torch.no_grad():  # a check, not part of the loss: no autograd node
@@ -66,7 +103,7 @@ def as_param(value, name: str, like: torch.Tensor, *, positive: bool) -> torch.T
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
         if value.device != like.device and value.device.type != "cpu":
             raise ValueError(f"{name} is on {value.device} but the features are on {like.device}")
-        if not _tracing():
+        if not _tracing() and value.device.type != "meta":
             v = float(value.detach().reshape(()))
             _check_value(v, name, positive)
         cd = torch.float64 if like.dtype == torch.float64 else torch.float32
@@ -86,7 +123,7 @@ def _check_value(v: float, name: str, positive: bool) -> None:
 
 def check_ball(x: torch.Tensor, curvature: torch.Tensor, name: str) -> None:
     """Poincare points given on the manifold must satisfy c ||x||^2 < 1."""
-    if _tracing():
+    if _tracing() or x.device.type == "meta":
         return
     sq = x.detach().to(torch.float64).square().sum(-1)
     worst = float((curvature.detach().to(torch.float64) * sq).max())
@@ -117,7 +154,7 @@ def check_targets(targets, n: int, m: int, device):
         raise ValueError(f"targets must have shape ({n},), got {tuple(targets.shape)}")
     if targets.device != device:
         raise ValueError(f"targets are on {targets.device} but x is on {device}")
-    if not _tracing() and n > 0:
+    if not _tracing() and n > 0 and targets.device.type != "meta":
         lo, hi = int(targets.min()), int(targets.max())
         if lo < 0 or hi >= m:
             raise ValueError(f"targets must be column indices in [0, {m}), got range [{lo}, {hi}]")

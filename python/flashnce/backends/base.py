@@ -30,6 +30,7 @@ import torch
 from ..core import spec
 from ..core.autograd import tile_stat_function
 from ..core.tilespec import TileSpec
+from ..validate import functorch_transform
 
 __all__ = ["ALL_DTYPES", "Backend", "OpBackend", "TileSpec"]
 
@@ -45,6 +46,9 @@ class Backend:
     kinds: tuple = spec.KINDS
     stats: tuple = spec.STATS
     relations: tuple = spec.RELATIONS
+    # torch.func.grad needs every autograd.Function on the path to support functorch: true
+    # of the Python backends, not of the compiled ops' registered autograd.
+    supports_func_grad = True
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run in this process at all (None when it can)."""
@@ -78,6 +82,9 @@ class Backend:
                                    ("relation", tspec.relation.name, self.relations)):
             if value not in known:
                 reasons.append(f"{axis} {value!r} not implemented")
+        if not self.supports_func_grad and functorch_transform() == "grad":
+            reasons.append("does not run under torch.func.grad (use backend='torch', or "
+                           "torch.autograd.grad)")
         return reasons + self.input_reasons(x, y, tspec)
 
     # -- the contract ------------------------------------------------------------------------
@@ -97,6 +104,8 @@ class OpBackend(Backend):
     """A backend whose raw functions are a pair of registered torch.library ops with the
     contract's schema; their autograd and fakes are registered in ``flashnce.core.library``,
     so eager and ``torch.compile`` see the same op pair."""
+
+    supports_func_grad = False
 
     fwd_op_name = "?"
     bwd_op_name = "?"
