@@ -152,7 +152,7 @@ def test_auto_picks_cpu_for_cpu_tensors():
 
 def test_extension_missing_message(tmp_path):
     # Hide flashnce._C: import still works, the cpu backend refuses saying how to build it,
-    # and backend="auto" falls back to the torch backend.
+    # and backend="auto" falls back to the torch backend, warning once that it is slow.
     code = (
         "import sys; sys.modules['flashnce._C'] = None\n"
         "import torch, flashnce\n"
@@ -170,9 +170,17 @@ def test_extension_missing_message(tmp_path):
         "    assert 'pip install --no-build-isolation' in str(e)\n"
         "else:\n"
         "    raise AssertionError('cpu backend ran without its extension')\n"
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    flashnce.infonce(x, x, backend='auto'); flashnce.infonce(x, x, backend='auto')\n"
+        "slow = [m for m in w if 'pure-PyTorch' in str(m.message)]\n"
+        "assert len(slow) == 1 and 'pip install --no-build-isolation' in str(slow[0].message)\n"
         "assert dispatch.select_backend('auto', x, x, TileSpec('dot', 'lse', Relation.none(),\n"
         "                               1e-6)).name == 'torch'\n"
-        "print(float(flashnce.infonce(x, x, backend='auto')))\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('error')\n"
+        "    print(float(flashnce.infonce(x, x, backend='torch')))\n"
     )
     env = dict(os.environ, FLASHNCE_BACKEND="")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

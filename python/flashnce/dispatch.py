@@ -15,6 +15,7 @@ backend (materialised N x M logits) runs only when asked for by name.
 from __future__ import annotations
 
 import os
+import warnings
 
 from . import _extension
 from .backends.base import Backend, TileSpec
@@ -67,9 +68,27 @@ def select_backend(backend: str, x, y, tspec: TileSpec) -> Backend:
             continue
         reasons = impl.not_supported_reasons(x, y, tspec)
         if not reasons:
+            if name == "torch":
+                _warn_slow_fallback(x, refusals)
             return impl
         refusals.append(f"{name}: " + "; ".join(reasons))
     raise ValueError("no backend accepts these inputs:\n  " + "\n  ".join(refusals))
+
+
+_warned: set = set()
+
+
+def _warn_slow_fallback(x, refusals) -> None:
+    """auto fell through to the pure-PyTorch walk although a compiled kernel exists for this
+    device: usually a build without the extension. Say so once per process, with the fix."""
+    why = BACKENDS["cpu" if x.device.type == "cpu" else "cuda"].unavailable()
+    if x.device.type not in ("cpu", "cuda") or why is None or x.device.type in _warned:
+        return
+    _warned.add(x.device.type)
+    warnings.warn(
+        f"flashnce: backend='auto' is running the pure-PyTorch tile walk on "
+        f"{x.device.type} tensors, many times slower than the compiled kernel, because: "
+        f"{why}. Pass backend='torch' to silence this warning.", RuntimeWarning, stacklevel=4)
 
 
 def explain(x, y, tspec: TileSpec) -> dict[str, list[str]]:
