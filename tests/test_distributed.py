@@ -221,6 +221,52 @@ def _ddp_check(world, rank, group, mode):
     return errs
 
 
+def _ring_relation_check(world, rank, group):
+    """The ring with a self-skipping relation (global diagonal offsets 0 and 2): each rank's
+    row / column statistics and the gradients of sum(row * w) + sum(col * v) equal the
+    single-process dense oracle's for its rows (float64), on the torch and cpu backends."""
+    from flashnce import dispatch
+    from flashnce.backends.base import TileSpec
+    from flashnce.backends.dense import dense_tile_stat
+    from flashnce.core.relation import Relation
+    from flashnce.distributed import Comm, _RingStat
+
+    sizes = LAYOUTS[world]["uneven"]
+    n = sum(sizes)
+    g = torch.Generator().manual_seed(11)
+    x_all = torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    y_all = torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    w_all = torch.rand(n, generator=g, dtype=torch.float64)
+    v_all = torch.rand(n, generator=g, dtype=torch.float64)
+    theta = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
+    lo = sum(sizes[:rank])
+    rows = slice(lo, lo + sizes[rank])
+    comm = Comm(group, rank, world, tuple(sizes))
+    errs = {}
+    for offset in (0, 2):
+        rel = Relation.none(skip_self=True, diag_offset=offset)
+        tspec = TileSpec("cosine", "lse", rel, 1e-14)
+        ins = [t.clone().requires_grad_() for t in (x_all, y_all)]
+        scal = [t.norm(dim=-1, keepdim=True) for t in ins]
+        r_ref, c_ref = dense_tile_stat(ins[0], ins[1], scal[0], scal[1], theta, rel, "cosine",
+                                       "lse", 1e-14)
+        gx_ref, gy_ref = torch.autograd.grad((r_ref * w_all).sum() + (c_ref * v_all).sum(), ins)
+        for name in ("torch", "cpu"):
+            impl = dispatch.BACKENDS[name]
+            if impl.unavailable() is not None:
+                continue
+            x = x_all[rows].clone().requires_grad_()
+            y = y_all[rows].clone().requires_grad_()
+            row, col = _RingStat.apply(x, y, x.norm(dim=-1, keepdim=True),
+                                       y.norm(dim=-1, keepdim=True), theta, tspec, impl, comm)
+            gx, gy = torch.autograd.grad((row * w_all[rows]).sum() + (col * v_all[rows]).sum(),
+                                         [x, y])
+            errs[f"{name}-offset{offset}"] = max(
+                rel_maxnorm_error(row, r_ref[rows]), rel_maxnorm_error(col, c_ref[rows]),
+                rel_maxnorm_error(gx, gx_ref[rows]), rel_maxnorm_error(gy, gy_ref[rows]))
+    return errs
+
+
 def _worker(rank, world, store_dir, cases):
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -237,6 +283,10 @@ def _worker(rank, world, store_dir, cases):
         results["errors"] = _error_checks(world, rank, group)
         results["ddp"] = {mode: _ddp_check(world, rank, group, mode) for mode in MODES}
         results["subgroup"] = _subgroup_check(world, rank)
+        try:
+            results["ring_relation"] = _ring_relation_check(world, rank, group)
+        except Exception:
+            results["ring_relation"] = traceback.format_exc()
     finally:
         torch.save(results, os.path.join(store_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
@@ -367,3 +417,11 @@ def test_subgroup(spawned):
         assert set(r["subgroup"]) == set(MODES)
         bad = {m: e for m, e in r["subgroup"].items() if e > RTOL}
         assert not bad, f"rank {rank}: subgroup results differ from the reference: {bad}"
+
+
+def test_ring_with_self_skips_uses_global_offsets(spawned):
+    world, per_rank = spawned
+    for rank, errs in enumerate(_get(per_rank, "ring_relation")):
+        assert {"torch-offset0", "torch-offset2"} <= set(errs), errs
+        bad = {k: v for k, v in errs.items() if v > RTOL}
+        assert not bad, f"rank {rank}: ring statistics / gradients differ: {bad}"
