@@ -37,9 +37,9 @@ CXX_FLAGS = ["-O3", "-fopenmp", "-DPy_LIMITED_API=0x030A0000", f"-I{os.path.absp
 
 
 def cuda_extensions(torch_ext):
-    """Hook for the CUDA kernels (csrc/cuda/*.cu): a list of extensions, empty unless torch is
-    a CUDA build and a toolkit is found (FLASHNCE_CUDA=0/1 overrides). Filled in with the CUDA
-    backend; it shares csrc/flashnce/geometry.h and the schemas in csrc/ops.cpp."""
+    """The CUDA kernels (csrc/cuda/*.cu): a list of extensions, empty unless torch is a CUDA
+    build and a toolkit is found (FLASHNCE_CUDA=0/1 overrides). They share csrc/flashnce/
+    (geometry.h, spec.h) and the schemas in csrc/ops.cpp with the CPU kernel."""
     import torch
 
     flag = os.environ.get("FLASHNCE_CUDA", "")
@@ -54,8 +54,8 @@ def cuda_extensions(torch_ext):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     include = [f"-I{os.path.abspath(CSRC)}", f"-I{os.path.abspath(os.path.join(CSRC, 'cuda'))}"]
     limited = "-DPy_LIMITED_API=0x030A0000"
-    # flashnce._C_cuda: the torch binding (pairwise_lse_cuda.cu, TORCH_LIBRARY_IMPL(CUDA)) and
-    # the torch-free core (pairwise_lse_kernels.cu + one kernel file per dtype).
+    # flashnce._C_cuda: the torch binding (TORCH_LIBRARY_IMPL(CUDA) of the tile ops) and the
+    # torch-free core (the C API + one kernel file per dtype); csrc/cuda/README.md lists them.
     return [torch_ext.CUDAExtension(
         "flashnce._C_cuda", sources, py_limited_api=True,
         extra_compile_args={"cxx": ["-O3", limited] + include,
@@ -79,7 +79,7 @@ def extensions():
     for isa, flags in CPU_ISAS.items():
         name = f"_C_cpu_{isa}"
         exts.append(torch_ext.CppExtension(
-            f"flashnce.{name}", [os.path.join(CSRC, "cpu", "isa", f"pairwise_lse_cpu_{isa}.cpp")],
+            f"flashnce.{name}", [os.path.join(CSRC, "cpu", "isa", f"tile_ops_cpu_{isa}.cpp")],
             extra_compile_args={"cxx": CXX_FLAGS + flags + [f"-DFLASHNCE_ISA={isa}",
                                                             f"-DFLASHNCE_MODULE_NAME={name}"]},
             extra_link_args=link, py_limited_api=True))

@@ -119,18 +119,18 @@ def _child_memory(n, d, geometry, backend, what="loss"):
                           "inputs": 2 * x.numel() * x.element_size(),
                           "gradients": 2 * x.numel() * x.element_size()}))
         return
-    from flashnce.geometry import EPILOGUE_KINDS, NUM_ROW_SCALARS
+    from flashnce.core.relation import Relation
+    from flashnce.core.spec import NUM_ROW_SCALARS
     kind_name = flashnce.get_geometry(geometry).kind
-    kind = EPILOGUE_KINDS.index(kind_name)
     r = NUM_ROW_SCALARS[kind_name]
     a = torch.ones(n, r)
     if r == 3:
         a[:, 1:] = 0.5
-    s, k = torch.tensor(14.3), torch.tensor(1.0)
+    theta = torch.tensor([14.3, 1.0, 0.0])
+    opts = Relation.none().options(kind_name, "lse", n)
     base = _vm_kib("VmRSS")
-    rl, cl = torch.ops.flashnce.pairwise_lse_fwd(x, y, a, a, s, k, kind, False, 1e-6)
-    grads = torch.ops.flashnce.pairwise_lse_bwd(x, y, a, a, s, k, rl, cl, rl, cl, kind, False,
-                                                1e-6)
+    rl, cl = torch.ops.flashnce.tile_fwd(x, y, a, a, theta, [], opts, 1e-6)
+    grads = torch.ops.flashnce.tile_bwd(x, y, a, a, theta, [], opts, 1e-6, rl, cl, rl, cl)
     print(json.dumps({"kernel_workspace": _vm_kib("VmHWM") - base - 2 * x.numel() * 4}))
     del grads
 

@@ -1,28 +1,29 @@
 // The op schemas, defined once for every device (the CPU and CUDA kernels only register impls).
+// Semantics, shapes and dtypes: python/flashnce/core/spec.py (mirrored in csrc/flashnce/spec.h).
 //
-// flashnce::pairwise_lse_fwd -> (row_lse [N], col_lse [M])
-// flashnce::pairwise_lse_bwd -> (dx [N, K], dy [M, K], d_alpha [N, r], d_beta [M, r], gh [])
+// flashnce::tile_fwd -> (row_stat [N], col_stat [M0])
+// flashnce::tile_bwd -> (dx [N, K], dy [M, K], d_alpha [N, r], d_beta [M, r], d_theta [3])
 //
-// Arguments follow python/flashnce/backends/base.py: x [N, K], y [M, K] (fp32, fp64, bf16 or
-// fp16, same dtype, contiguous); alpha [N, r], beta [M, r], scale and inv_sqrt_c 0-d, row_lse,
-// col_lse, g_row, g_col, all in the compute dtype (fp64 for fp64 inputs, else fp32).
-// kind: epilogue kind index (csrc/flashnce/geometry.h EpilogueKind); exclude_diagonal drops the
-// pairs i == j; kappa is the distance clamp constant. Autograd and fake (meta) functions are
-// registered from Python (python/flashnce/ops.py) once this library is loaded.
+// x [N, K], y [M, K]: fp32, fp64, bf16 or fp16, same dtype, contiguous. alpha [N, r],
+// beta [M, r], theta [3] = (scale, inv_sqrt_c, bias), row_stat, col_stat, g_row, g_col: compute
+// dtype (fp64 for fp64 inputs, else fp32). relation: the relation's int64 index tensors.
+// options [6] = (kind, stat, relation, flags, diag_offset, cols_both = M0); kappa: the distance
+// clamp constant. The logits are l_ij = scale * h_kind(<x_i, y_j>, alpha_i, beta_j) + bias;
+// d_theta = (sum G h, scale * sum G h / inv_sqrt_c for the hyperbolic kind else 0, sum G).
+// Autograd and fake (meta) functions are registered from Python once this library is loaded.
 #include <torch/library.h>
 
 #include "flashnce/python_module.h"
 
 TORCH_LIBRARY(flashnce, m) {
   m.def(
-      "pairwise_lse_fwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor scale, "
-      "Tensor inv_sqrt_c, int kind, bool exclude_diagonal, float kappa) "
-      "-> (Tensor row_lse, Tensor col_lse)");
+      "tile_fwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta, "
+      "Tensor[] relation, int[] options, float kappa) -> (Tensor row_stat, Tensor col_stat)");
   m.def(
-      "pairwise_lse_bwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor scale, "
-      "Tensor inv_sqrt_c, Tensor row_lse, Tensor col_lse, Tensor g_row, Tensor g_col, "
-      "int kind, bool exclude_diagonal, float kappa) "
-      "-> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta, Tensor gh)");
+      "tile_bwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta, "
+      "Tensor[] relation, int[] options, float kappa, Tensor row_stat, Tensor col_stat, "
+      "Tensor g_row, Tensor g_col) "
+      "-> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta, Tensor d_theta)");
 }
 
 FLASHNCE_PYTHON_MODULE(_C)

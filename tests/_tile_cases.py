@@ -24,16 +24,23 @@ KIND_GEOMETRY = {"dot": "dot", "sqeuclidean": "sqeuclidean", "euclidean": "eucli
 
 def _csr(n, m, g, skip_self=False):
     """A random per-row column set with both roles, sorted within rows; row 0 lists every
-    column as skipped (a fully skipped row)."""
+    column as skipped (a fully skipped row), and every row skips column min(1, m - 1) (a
+    fully skipped column)."""
     rows_cols, rows_roles, indptr = [], [], [0]
+    full_col = min(1, m - 1)
     for i in range(n):
         if i == 0:
             cols = torch.arange(m)
             roles = torch.full((m,), spec.ROLE_SKIP)
         else:
             k = int(torch.randint(0, min(m, 4) + 1, (1,), generator=g))
-            cols = torch.randperm(m, generator=g)[:k].sort().values
+            cols = torch.randperm(m, generator=g)[:k]
             roles = torch.randint(0, 2, (k,), generator=g)
+            roles = roles[cols != full_col]
+            cols = torch.cat([cols[cols != full_col], torch.tensor([full_col])])
+            roles = torch.cat([roles, torch.tensor([spec.ROLE_SKIP])])
+            cols, order = cols.sort()
+            roles = roles[order]
         rows_cols.append(cols)
         rows_roles.append(roles)
         indptr.append(indptr[-1] + len(cols))
@@ -44,8 +51,15 @@ def _csr(n, m, g, skip_self=False):
 def relation_case(name, n, m, g):
     if name == "none":
         return Relation.none()
+    if name == "self_far":  # an offset far outside int32: no pair is a self pair
+        return Relation.none(skip_self=True, diag_offset=-(2**62))
     if name.startswith("self"):  # self0 / self+3 / self-2
         return Relation.none(skip_self=True, diag_offset=int(name[4:]))
+    if name == "diagonal_skip_self":  # positives j = i - 2 and self pairs j = i - 2: one set
+        return Relation.diagonal(diag_offset=-2, skip_positives=True, skip_self=True)
+    if name == "targets_skip_self":  # two skips per row: (i, t_i) and (i, i + 3)
+        return Relation.targets(torch.randint(0, m, (n,), generator=g), skip_positives=True,
+                                skip_self=True, diag_offset=3)
     if name == "diagonal_skip":
         return Relation.diagonal(diag_offset=1, skip_positives=True)
     if name == "targets_skip":
@@ -68,8 +82,9 @@ def relation_case(name, n, m, g):
     raise AssertionError(name)
 
 
-RELATION_CASES = ("none", "self0", "self+3", "self-2", "diagonal_skip", "targets_skip",
-                  "labels_self", "labels_skip", "csr", "csr_self", "row_only", "row_only_self")
+RELATION_CASES = ("none", "self0", "self+3", "self-2", "self_far", "diagonal_skip",
+                  "diagonal_skip_self", "targets_skip", "targets_skip_self", "labels_self",
+                  "labels_skip", "csr", "csr_self", "row_only", "row_only_self")
 CASE_RELATION = {c: ("none" if c.startswith(("self", "row_only")) else c.split("_")[0])
                  for c in RELATION_CASES}
 def make_problem(kind, case, dtype, shape, device="cpu", seed=0):

@@ -1,3 +1,3 @@
 // The CPU kernel built for one ISA: this file is compiled with that ISA's flags (setup.py
 // CPU_ISAS, CMakeLists.txt), so each variant has its own object file and namespace.
-#include "../pairwise_lse_cpu.cpp"
+#include "../tile_ops_cpu.cpp"

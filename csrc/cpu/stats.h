@@ -1,0 +1,264 @@
+// The statistic seam of the CPU walks: what a tile of logits is folded into, how partial
+// states merge, and the backward's upstream rule G_ij = dL/dl_ij (python/flashnce/core/spec.py,
+// "Statistic"). The walks (walk_forward.h, walk_backward.h) compute the logits and the skipped
+// pairs and know nothing else about the statistic; a new stat is one more TileStat
+// specialisation here plus a case in the binding's dispatch_stat.
+//
+// TileStat<STAT, T> provides
+//   forward
+//     kSkipped                  the value the walk writes over a skipped pair's logit, so
+//                               that the fold ignores it without a mask
+//     Cols(m0)                  one part's partial column states, columns [0, m0)
+//     Rows                      the running states of one row block plus tile scratch;
+//                               start() before the block's first tile
+//     fold_tile(rows, cols, tile, bn, bm, bc, j0)
+//                               fold the bn x bm logits (row-major, ld bm) of the tile at
+//                               column j0; only its first bc columns have column states
+//     finish_rows(rows, bn, out) the block's finalized row statistics
+//     finish_cols(parts, m0, out) merge the parts' column states in part order, finalize
+//   backward (row_stat / col_stat from the forward; col arrays padded to M by the binding:
+//             j >= m0 has col_stat = +inf and g_col = 0, so G takes its row term only)
+//     TileG prepare_tile(io, i0, bn, j0, bm, col_factor_scratch)
+//     RowG prepare_row(io, tg, i)
+//     VT g(io, tg, rg, l, c, j)  G of the entries at tile column c.. / global column j..
+//   The walk replaces G by exactly 0 on skipped pairs (a select, so an inf or nan in a
+//   skipped lane never leaks into a gradient).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "cpu/problem.h"
+#include "cpu/simd.h"
+#include "flashnce/spec.h"
+
+namespace flashnce {
+namespace cpu {
+namespace FLASHNCE_ISA {
+
+template <int STAT, class T>
+struct TileStat;
+
+// What the backward reads besides the operands; every pointer has N (row_*) or M (col_*)
+// entries.
+template <class T>
+struct BackwardIO {
+  const T* row_stat;
+  const T* col_stat;
+  const T* g_row;
+  const T* g_col;
+};
+
+// Online LSE merge of a partial (pm, ps) = (max, sum exp(l - max)) into (m, s).
+template <class T>
+inline void lse_merge(T& m, T& s, T pm, T ps) {
+  if (!(ps > T(0))) return;
+  if (pm > m) {
+    s = s * std::exp(m - pm) + ps;
+    m = pm;
+  } else {
+    s += ps * std::exp(pm - m);
+  }
+}
+
+template <class T>
+inline T lse_value(T m, T s) { return s > T(0) ? m + std::log(s) : neg_inf<T>(); }
+
+// Fast path of the tile LSE: one exp(l - tile max) serves rows and columns when every row's
+// and column's own max is within this of the tile max (no relevant term underflows). The
+// backward uses the same test on the saved statistics.
+constexpr double kSharedMaxRange = 60.0;
+
+// ---------------------------------------------------------------------------------------------
+// lse: row_stat[i] = log sum_j exp l_ij, col_stat[j] = log sum_i exp l_ij over pairs not
+// skipped (-inf when all are); G_ij = g_row[i] exp(l_ij - row_stat[i])
+//                                     + g_col[j] exp(l_ij - col_stat[j]).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct TileStat<kStatLse, T> {
+  using V = Vectorized<T>;
+  static constexpr int64_t L = V::size();
+  static constexpr T kSkipped = neg_inf<T>();  // exp(-inf - ref) = 0: out of both sums
+
+  struct Cols {
+    std::vector<T> max, sum;  // (max, sum exp(l - max)) per column
+    explicit Cols(int64_t m0) : max(m0, neg_inf<T>()), sum(m0, T(0)) {}
+  };
+  struct Rows {
+    std::vector<T> run_max, run_sum;                   // [kBlockN] running (max, sum)
+    std::vector<T> tile_rmax, tile_rsum;               // [kBlockN] this tile's rows
+    std::vector<T> tile_cmax, tile_csum;               // [kBlockM] this tile's columns
+    Rows()
+        : run_max(kBlockN), run_sum(kBlockN), tile_rmax(kBlockN), tile_rsum(kBlockN),
+          tile_cmax(kBlockM), tile_csum(kBlockM) {}
+    void start() {
+      std::fill(run_max.begin(), run_max.end(), neg_inf<T>());
+      std::fill(run_sum.begin(), run_sum.end(), T(0));
+    }
+  };
+
+  // Sums of exp over row `row`'s columns [a, b) into the row accumulator and, when COLS, into
+  // the column sums. Shared: one exp(l - tmax) for both; else the row's and each column's own
+  // max are the references (a -inf max is replaced by 0: its terms are all exp(-inf) = 0).
+  template <bool COLS, bool SHARED>
+  static T exp_range(const T* row, int64_t a, int64_t b, T rref, Rows& rs) {
+    T* csum = rs.tile_csum.data();
+    const T* cmax = rs.tile_cmax.data();
+    const V vref(rref);
+    V acc(T(0));
+    T sacc = 0;
+    int64_t j = a;
+    for (; j + L <= b; j += L) {
+      const V l = V::loadu(row + j);
+      const V e = (l - vref).exp_u20();
+      acc = acc + e;
+      if (COLS) {
+        V ec = e;
+        if (!SHARED) {
+          V cref = V::loadu(cmax + j);
+          cref = V::blendv(cref, V(T(0)), cref == V(neg_inf<T>()));
+          ec = (l - cref).exp_u20();
+        }
+        (V::loadu(csum + j) + ec).store(csum + j);
+      }
+    }
+    for (; j < b; ++j) {
+      const T e = std::exp(row[j] - rref);
+      sacc += e;
+      if (COLS) {
+        const T cref = cmax[j] == neg_inf<T>() ? T(0) : cmax[j];
+        csum[j] += SHARED ? e : std::exp(row[j] - cref);
+      }
+    }
+    return sacc + Lanes<V>::sum(acc);
+  }
+
+  static void fold_tile(Rows& rs, Cols& cs, const T* tile, int64_t bn, int64_t bm, int64_t bc,
+                        int64_t j0) {
+    T* cmax = rs.tile_cmax.data();
+    std::fill(cmax, cmax + bc, neg_inf<T>());
+    // Row maxima (all bm columns) and column maxima (the first bc) in one pass.
+    for (int64_t r = 0; r < bn; ++r) {
+      const T* row = tile + r * bm;
+      V vmax(neg_inf<T>());
+      T smax = neg_inf<T>();
+      int64_t j = 0;
+      for (; j + L <= bc; j += L) {
+        const V l = V::loadu(row + j);
+        vmax = at::vec::maximum(vmax, l);
+        at::vec::maximum(V::loadu(cmax + j), l).store(cmax + j);
+      }
+      for (; j < bc; ++j) {
+        smax = std::max(smax, row[j]);
+        cmax[j] = std::max(cmax[j], row[j]);
+      }
+      for (; j + L <= bm; j += L) vmax = at::vec::maximum(vmax, V::loadu(row + j));
+      for (; j < bm; ++j) smax = std::max(smax, row[j]);
+      rs.tile_rmax[r] = std::max(smax, at::vec::vec_reduce_all<T>(
+                                           [](V& u, V& w) { return at::vec::maximum(u, w); },
+                                           vmax));
+    }
+    // Tile max and the smallest finite row/column max decide between one shared exp per
+    // entry and separate row- and column-referenced exps.
+    T tmax = neg_inf<T>(), lo = pos_inf<T>();
+    for (int64_t r = 0; r < bn; ++r) {
+      tmax = std::max(tmax, rs.tile_rmax[r]);
+      if (rs.tile_rmax[r] != neg_inf<T>()) lo = std::min(lo, rs.tile_rmax[r]);
+    }
+    if (tmax == neg_inf<T>()) return;  // every pair of the tile skipped
+    for (int64_t c = 0; c < bc; ++c)
+      if (cmax[c] != neg_inf<T>()) lo = std::min(lo, cmax[c]);
+    std::fill(rs.tile_csum.begin(), rs.tile_csum.begin() + bc, T(0));
+    const bool shared = tmax - lo <= T(kSharedMaxRange);
+    for (int64_t r = 0; r < bn; ++r) {
+      const T* row = tile + r * bm;
+      const T rmax = rs.tile_rmax[r];
+      const T rref = shared ? tmax : (rmax == neg_inf<T>() ? T(0) : rmax);
+      const T sum = (shared ? exp_range<true, true>(row, 0, bc, rref, rs)
+                            : exp_range<true, false>(row, 0, bc, rref, rs)) +
+                    (bc < bm ? exp_range<false, true>(row, bc, bm, rref, rs) : T(0));
+      lse_merge(rs.run_max[r], rs.run_sum[r], shared ? tmax : rmax, sum);
+    }
+    for (int64_t c = 0; c < bc; ++c)
+      lse_merge(cs.max[j0 + c], cs.sum[j0 + c], shared ? tmax : cmax[c], rs.tile_csum[c]);
+  }
+
+  static void finish_rows(const Rows& rs, int64_t bn, T* out) {
+    for (int64_t r = 0; r < bn; ++r) out[r] = lse_value(rs.run_max[r], rs.run_sum[r]);
+  }
+
+  static void finish_cols(const std::vector<Cols>& parts, int64_t m0, T* out) {
+    at::parallel_for(0, m0, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        T mx = neg_inf<T>(), s = T(0);
+        for (const Cols& p : parts) lse_merge(mx, s, p.max[j], p.sum[j]);
+        out[j] = lse_value(mx, s);
+      }
+    });
+  }
+
+  // Backward. Every logit l_ij <= row_stat[i], so with ref = max_i row_stat[i] of the tile,
+  // G_ij = exp(l_ij - ref) (A_i + B_j), A_i = g_row[i] exp(ref - row_stat[i]),
+  // B_j = g_col[j] exp(ref - col_stat[j]): one exp per entry when no factor over- or
+  // underflows (all finite stats within kSharedMaxRange of ref).
+  struct TileG {
+    bool shared;
+    T ref;
+    const T* col_factor;  // B_j of the tile's columns (shared path)
+  };
+  struct RowG {
+    T coef;  // shared: A_i; else g_row[i]
+    T stat;  // row_stat[i]
+  };
+
+  static TileG prepare_tile(const BackwardIO<T>& io, int64_t i0, int64_t bn, int64_t j0,
+                            int64_t bm, T* col_factor) {
+    TileG tg{false, neg_inf<T>(), col_factor};
+    T lo = pos_inf<T>();
+    for (int64_t r = 0; r < bn; ++r) {
+      const T v = io.row_stat[i0 + r];
+      if (v != neg_inf<T>()) {
+        tg.ref = std::max(tg.ref, v);
+        lo = std::min(lo, v);
+      }
+    }
+    // Row-only columns carry col_stat = +inf: they never lower lo and get B_j = 0.
+    for (int64_t c = 0; c < bm; ++c) {
+      const T v = io.col_stat[j0 + c];
+      if (v != neg_inf<T>()) lo = std::min(lo, v);
+    }
+    tg.shared = tg.ref != neg_inf<T>() && tg.ref - lo <= T(kSharedMaxRange);
+    if (tg.shared) {
+      for (int64_t c = 0; c < bm; ++c) {
+        const T v = io.col_stat[j0 + c];
+        col_factor[c] = v == neg_inf<T>() ? T(0) : io.g_col[j0 + c] * std::exp(tg.ref - v);
+      }
+    }
+    return tg;
+  }
+
+  static RowG prepare_row(const BackwardIO<T>& io, const TileG& tg, int64_t i) {
+    const T lr = io.row_stat[i];
+    if (!tg.shared) return {io.g_row[i], lr};
+    return {lr == neg_inf<T>() ? T(0) : io.g_row[i] * std::exp(tg.ref - lr), lr};
+  }
+
+  template <class VT>
+  static VT g(const BackwardIO<T>& io, const TileG& tg, const RowG& rg, VT l, int64_t c,
+              int64_t j) {
+    using Mo = MathOps<VT>;
+    if (tg.shared)
+      return Mo::exp(l - VT(tg.ref)) * (VT(rg.coef) + Lanes<VT>::load(tg.col_factor + c));
+    return VT(rg.coef) * Mo::exp(l - VT(rg.stat)) +
+           Lanes<VT>::load(io.g_col + j) * Mo::exp(l - Lanes<VT>::load(io.col_stat + j));
+  }
+};
+
+}  // namespace FLASHNCE_ISA
+}  // namespace cpu
+}  // namespace flashnce

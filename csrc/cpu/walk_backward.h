@@ -1,0 +1,238 @@
+// Backward tile walk of one tile_bwd call, generic over the epilogue kind and the statistic
+// (cpu/stats.h supplies G_ij = dL/dl_ij):
+//   dX = (G dl/dp) Y,  dY = (G dl/dp)^T X,  d_alpha / d_beta = row / column sums of
+//   G dl/dalpha_i / G dl/dbeta_j (geometry.h Epilogue::grad, finalize),
+//   sum_ij G_ij h_ij and sum_ij G_ij (for d_theta), with G = 0 exactly on skipped pairs.
+//
+// Each tile is recomputed once (GEMM + epilogue), overwritten with G dl/dp and used by both
+// gradient GEMMs. Columns are walked in super-blocks of ~4 MiB of dY (super_block_cols): per
+// super-block the parts (row ranges) run in parallel, each accumulating that super-block's dY
+// privately, then the copies are reduced in part order; d_beta goes to per-part O(R M)
+// accumulators. Nothing is atomic, so a run is bitwise reproducible for a given thread count.
+// Workspace: (threads - 1) x ~4 MiB dY accumulators, O(threads R M) and one tile per thread.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "cpu/problem.h"
+#include "cpu/relation.h"
+#include "cpu/simd.h"
+#include "cpu/stats.h"
+
+namespace flashnce {
+namespace cpu {
+namespace FLASHNCE_ISA {
+
+// The walk's outputs (zero-initialised by the binding; d_alpha [N, R], d_betaT [R, M]).
+template <class T>
+struct BackwardOut {
+  T* dx;
+  T* dy;
+  T* d_alpha;
+  T* d_betaT;
+  double sum_gh = 0;  // sum_ij G_ij h_ij
+  double sum_g = 0;   // sum_ij G_ij
+};
+
+// The skipped pairs of one tile row, consumed left to right by its chunks.
+struct RowSkips {
+  const int32_t* cols;
+  int64_t count;
+  int64_t next = 0;
+  // Lanes of the chunk [j, j + width) that are skipped, as a bit mask (width <= 64).
+  uint64_t take(int64_t j, int64_t width) {
+    uint64_t bits = 0;
+    while (next < count && cols[next] < j + width) bits |= uint64_t(1) << (cols[next++] - j);
+    return bits;
+  }
+};
+
+// One chunk of a tile row: G, then G dl/dp in place of the dot products, row contributions
+// into ga_acc / gh_acc / g_acc, column contributions into dbeta (this part's [R, M]
+// accumulator).
+template <int KIND, int STAT, class VT, class T>
+inline void backward_chunk(const Problem<T>& pb, const BackwardIO<T>& io,
+                           const typename TileStat<STAT, T>::TileG& tg,
+                           const typename TileStat<STAT, T>::RowG& rg, T* row, int64_t j,
+                           int64_t j_global, const RowScalars<VT>& a, RowSkips& skips,
+                           RowScalars<VT>& ga_acc, VT& gh_acc, VT& g_acc, T* dbeta) {
+  using E = Epilogue<KIND, VT>;
+  constexpr int R = E::kR;
+  constexpr int64_t L = Lanes<VT>::kSize;
+  const VT p = Lanes<VT>::load(row + j);
+  const RowScalars<VT> b = col_scalars<VT, R>(pb.betaT, pb.m, j_global);
+  const VT k(pb.inv_sqrt_c), s(pb.scale);
+  const auto st = E::eval(p, a, b, k, VT(pb.kappa));
+  VT g = TileStat<STAT, T>::template g<VT>(io, tg, rg, s * st.h + VT(pb.bias), j, j_global);
+  if (skips.next < skips.count) {
+    if (const uint64_t bits = skips.take(j, L)) {
+      // Skipped pair: G = 0 exactly (overwritten, not multiplied), so every contribution below
+      // is 0 whatever the stat's formula gave there.
+      T buf[L];
+      Lanes<VT>::store(g, buf);
+      for (int64_t l = 0; l < L; ++l)
+        if (bits >> l & 1) buf[l] = T(0);
+      g = Lanes<VT>::load(buf);
+    }
+  }
+  RowScalars<VT> ga{}, gb{};
+  const VT gp = E::grad(st, p, a, b, k, g * s, ga, gb);
+  Lanes<VT>::store(gp, row + j);
+  gh_acc = gh_acc + g * st.h;
+  g_acc = g_acc + g;
+  for (int r = 0; r < R; ++r) {
+    ga_acc.v[r] = ga_acc.v[r] + ga.v[r];
+    T* db = dbeta + r * pb.m + j_global;
+    Lanes<VT>::store(Lanes<VT>::load(db) + gb.v[r], db);
+  }
+}
+
+// Columns per super-block of the backward walk: sized so one part's private dY accumulator
+// (super_m x K) is about kSuperBlockBytes, a multiple of kBlockM, at least one tile.
+// FLASHNCE_CPU_SUPER_BYTES overrides the byte budget (read once; for tuning).
+inline const int64_t kSuperBlockBytes = [] {
+  const char* v = std::getenv("FLASHNCE_CPU_SUPER_BYTES");
+  const long long parsed = v ? std::atoll(v) : 0;
+  return parsed >= 4096 ? int64_t(parsed) : int64_t(4) << 20;
+}();
+template <class T>
+int64_t super_block_cols(int64_t kdim) {
+  const int64_t cols = kSuperBlockBytes / (std::max<int64_t>(kdim, 1) * int64_t(sizeof(T)));
+  return std::max(kBlockM, cols / kBlockM * kBlockM);
+}
+
+template <int KIND, int STAT, class T>
+void backward_walk(const Problem<T>& pb, const RelationView& rel, const BackwardIO<T>& io,
+                   BackwardOut<T>& out) {
+  using S = TileStat<STAT, T>;
+  using V = Vectorized<T>;
+  constexpr int R = Epilogue<KIND, T>::kR;
+  constexpr int64_t L = V::size();
+  static_assert(L <= 64, "RowSkips masks hold 64 lanes");
+  const int64_t n = pb.n, m = pb.m, kdim = pb.k;
+  const int64_t nblocks = (n + kBlockN - 1) / kBlockN;
+  const int64_t nparts = num_parts(nblocks);
+  T* const dy = out.dy;
+  T* const d_alpha = out.d_alpha;
+  T* const d_betaT = out.d_betaT;
+  // Columns are walked in super-blocks; within one, the parts (row ranges) run in parallel and
+  // each accumulates the super-block's dY privately: part 0 straight into dy, the others into
+  // a super_m x K buffer that is reduced into dy in part order before the next super-block.
+  // Workspace O(threads super_m K), not O(threads M K). dX rows and d_alpha stay owned by one
+  // part; d_beta (O(R M) per part) keeps whole-M per-part accumulators.
+  const int64_t super_m = nparts > 1 ? std::min(m, super_block_cols<T>(kdim)) : m;
+  std::vector<std::vector<T>> dy_extra(nparts - 1);
+  std::vector<T> dbeta_parts((nparts - 1) * R * m, T(0));
+  std::vector<double> gh_parts(nparts, 0.0), g_parts(nparts, 0.0);
+
+  for (int64_t c0 = 0; c0 < m; c0 += super_m) {
+    const int64_t c1 = std::min(m, c0 + super_m), mc = c1 - c0;
+    for_each_part(nparts, [&](int64_t part) {
+      T* dy_part = dy + c0 * kdim;
+      T* dbeta = d_betaT;
+      if (part > 0) {
+        std::vector<T>& buf = dy_extra[part - 1];
+        if (buf.empty())
+          buf.assign(super_m * kdim, T(0));  // first touch by the part's own thread
+        else
+          std::fill(buf.begin(), buf.begin() + mc * kdim, T(0));
+        dy_part = buf.data();
+        dbeta = dbeta_parts.data() + (part - 1) * R * m;
+      }
+      std::vector<T> tile(kBlockN * kBlockM), col_factor(kBlockM);
+      std::vector<int32_t> skip_cols(kBlockM);
+      double gh_part = 0, g_part = 0;
+      for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
+        const int64_t i0 = blk * kBlockN, bn = std::min(kBlockN, n - i0);
+        for (int64_t j0 = c0; j0 < c1; j0 += kBlockM) {
+          const int64_t bm = std::min(kBlockM, c1 - j0);
+          gemm('T', 'N', bm, bn, kdim, T(1), pb.y + j0 * kdim, kdim, pb.x + i0 * kdim, kdim,
+               T(0), tile.data(), bm);
+          const auto tg = S::prepare_tile(io, i0, bn, j0, bm, col_factor.data());
+          for (int64_t r = 0; r < bn; ++r) {
+            const int64_t i = i0 + r;
+            T* row = tile.data() + r * bm;
+            const auto av = row_scalars<V, R>(pb.alpha, i);
+            const auto as = row_scalars<T, R>(pb.alpha, i);
+            const auto rg = S::prepare_row(io, tg, i);
+            RowSkips skips{skip_cols.data(),
+                           rel.any_skips ? rel.row_skips(i, j0, bm, skip_cols.data()) : 0};
+            RowScalars<V> gav{};
+            for (int q = 0; q < R; ++q) gav.v[q] = V(T(0));
+            RowScalars<T> gas{};
+            V ghv(T(0)), gv(T(0));
+            T ghs = 0, gs = 0;
+            int64_t j = 0;
+            for (; j + L <= bm; j += L)
+              backward_chunk<KIND, STAT>(pb, io, tg, rg, row, j, j0 + j, av, skips, gav, ghv, gv,
+                                         dbeta);
+            for (; j < bm; ++j)
+              backward_chunk<KIND, STAT>(pb, io, tg, rg, row, j, j0 + j, as, skips, gas, ghs, gs,
+                                         dbeta);
+            // Raw (unfinalized) row sums accumulate in d_alpha across tiles and super-blocks.
+            for (int q = 0; q < R; ++q) d_alpha[i * R + q] += gas.v[q] + Lanes<V>::sum(gav.v[q]);
+            gh_part += double(ghs + Lanes<V>::sum(ghv));
+            g_part += double(gs + Lanes<V>::sum(gv));
+          }
+          // dX[i0:i0+bn] += Gp Y[j0:j0+bm];  dY[j0:j0+bm] += Gp^T X[i0:i0+bn].
+          gemm('N', 'N', kdim, bn, bm, T(1), pb.y + j0 * kdim, kdim, tile.data(), bm, T(1),
+               out.dx + i0 * kdim, kdim);
+          gemm('N', 'T', kdim, bm, bn, T(1), pb.x + i0 * kdim, kdim, tile.data(), bm, T(1),
+               dy_part + (j0 - c0) * kdim, kdim);
+        }
+      }
+      gh_parts[part] += gh_part;
+      g_parts[part] += g_part;
+    });
+    // Reduce this super-block's per-part dY in part order (deterministic, no atomics).
+    if (nparts > 1) {
+      at::parallel_for(0, mc, 256, [&](int64_t b, int64_t e) {
+        T* dst = dy + c0 * kdim;
+        for (int64_t part = 1; part < nparts; ++part) {
+          const T* src = dy_extra[part - 1].data();
+          for (int64_t idx = b * kdim; idx < e * kdim; ++idx) dst[idx] += src[idx];
+        }
+      });
+    }
+  }
+
+  if (R > 0) {
+    at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        RowScalars<T> a = row_scalars<T, R>(pb.alpha, i), g{};
+        for (int q = 0; q < R; ++q) g.v[q] = d_alpha[i * R + q];
+        Epilogue<KIND, T>::finalize(a, g);
+        for (int q = 0; q < R; ++q) d_alpha[i * R + q] = g.v[q];
+      }
+    });
+  }
+  // Reduce the per-part d_beta accumulators in part order, then finalize.
+  at::parallel_for(0, m, 256, [&](int64_t b, int64_t e) {
+    for (int64_t part = 1; part < nparts; ++part)
+      for (int q = 0; q < R; ++q)
+        for (int64_t j = b; j < e; ++j)
+          d_betaT[q * m + j] += dbeta_parts[(part - 1) * R * m + q * m + j];
+    for (int64_t j = b; j < e; ++j) {
+      RowScalars<T> bs{}, g{};
+      for (int q = 0; q < R; ++q) {
+        bs.v[q] = pb.betaT[q * m + j];
+        g.v[q] = d_betaT[q * m + j];
+      }
+      Epilogue<KIND, T>::finalize(bs, g);
+      for (int q = 0; q < R; ++q) d_betaT[q * m + j] = g.v[q];
+    }
+  });
+  for (int64_t part = 0; part < nparts; ++part) {
+    out.sum_gh += gh_parts[part];
+    out.sum_g += g_parts[part];
+  }
+}
+
+}  // namespace FLASHNCE_ISA
+}  // namespace cpu
+}  // namespace flashnce

@@ -1,0 +1,86 @@
+// Forward tile walk: row_stat [N] and col_stat [M0] of one tile_fwd call, generic over the
+// epilogue kind and the statistic (cpu/stats.h).
+//
+// Rows go in blocks of kBlockN, columns in tiles of kBlockM; the row blocks are split into one
+// contiguous range per thread ("part"). Per tile: one single-threaded BLAS call writes the dot
+// products into a thread-local buffer, the epilogue overwrites them with the logits
+// l = scale * h + bias on at::vec::Vectorized lanes, the relation's skipped pairs get the
+// stat's kSkipped value, and the stat folds the tile into the block's row states and the
+// part's column states. The parts' column states are merged in part order at the end, so a run
+// is bitwise reproducible for a given thread count. Memory: one tile per thread plus
+// O(threads M0) column states.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/problem.h"
+#include "cpu/relation.h"
+#include "cpu/simd.h"
+#include "cpu/stats.h"
+
+namespace flashnce {
+namespace cpu {
+namespace FLASHNCE_ISA {
+
+// Logits of one chunk of a tile row, in place over its dot products.
+template <int KIND, class VT, class T>
+inline void logits_chunk(const Problem<T>& pb, T* row, int64_t j, const RowScalars<VT>& a,
+                         int64_t j_global) {
+  using E = Epilogue<KIND, VT>;
+  const VT p = Lanes<VT>::load(row + j);
+  const RowScalars<VT> b = col_scalars<VT, E::kR>(pb.betaT, pb.m, j_global);
+  const VT h = E::eval(p, a, b, VT(pb.inv_sqrt_c), VT(pb.kappa)).h;
+  Lanes<VT>::store(VT(pb.scale) * h + VT(pb.bias), row + j);
+}
+
+template <int KIND, int STAT, class T>
+void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T* col_stat) {
+  using S = TileStat<STAT, T>;
+  using V = Vectorized<T>;
+  constexpr int R = Epilogue<KIND, T>::kR;
+  constexpr int64_t L = V::size();
+  const int64_t n = pb.n, m = pb.m, m0 = pb.m0;
+  const int64_t nblocks = (n + kBlockN - 1) / kBlockN;
+  const int64_t nparts = num_parts(nblocks);
+  std::vector<typename S::Cols> cols(nparts, typename S::Cols(m0));
+
+  for_each_part(nparts, [&](int64_t part) {
+    std::vector<T> tile(kBlockN * kBlockM);
+    std::vector<int32_t> skips(kBlockM);
+    typename S::Rows rows;
+    typename S::Cols& cs = cols[part];
+    for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
+      const int64_t i0 = blk * kBlockN, bn = std::min(kBlockN, n - i0);
+      rows.start();
+      for (int64_t j0 = 0; j0 < m; j0 += kBlockM) {
+        const int64_t bm = std::min(kBlockM, m - j0);
+        const int64_t bc = std::clamp<int64_t>(m0 - j0, 0, bm);
+        // tile[r, c] = <x_{i0+r}, y_{j0+c}>, row-major with leading dimension bm.
+        gemm('T', 'N', bm, bn, pb.k, T(1), pb.y + j0 * pb.k, pb.k, pb.x + i0 * pb.k, pb.k, T(0),
+             tile.data(), bm);
+        for (int64_t r = 0; r < bn; ++r) {
+          const int64_t i = i0 + r;
+          T* row = tile.data() + r * bm;
+          const auto av = row_scalars<V, R>(pb.alpha, i);
+          const auto as = row_scalars<T, R>(pb.alpha, i);
+          int64_t j = 0;
+          for (; j + L <= bm; j += L) logits_chunk<KIND>(pb, row, j, av, j0 + j);
+          for (; j < bm; ++j) logits_chunk<KIND>(pb, row, j, as, j0 + j);
+          if (rel.any_skips) {
+            const int64_t ns = rel.row_skips(i, j0, bm, skips.data());
+            for (int64_t q = 0; q < ns; ++q) row[skips[q]] = S::kSkipped;
+          }
+        }
+        S::fold_tile(rows, cs, tile.data(), bn, bm, bc, j0);
+      }
+      S::finish_rows(rows, bn, row_stat + i0);
+    }
+  });
+  S::finish_cols(cols, m0, col_stat);
+}
+
+}  // namespace FLASHNCE_ISA
+}  // namespace cpu
+}  // namespace flashnce

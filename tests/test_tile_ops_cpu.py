@@ -1,0 +1,350 @@
+"""The compiled CPU ops ``flashnce::tile_fwd`` / ``tile_bwd``: what is particular to the CPU walk.
+
+The generated matrix (test_tile_ops.py) compares every backend with the float64 oracle over
+kinds x relation cases x dtypes x shapes. Here, called directly (no autograd) against
+``flashnce.backends.dense.dense_tile_stat``: float64 shapes that cross the 256 x 512 tile
+borders and the per-thread row split with row-only columns, degenerate shapes (1 x 1, 1 x 700,
+257 x 513, ...), a logit range wide enough to leave the shared-max fast path, everything
+skipped, empty sides, determinism, fresh output tensors, and the op's argument checks.
+
+The oracle gets the per-row scalars alpha / beta as leaves, so its d_alpha is the op's d_alpha
+(the op never differentiates the prologue q = |x|^2 -> alpha; flashnce.features does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flashnce import _extension
+from flashnce.backends.dense import dense_tile_stat
+from flashnce.core import spec
+from flashnce.core.relation import Relation
+from flashnce.geometry import GEOMETRIES
+
+_extension.load()
+pytestmark = pytest.mark.skipif(
+    not hasattr(torch.ops.flashnce, "tile_fwd"),
+    reason=f"compiled tile ops unavailable: {_extension.why_unavailable()}")
+
+# One geometry per epilogue kind (lorentz for the hyperbolic kind).
+KIND_GEOMETRY = {"dot": "dot", "sqeuclidean": "sqeuclidean", "euclidean": "euclidean",
+                 "hyperbolic": "lorentz", "cosine": "cosine"}
+SCALE = {"dot": 3.0, "sqeuclidean": 2.0, "euclidean": 3.0, "hyperbolic": 1.5, "cosine": 8.0}
+BIAS = -0.25
+CURVATURE = 0.7
+
+
+def kappa_for(dtype):
+    return 1e-14 if dtype == torch.float64 else 1e-6
+
+
+def make_inputs(kind, n, m, d, dtype, seed):
+    """x, y in ``dtype``; alpha, beta, theta in the compute dtype from the rounded operands."""
+    g = torch.Generator().manual_seed(seed)
+    cd = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64)
+    if kind in ("dot", "sqeuclidean", "euclidean", "hyperbolic"):
+        x, y = x / math.sqrt(d), y / math.sqrt(d)
+    x, y = x.to(dtype), y.to(dtype)
+    geo = GEOMETRIES[KIND_GEOMETRY[kind]]
+    c = torch.tensor(CURVATURE, dtype=cd)
+    with torch.no_grad():
+        alpha = geo.row_scalars(x.to(cd).pow(2).sum(1), c, False).to(cd).contiguous()
+        beta = geo.row_scalars(y.to(cd).pow(2).sum(1), c, False).to(cd).contiguous()
+    theta = torch.tensor([SCALE[kind], 1.0 / math.sqrt(CURVATURE), BIAS], dtype=cd)
+    return x, y, alpha, beta, theta
+
+
+# ---- relation cases: name -> builder(n, m, generator) -> Relation (cols_both unset) ---------
+def _csr_from_mask(mask, roles, m, **kw):
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major: columns increasing within a row
+    indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(mask.sum(1), 0)
+    return Relation.csr(indptr, cols.contiguous(), roles[rows, cols].contiguous(), m, **kw)
+
+
+def _csr(n, m, g, full_skip=False, **kw):
+    mask = torch.rand(n, m, generator=g) < 0.15
+    roles = torch.randint(0, 2, (n, m), generator=g)
+    if full_skip:  # row 0 and column 1 entirely skipped
+        mask[0, :] = True
+        roles[0, :] = spec.ROLE_SKIP
+        mask[:, min(1, m - 1)] = True
+        roles[:, min(1, m - 1)] = spec.ROLE_SKIP
+    return _csr_from_mask(mask, roles, m, **kw)
+
+
+def _labels(n, m, g, **kw):
+    k = 5
+    return Relation.labels(torch.randint(0, k, (n,), generator=g),
+                           torch.randint(0, k, (m,), generator=g), **kw)
+
+
+def _targets(n, m, g, **kw):
+    return Relation.targets(torch.randint(0, m, (n,), generator=g), **kw)
+
+
+CASES = {
+    "none": lambda n, m, g: Relation.none(),
+    "self0": lambda n, m, g: Relation.none(skip_self=True),
+    "self+3": lambda n, m, g: Relation.none(skip_self=True, diag_offset=3),
+    "self-2": lambda n, m, g: Relation.none(skip_self=True, diag_offset=-2),
+    "self_far": lambda n, m, g: Relation.none(skip_self=True, diag_offset=-(2**62)),
+    "diagonal": lambda n, m, g: Relation.diagonal(),
+    "diagonal_skip_pos+3": lambda n, m, g: Relation.diagonal(diag_offset=3, skip_positives=True),
+    "diagonal_pos_and_self": lambda n, m, g: Relation.diagonal(
+        diag_offset=-2, skip_positives=True, skip_self=True),
+    "targets": lambda n, m, g: _targets(n, m, g),
+    "targets_skip_pos": lambda n, m, g: _targets(n, m, g, skip_positives=True),
+    "targets_skip_pos_self+3": lambda n, m, g: _targets(n, m, g, skip_positives=True,
+                                                         skip_self=True, diag_offset=3),
+    "labels": lambda n, m, g: _labels(n, m, g),
+    "labels_skip_pos": lambda n, m, g: _labels(n, m, g, skip_positives=True),
+    "labels_skip_pos_self0": lambda n, m, g: _labels(n, m, g, skip_positives=True,
+                                                      skip_self=True),
+    "csr": lambda n, m, g: _csr(n, m, g),
+    "csr_skip_pos_self-2": lambda n, m, g: _csr(n, m, g, skip_positives=True, skip_self=True,
+                                                diag_offset=-2),
+    "csr_full_skip": lambda n, m, g: _csr(n, m, g, full_skip=True),
+}
+KINDS = spec.KINDS
+
+
+def run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col):
+    opts = rel.options(kind, "lse", y.shape[0])
+    row, col = torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, list(rel.tensors), opts,
+                                           kappa)
+    grads = torch.ops.flashnce.tile_bwd(x, y, alpha, beta, theta, list(rel.tensors), opts,
+                                        kappa, row, col, g_row, g_col)
+    return row, col, grads
+
+
+def run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col):
+    leaves = [t.detach().to(torch.float64).requires_grad_() for t in (x, y, alpha, beta, theta)]
+    # One thread: the oracle's many small elementwise ops gain nothing from more, and lose a
+    # lot on a shared machine. The op under test keeps every thread (its per-thread row split).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row, col = dense_tile_stat(*leaves, rel, kind, "lse", kappa)
+        # -inf statistics (fully skipped rows / columns) carry no gradient.
+        loss = (torch.where(row.isfinite(), row, 0) * g_row.double()).sum() + (
+            torch.where(col.isfinite(), col, 0) * g_col.double()).sum()
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    finally:
+        torch.set_num_threads(threads)
+    grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads)]
+    return row.detach(), col.detach(), grads
+
+
+def assert_close(got, ref, rtol, what):
+    """|got - ref| <= rtol * (|ref| + max|ref|): relative to each tensor's own magnitude, and
+    the same infinities (a fully skipped row / column is -inf on both sides)."""
+    got = got.to(torch.float64)
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} vs {tuple(ref.shape)}"
+    assert not got.isnan().any(), f"{what}: NaN"
+    inf = ref.isinf()
+    assert torch.equal(got.isinf(), inf) and torch.equal(got[inf], ref[inf]), \
+        f"{what}: infinities differ"
+    if ref.numel() == 0:
+        return
+    scale = ref[~inf].abs().max() if (~inf).any() else torch.tensor(0.0, dtype=torch.float64)
+    err = (got[~inf] - ref[~inf]).abs()
+    bound = rtol * (ref[~inf].abs() + scale + 1e-300)
+    worst = int((err - bound).argmax()) if err.numel() else 0
+    assert (err <= bound).all(), (f"{what}: max error {float(err.max()):.3e} at flat index "
+                                  f"{worst} (ref magnitude {float(scale):.3e}, rtol {rtol})")
+
+
+def check(kind, case, n, m, d, dtype, m0=None, seed=0, stat_rtol=None, grad_rtol=None):
+    x, y, alpha, beta, theta = make_inputs(kind, n, m, d, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    rel = CASES[case](n, m, g)
+    rel = Relation(rel.name, rel.tensors, rel.flags, rel.diag_offset, m if m0 is None else m0)
+    cd = alpha.dtype
+    g_row = torch.rand(n, generator=g, dtype=torch.float64).to(cd)
+    g_col = torch.rand(rel.cols_both, generator=g, dtype=torch.float64).to(cd)
+    kappa = kappa_for(dtype)
+    row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col)
+    row_r, col_r, grads_r = run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col)
+    tight = dtype == torch.float64
+    stat_rtol = stat_rtol or (1e-11 if tight else 1e-5)
+    grad_rtol = grad_rtol or (1e-9 if tight else 1e-4)
+    assert row.dtype == cd and col.dtype == cd
+    assert_close(row, row_r, stat_rtol, "row_stat")
+    assert_close(col, col_r, stat_rtol, "col_stat")
+    names = ("dx", "dy", "d_alpha", "d_beta", "d_theta")
+    for name, got, ref in zip(names, grads, grads_r):
+        assert got.dtype == (dtype if name in ("dx", "dy") else cd), name
+        assert_close(got, ref, grad_rtol, name)
+    return row, col, grads
+
+
+# ---- tile borders and the per-thread row split, with row-only columns ---------------------
+@pytest.mark.parametrize("case", ["none", "self+3", "labels_skip_pos_self0", "csr_full_skip",
+                                  "targets_skip_pos"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("m0", [700, 600, 300])
+def test_fp64_large(kind, case, m0):
+    check(kind, case, 300, 700, 6, torch.float64, m0=m0, seed=3)
+
+
+# ---- fp32 against the float64 oracle ---------------------------------------------------------
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 700), (300, 1), (5, 3), (3, 5), (257, 513)])
+@pytest.mark.parametrize("case", ["none", "self0", "csr_full_skip", "labels_skip_pos"])
+def test_shapes(n, m, case):
+    check("cosine", case, n, m, 5, torch.float64, seed=11)
+
+
+def test_wide_logit_range():
+    """Logits spread far beyond the shared-max range: the separately referenced LSE paths."""
+    for case in ("none", "self0", "csr_full_skip"):
+        x, y, alpha, beta, theta = make_inputs("dot", 300, 700, 8, torch.float64, 13)
+        x = x * torch.linspace(0.1, 30.0, 300, dtype=torch.float64)[:, None]
+        rel = CASES[case](300, 700, torch.Generator().manual_seed(2)).resolved(700)
+        g_row, g_col = torch.rand(300, dtype=torch.float64), torch.rand(700, dtype=torch.float64)
+        got = run_op(x, y, alpha, beta, theta * 8, rel, "dot", 1e-14, g_row, g_col)
+        ref = run_oracle(x, y, alpha, beta, theta * 8, rel, "dot", 1e-14, g_row, g_col)
+        assert_close(got[0], ref[0], 1e-11, f"{case} row_stat")
+        assert_close(got[1], ref[1], 1e-11, f"{case} col_stat")
+        for name, a, b in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), got[2], ref[2]):
+            assert_close(a, b, 1e-8, f"{case} {name}")
+
+
+def test_everything_skipped():
+    """N = M = 1 with its only pair skipped: -inf statistics, all-zero gradients, no NaN."""
+    for kind in KINDS:
+        x, y, alpha, beta, theta = make_inputs(kind, 1, 1, 4, torch.float32, 0)
+        rel = Relation.none(skip_self=True).resolved(1)
+        g = torch.ones(1)
+        row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, 1e-6, g, g)
+        assert row.item() == -math.inf and col.item() == -math.inf
+        for t in grads:
+            assert not t.isnan().any() and (t == 0).all()
+
+
+def test_empty_sides():
+    x, y, alpha, beta, theta = make_inputs("cosine", 4, 3, 5, torch.float32, 0)
+    rel = Relation.none()
+    row, col = torch.ops.flashnce.tile_fwd(x[:0], y, alpha[:0], beta, theta, [],
+                                           rel.options("cosine", "lse", 3), 1e-6)
+    assert row.shape == (0,) and (col == -math.inf).all()
+    row, col = torch.ops.flashnce.tile_fwd(x, y[:0], alpha, beta[:0], theta, [],
+                                           rel.options("cosine", "lse", 0), 1e-6)
+    assert (row == -math.inf).all() and col.shape == (0,)
+
+
+def test_deterministic():
+    """Bitwise equal outputs for the same inputs and thread count (no atomics)."""
+    x, y, alpha, beta, theta = make_inputs("hyperbolic", 600, 900, 16, torch.float32, 1)
+    rel = CASES["labels_skip_pos_self0"](600, 900, torch.Generator().manual_seed(0)).resolved(800)
+    g_row, g_col = torch.rand(600), torch.rand(800)
+    a = run_op(x, y, alpha, beta, theta, rel, "hyperbolic", 1e-6, g_row, g_col)
+    b = run_op(x, y, alpha, beta, theta, rel, "hyperbolic", 1e-6, g_row, g_col)
+    for u, v in zip((a[0], a[1], *a[2]), (b[0], b[1], *b[2])):
+        assert torch.equal(u, v)
+
+
+def test_fresh_gradients():
+    """dX and dY are fresh tensors: they alias neither the inputs nor each other."""
+    x, y, alpha, beta, theta = make_inputs("dot", 8, 8, 4, torch.float32, 0)
+    rel = Relation.none().resolved(8)
+    dx, dy = run_op(x, y, alpha, beta, theta, rel, "dot", 1e-6, torch.ones(8), torch.ones(8))[2][:2]
+    ptrs = {x.data_ptr(), y.data_ptr()}
+    assert dx.data_ptr() not in ptrs and dy.data_ptr() not in ptrs
+    assert dx.data_ptr() != dy.data_ptr()
+
+
+# ---- argument checks -------------------------------------------------------------------------
+def _args(kind="cosine", n=6, m=5):
+    x, y, alpha, beta, theta = make_inputs(kind, n, m, 4, torch.float32, 0)
+    opts = Relation.none().options(kind, "lse", m)
+    return x, y, alpha, beta, theta, opts
+
+
+def _opts(**changes):
+    x, y, alpha, beta, theta, opts = _args()
+    names = {"kind": spec.OPT_KIND, "stat": spec.OPT_STAT, "relation": spec.OPT_RELATION,
+             "flags": spec.OPT_FLAGS, "cols_both": spec.OPT_COLS_BOTH}
+    for k, v in changes.items():
+        opts[names[k]] = v
+    return opts
+
+
+@pytest.mark.parametrize("opts,tensors,match", [
+    ([4, 0, 0, 0, 0], [], "options must have 6"),
+    ([4, 0, 0, 0, 0, 5, 0], [], "options must have 6"),
+    (_opts(kind=5), [], "unknown epilogue kind"),
+    (_opts(kind=-1), [], "unknown epilogue kind"),
+    (_opts(stat=1), [], "unknown statistic"),
+    (_opts(relation=5), [], "unknown relation"),
+    (_opts(flags=4), [], "unknown relation flags"),
+    (_opts(cols_both=6), [], "cols_both"),
+    (_opts(cols_both=-1), [], "cols_both"),
+    (_opts(relation=spec.relation_id("none")), [torch.zeros(6, dtype=torch.int64)],
+     "takes 0 index tensors"),
+    (_opts(relation=spec.relation_id("targets")), [], "takes 1 index tensors"),
+    (_opts(relation=spec.relation_id("targets")), [torch.zeros(6, dtype=torch.int32)],
+     "int64"),
+    (_opts(relation=spec.relation_id("targets")), [torch.zeros(5, dtype=torch.int64)],
+     "must have 6 elements"),
+    (_opts(relation=spec.relation_id("targets")), [torch.zeros(6, 1, dtype=torch.int64)],
+     "1-d int64"),
+    (_opts(relation=spec.relation_id("labels")),
+     [torch.zeros(6, dtype=torch.int64), torch.zeros(6, dtype=torch.int64)],
+     "must have 5 elements"),
+])
+def test_bad_options(opts, tensors, match):
+    x, y, alpha, beta, theta, _ = _args()
+    with pytest.raises(RuntimeError, match="flashnce: .*" + match):
+        torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, tensors, opts, 1e-6)
+
+
+def _csr_tensors(indptr, indices, roles, m=5):
+    i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    nnz = len(indices)
+    return [i64(indptr), i64(indices), i64(roles), torch.zeros(m + 1, dtype=torch.int64),
+            torch.zeros(nnz, dtype=torch.int64), torch.zeros(nnz, dtype=torch.int64)]
+
+
+@pytest.mark.parametrize("tensors,match", [
+    (_csr_tensors([0, 1, 2, 2, 2, 2, 2], [0, 1], [0, 0])[:5], "takes 6 index tensors"),
+    (_csr_tensors([0, 1, 2, 2, 2, 2], [0, 1], [0, 0]), "must have 7 elements"),
+    (_csr_tensors([0, 1, 2, 2, 2, 2, 3], [0, 1], [0, 0]), "end at nnz"),
+    (_csr_tensors([0, 2, 1, 2, 2, 2, 2], [0, 1], [0, 0]), "indptr decreases"),
+    (_csr_tensors([0, 2, 2, 2, 2, 2, 2], [1, 1], [0, 0]), "strictly increasing"),
+    (_csr_tensors([0, 2, 2, 2, 2, 2, 2], [1, 5], [0, 0]), "strictly increasing"),
+    (_csr_tensors([0, 2, 2, 2, 2, 2, 2], [0, 1], [0, 2]), "roles must be"),
+    (_csr_tensors([0, 2, 2, 2, 2, 2, 2], [0, 1], [0]), "roles \\[nnz\\]"),
+])
+def test_bad_csr(tensors, match):
+    x, y, alpha, beta, theta, _ = _args()
+    opts = _opts(relation=spec.relation_id("csr"))
+    with pytest.raises(RuntimeError, match="flashnce: .*" + match):
+        torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, tensors, opts, 1e-6)
+
+
+def test_bad_tensors():
+    x, y, alpha, beta, theta, opts = _args()
+    op = torch.ops.flashnce.tile_fwd
+    with pytest.raises(RuntimeError, match="flashnce: theta"):
+        op(x, y, alpha, beta, theta[:2], [], opts, 1e-6)
+    with pytest.raises(RuntimeError, match="flashnce: alpha"):
+        op(x, y, alpha[:, :0], beta, theta, [], opts, 1e-6)
+    with pytest.raises(RuntimeError, match="flashnce: x and y dtypes"):
+        op(x, y.double(), alpha, beta, theta, [], opts, 1e-6)
+    with pytest.raises(RuntimeError, match="flashnce: x \\[N, K\\]"):
+        op(x, y[:, :2], alpha, beta, theta, [], opts, 1e-6)
+    # tile_bwd: col_stat / g_col have M0 = cols_both entries, not M.
+    opts = _opts(cols_both=3)
+    row, col = op(x, y, alpha, beta, theta, [], opts, 1e-6)
+    assert col.shape == (3,)
+    bwd = torch.ops.flashnce.tile_bwd
+    with pytest.raises(RuntimeError, match="flashnce: col_stat and g_col"):
+        bwd(x, y, alpha, beta, theta, [], opts, 1e-6, row, col, torch.ones(6), torch.ones(5))
+    with pytest.raises(RuntimeError, match="flashnce: row_stat and g_row"):
+        bwd(x, y, alpha, beta, theta, [], opts, 1e-6, row[:5], col, torch.ones(6), torch.ones(3))
