@@ -62,15 +62,28 @@ def cuda_extensions(torch_ext):
                             "nvcc": ["-O3", limited, "--threads", "2"] + include})]
 
 
+# Commands that compile (an sdist or egg_info needs no torch: it only lists files).
+COMPILING = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+
+
 def extensions():
-    """(ext_modules, cmdclass) for the compiled part, or ([], {}) when it cannot be built."""
+    """(ext_modules, cmdclass) for the compiled part, or ([], {}) for metadata-only commands
+    and FLASHNCE_NO_EXTENSION=1. A compiling build without torch fails loudly: a silent
+    pure-Python install would run every loss through the slow fallback."""
     if os.environ.get("FLASHNCE_NO_EXTENSION") == "1":
+        print("flashnce: FLASHNCE_NO_EXTENSION=1, building the pure-Python package only (the "
+              "cpu and cuda backends will be unavailable)", file=sys.stderr)
         return [], {}
     try:
         from torch.utils import cpp_extension as torch_ext
     except ImportError as exc:  # pip without --no-build-isolation, or torch missing
-        print(f"flashnce: building without the C++ extension ({exc}); install torch and use "
-              "`pip install --no-build-isolation .`", file=sys.stderr)
+        if COMPILING & set(sys.argv[1:]):
+            raise SystemExit(
+                f"flashnce: cannot build the compiled extension: torch is not importable "
+                f"({exc}).\n  Install torch first, then build against it without isolation:\n"
+                f"    pip install torch && pip install --no-build-isolation .\n"
+                f"  (or set FLASHNCE_NO_EXTENSION=1 for the pure-Python package, which runs "
+                f"every loss through the slow torch backend)")
         return [], {}
     link = ["-fopenmp"]
     exts = [torch_ext.CppExtension("flashnce._C", [os.path.join(CSRC, "ops.cpp")],
@@ -89,6 +102,18 @@ def extensions():
 
 EXT_MODULES, CMDCLASS = extensions()
 
+
+def torch_requirement() -> str:
+    """The compiled extension is tied to the torch it was built against (its C++ ABI): pin
+    that minor version; without the extension any recent torch works."""
+    if EXT_MODULES:
+        import torch
+
+        major, minor = torch.__version__.split("+")[0].split(".")[:2]
+        return f"torch=={major}.{minor}.*"
+    return "torch>=2.4"
+
+
 setup(
     name="flashnce",
     version="0.1.0",
@@ -99,7 +124,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=[torch_requirement(), "numpy"],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
         "triton": ["triton"],
