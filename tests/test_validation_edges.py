@@ -107,3 +107,40 @@ def test_torch_func_grad_supported_vmap_refused():
         torch.func.grad(lambda a: flashnce.infonce(a, y, backend="cpu"))(X)
     with pytest.raises(RuntimeError, match="do not support torch.func.vmap"):
         torch.func.vmap(lambda a: flashnce.infonce(a, y))(X.expand(3, 6, 4))
+
+
+NAN_BACKENDS = [b for b in ("torch", "cpu", "triton")
+                if flashnce.dispatch.BACKENDS[b].unavailable() is None]
+
+
+@pytest.mark.parametrize("backend", NAN_BACKENDS)
+@pytest.mark.parametrize("geometry", sorted(flashnce.GEOMETRIES))
+def test_nan_feature_gives_nan_loss_without_value_checks(monkeypatch, geometry, backend):
+    """Value checks are skipped under torch.compile; a NaN feature must still reach the loss
+    (it used to be clamped into the hyperbolic distance floor: a finite loss, NaN grads)."""
+    from flashnce import validate
+
+    monkeypatch.setattr(validate, "_tracing", lambda: True)
+    x = X.clone()
+    x[2, 1] = float("nan")
+    assert torch.isnan(flashnce.infonce(x, Y, geometry=geometry, backend=backend))
+
+
+def test_nan_feature_gives_nan_loss_under_compile():
+    torch._dynamo.reset()
+    x = X.clone()
+    x[3, 0] = float("nan")
+    fn = torch.compile(lambda a, b: flashnce.infonce(a, b, geometry="poincare"),
+                       fullgraph=True, backend="aot_eager")
+    assert torch.isnan(fn(x, Y))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_features_whose_squared_norms_overflow_are_refused(dtype):
+    big = 1e20 if dtype != torch.float64 else 1e160
+    with pytest.raises(ValueError, match="squared row norms could overflow"):
+        flashnce.infonce(X.to(dtype) * big, Y.to(dtype), geometry="cosine")
+    # Large but safe entries keep cosine scale invariant.
+    a = flashnce.infonce((X * 1e15).to(dtype), Y.to(dtype), backend="torch")
+    b = flashnce.infonce(X.to(dtype), Y.to(dtype), backend="torch")
+    assert torch.allclose(a, b, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)

@@ -89,7 +89,9 @@ def _norm(q: torch.Tensor) -> torch.Tensor:
     """sqrt(q) with gradient 0 at q = 0 (torch.norm's convention at the zero vector), never
     0 * inf = nan: the inner where keeps sqrt's backward away from q = 0."""
     positive = q > 0
-    return torch.where(positive, torch.where(positive, q, 1.0).sqrt(), 0.0)
+    # NaN q (a NaN feature) stays NaN: clamping it to 0 would hide it behind the distance
+    # floors and give a finite loss (value checks are skipped under torch.compile).
+    return torch.where(positive, torch.where(positive, q, 1.0).sqrt(), q * 0.0)
 
 
 def _prologue_dot(q, curvature, on_manifold):

@@ -81,10 +81,23 @@ def check_features(x, y) -> None:
         # temporary (isfinite(t).all() allocates a bool tensor per input), one host sync.
         with torch.no_grad():  # a check, not part of the loss: no autograd node
             extremes = torch.stack([*torch.aminmax(x), *torch.aminmax(y)])
-        x_finite, y_finite = torch.isfinite(extremes).view(2, 2).all(1).tolist()
-        for name, finite in (("x", x_finite), ("y", y_finite)):
-            if not finite:
+        values = extremes.double().view(2, 2).tolist()
+        for name, (lo, hi), t in (("x", values[0], x), ("y", values[1], y)):
+            if not all(math.isfinite(v) for v in (lo, hi)):
                 raise ValueError(f"{name} contains NaN or infinite values")
+            _check_norm_range(name, max(-lo, hi), t)
+
+
+def _check_norm_range(name: str, max_abs: float, t: torch.Tensor) -> None:
+    """Squared row norms are computed in the compute dtype (fp32 for 16-bit / fp32 inputs):
+    refuse features whose |x|^2 could overflow it (a cosine loss would silently change)."""
+    limit = torch.finfo(torch.float64 if t.dtype == torch.float64 else torch.float32).max
+    if max_abs * max_abs * t.shape[1] > limit / 4:
+        bound = math.sqrt(limit / (4 * t.shape[1]))
+        raise ValueError(
+            f"{name} has entries up to {max_abs:.3g}: its squared row norms could overflow "
+            f"{'float64' if t.dtype == torch.float64 else 'float32'} (entries must stay below "
+            f"{bound:.3g} at dim {t.shape[1]}); rescale the features (cosine is scale-invariant)")
 
 
 def as_param(value, name: str, like: torch.Tensor, *, positive: bool) -> torch.Tensor:
