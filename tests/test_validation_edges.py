@@ -144,3 +144,19 @@ def test_features_whose_squared_norms_overflow_are_refused(dtype):
     a = flashnce.infonce((X * 1e15).to(dtype), Y.to(dtype), backend="torch")
     b = flashnce.infonce(X.to(dtype), Y.to(dtype), backend="torch")
     assert torch.allclose(a, b, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+def test_poincare_boundary_checked_in_the_kernels_precision():
+    """c |x|^2 = 0.99999998 passes a float64 check but is 1.0 in fp32: refused, not NaN."""
+    direction = torch.tensor([[0.6, 0.8, 0.0]], dtype=torch.float64)
+    x = (direction * 0.99999999).float().repeat(4, 1)
+    x[1:] *= 0.5
+    y = x.flip(0).clone()
+    assert float(x.double()[0].square().sum()) < 1.0  # inside in float64
+    with pytest.raises(ValueError, match="outside the Poincare ball"):
+        flashnce.infonce(x, y, geometry="poincare", on_manifold=True)
+    inside = x * 0.999
+    xx = inside.clone().requires_grad_()
+    loss = flashnce.infonce(xx, y * 0.999, geometry="poincare", on_manifold=True)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(xx.grad).all()

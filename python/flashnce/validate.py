@@ -135,15 +135,23 @@ def _check_value(v: float, name: str, positive: bool) -> None:
 
 
 def check_ball(x: torch.Tensor, curvature: torch.Tensor, name: str) -> None:
-    """Poincare points given on the manifold must satisfy c ||x||^2 < 1."""
+    """Poincare points given on the manifold must satisfy sqrt(c) ||x|| < 1 *as the prologue
+    computes it* (squared norm and product in the compute dtype): a point a float64 check
+    accepts can round onto the boundary in fp32, where artanh is infinite and gradients NaN."""
     if _tracing() or x.device.type == "meta":
         return
-    sq = x.detach().to(torch.float64).square().sum(-1)
-    worst = float((curvature.detach().to(torch.float64) * sq).max())
+    from .features import rowwise_dot  # the prologue's own squared norms (fp32 opmath)
+
+    with torch.no_grad():
+        q = rowwise_dot(x.detach(), x.detach())
+        radius = curvature.detach().to(q.dtype).sqrt() * q.sqrt()
+        worst = float(radius.max())
     if worst >= 1.0:
         raise ValueError(
-            f"{name} has points outside the Poincare ball: max c*||x||^2 = {worst:.6g} >= 1 "
-            "(pass tangent vectors with on_manifold=False, or project the points)")
+            f"{name} has points outside the Poincare ball (or on its boundary in "
+            f"{str(q.dtype).replace('torch.', '')}): max sqrt(c)*||x|| = {worst:.9g} >= 1 "
+            "(pass tangent vectors with on_manifold=False, or project the points inside, "
+            "e.g. to norm (1 - 4e-3) / sqrt(c))")
 
 
 def check_choice(value, name: str, choices) -> None:
