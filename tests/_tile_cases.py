@@ -135,3 +135,54 @@ def oracle(x, y, alpha, beta, theta, tspec, g_row, g_col):
     grads = torch.autograd.grad(total, ins, allow_unused=True)
     grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(ins, grads)]
     return row.detach(), col.detach(), grads
+
+
+# Max-norm relative tolerances per input dtype: (statistics, gradients). 16-bit inputs are
+# exact in the fp32 GEMM; what remains is the fp32 epilogue and the rounding of dX / dY.
+TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-4),
+       torch.bfloat16: (2e-4, 3e-2), torch.float16: (2e-4, 1e-2)}
+
+
+def check_stat(name, got, want, tol):
+    """Same -inf pattern (fully skipped rows / columns), then max error <= tol x scale."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got = got.detach().cpu().double()
+    inf = torch.isinf(want)
+    assert torch.equal(torch.isinf(got), inf) and bool((got[inf] == want[inf]).all()), (
+        f"{name}: -inf pattern differs: got {got[inf | torch.isinf(got)]}")
+    if (~inf).any():
+        err = (got[~inf] - want[~inf]).abs().max().item()
+        scale = max(want[~inf].abs().max().item(), 1.0)
+        assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:.1e} x {scale:.3g}"
+
+
+def check_grad(name, got, want, tol):
+    """Finite, and max-norm relative error <= tol (floor 1e-3 on the scale)."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got = got.detach().cpu().double()
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    if want.numel() == 0:
+        return
+    scale = max(want.abs().max().item(), 1e-3)
+    err = (got - want).abs().max().item()
+    assert err <= tol * scale, f"{name}: max-norm relative error {err / scale:.3e} > {tol:.1e}"
+
+
+def check_against_oracle(forward, backward, problem):
+    """forward(x, y, alpha, beta, theta, tspec) / backward(..., row, col, g_row, g_col) -- a
+    backend's raw pair or the ops -- against the float64 dense oracle: both statistics, their
+    dtypes and device, and every gradient."""
+    x, y, alpha, beta, theta, tspec, g_row, g_col = problem
+    dtype = x.dtype
+    row, col = forward(x, y, alpha, beta, theta, tspec)
+    assert row.device == x.device and row.dtype == compute_dtype(dtype)
+    assert col.dtype == compute_dtype(dtype)
+    want_row, want_col, want_grads = oracle(x, y, alpha, beta, theta, tspec, g_row, g_col)
+    t_stat, t_grad = TOL[dtype]
+    check_stat("row_stat", row, want_row, t_stat)
+    check_stat("col_stat", col, want_col, t_stat)
+    grads = backward(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col)
+    assert grads[0].dtype == dtype and grads[1].dtype == dtype
+    assert grads[4].shape == (spec.NUM_THETA,) and grads[4].dtype == compute_dtype(dtype)
+    for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads, want_grads):
+        check_grad(name, got, want, t_grad)

@@ -1,53 +1,51 @@
-"""CUDA backend (csrc/cuda): nvcc compile check, and the correctness matrix on a GPU.
+"""CUDA backend (csrc/cuda): compile checks, the kernels under CPU emulation, and the op matrix
+on a GPU.
 
 1. ``test_nvcc_compile_check`` compiles the torch-free CUDA core for sm_80 and sm_90 with
    csrc/cuda/check_compile.sh (CMake + Ninja, or plain nvcc) into a temporary directory. It runs
    whenever nvcc is on PATH, whatever torch is installed; FLASHNCE_NVCC_CHECK=0 skips it (e.g.
    when CI already ran the script as its own step).
-   ``test_kernels_under_cpu_emulation`` also runs the kernels themselves on the CPU through
-   csrc/cuda/emulation (g++ and the CUDA headers needed; FLASHNCE_CUDA_EMULATION=0 skips).
-2. The matrix (every geometry x {float32, float64, bfloat16, float16} x shapes that are not
-   multiples of the tile sizes, symmetric and one-way, the diagonal mask, learnable scale and
-   curvature) compares backend=BACKEND with the float64 reference, loss and every gradient.
-   float32/float64 use the bounds of the CPU backends; bf16/fp16 are held to twice the error of
-   the materialised reference run in that dtype plus one unit roundoff (STYLE.md practice 6).
-   Skipped, with the backend's own reason, without a CUDA device or CUDA kernels.
+   ``test_binding_parses`` parses the torch binding (csrc/cuda/tile_binding.cu) with the host
+   compiler against the installed torch headers: the binding cannot be built with a CPU torch,
+   but its use of the ATen / c10 API is checked.
+   ``test_kernels_under_cpu_emulation`` runs the kernels themselves, through the core's public
+   entry points, on the CPU (csrc/cuda/emulation; g++ and the CUDA headers needed;
+   FLASHNCE_CUDA_EMULATION=0 skips) against a float64 evaluation of the contract: every
+   relation, both flags, row-only columns, fully skipped rows / columns, bias and d_theta,
+   every kind and dtype, shapes that are not tile multiples.
+2. On a GPU: the generated matrix (test_tile_ops.py) runs the cuda backend over every kind x
+   relation case x dtype against the float64 dense oracle. Here, the ops called directly on
+   CUDA tensors: several row / column blocks and K chunks, determinism, argument errors and
+   opcheck. Skipped, with the reason, without a CUDA device or CUDA kernels.
+   FLASHNCE_CUDA_TESTS_ON=cpu runs that part on CPU tensors instead (the ops then dispatch to
+   the CPU kernel): a self-check of this file's logic and tolerances on machines without a GPU.
 """
 
 import os
 import shutil
 import subprocess
+import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import flashnce
-from flashnce import dispatch
-from flashnce.backends.base import TileSpec
+from flashnce import _extension, dispatch
+from flashnce.core import spec
 
-from _helpers import (FP32_GRAD_RTOL, FP32_LOSS_RTOL, GEOMETRY_NAMES, assert_close,
-                      assert_matches_oracle, make_features, oracle, rel_maxnorm_error)
+from _helpers import tile_spec
+from _tile_cases import check_against_oracle, make_problem
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECK_SCRIPT = ROOT / "csrc" / "cuda" / "check_compile.sh"
-HALF = (torch.bfloat16, torch.float16)
-# Slack on top of 2x the materialised reference's error: two roundings of bf16; for fp16 the
-# same absolute slack, since distances built from a GEMM carry an fp32-accumulation floor
-# (GEOMETRY.md P3) that the materialised fp16 reference does not share (measured 3.1e-3 on the
-# cpu backend for euclidean, N = 300, d = 3).
-UNIT = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-7}
-TOL = {torch.float32: (FP32_LOSS_RTOL, FP32_GRAD_RTOL), torch.float64: (1e-10, 1e-9)}
-SPEC = TileSpec("dot", False, 1e-6)
-# FLASHNCE_CUDA_TESTS_ON=cpu runs the GPU matrix against the cpu backend on CPU tensors: a
-# self-check of this file's logic and tolerances on machines without a GPU.
+CUDA_DIR = ROOT / "csrc" / "cuda"
+CHECK_SCRIPT = CUDA_DIR / "check_compile.sh"
 DRY_RUN = os.environ.get("FLASHNCE_CUDA_TESTS_ON", "") == "cpu"
-DEVICE, BACKEND = ("cpu", "cpu") if DRY_RUN else ("cuda", "cuda")
+DEVICE = "cpu" if DRY_RUN else "cuda"
 
 
 # --------------------------------------------------------------------------------------------
-# 1. nvcc compile check (no GPU, no CUDA torch needed)
+# 1. Compile checks and CPU emulation (no GPU, no CUDA torch needed)
 # --------------------------------------------------------------------------------------------
 
 
@@ -78,204 +76,176 @@ def _cuda_include_dir():
     return None
 
 
-def test_kernels_under_cpu_emulation(tmp_path):
-    """The CUDA tile kernels executed on the CPU (csrc/cuda/emulation: a thread per CUDA
-    thread, real barriers) against a float64 evaluation of the contract: every dtype and kind,
-    ragged shapes, the diagonal mask. Checks the walk's index math, masks and reductions
-    where no GPU exists; it is not a substitute for the GPU matrix below."""
-    if os.environ.get("FLASHNCE_CUDA_EMULATION", "1") == "0":
-        pytest.skip("FLASHNCE_CUDA_EMULATION=0")
+def _host_compiler_or_skip():
     cxx = shutil.which(os.environ.get("CXX", "g++"))
     include = _cuda_include_dir()
     if cxx is None or include is None:
         pytest.skip("needs a C++20 compiler (CXX or g++) and the CUDA toolkit headers "
                     "(CUDA_HOME or /usr/local/cuda)")
+    return cxx, include
+
+
+def test_binding_parses(tmp_path):
+    """tile_binding.cu against the installed torch headers, host side only (-fsyntax-only).
+    A CPU torch ships c10/cuda but not its generated c10/cuda/impl/cuda_cmake_macros.h, which
+    only holds build-configuration macros: an empty stand-in is used when it is missing."""
+    cxx, include = _host_compiler_or_skip()
+    from torch.utils.cpp_extension import include_paths
+
+    torch_inc = [Path(p) for p in include_paths()]
+    if not any((p / "c10" / "cuda" / "CUDAGuard.h").is_file() for p in torch_inc):
+        pytest.skip("the installed torch has no c10/cuda headers")
+    stub = tmp_path / "stub"
+    if not any((p / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").is_file()
+               for p in torch_inc):
+        (stub / "c10" / "cuda" / "impl").mkdir(parents=True)
+        (stub / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-x", "c++", "-Wall", "-Werror",
+           "-Wno-missing-field-initializers", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+           "-DTORCH_EXTENSION_NAME=_C_cuda", f"-I{stub}", f"-I{ROOT / 'csrc'}", f"-I{CUDA_DIR}"]
+    for p in torch_inc + [Path(sysconfig.get_paths()["include"]), include]:
+        cmd += ["-isystem", str(p)]
+    proc = subprocess.run(cmd + [str(CUDA_DIR / "tile_binding.cu")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"tile_binding.cu does not parse:\n{proc.stderr[-6000:]}"
+
+
+def test_kernels_under_cpu_emulation(tmp_path):
+    """The CUDA core executed on the CPU (csrc/cuda/emulation: a fiber per CUDA thread, real
+    barrier phases) through tile_forward / tile_backward, against a float64 evaluation of the
+    contract. Checks the walk's index math, roles, reductions and the launchers where no GPU
+    exists; it is not a substitute for the GPU matrix below."""
+    if os.environ.get("FLASHNCE_CUDA_EMULATION", "1") == "0":
+        pytest.skip("FLASHNCE_CUDA_EMULATION=0")
+    cxx, include = _host_compiler_or_skip()
     exe = tmp_path / "emulate"
-    src = ROOT / "csrc" / "cuda" / "emulation" / "emulate_pairwise_lse.cpp"
+    src = CUDA_DIR / "emulation" / "emulate_tile.cpp"
     build = subprocess.run(
-        [cxx, "-std=c++20", "-O1", "-pthread", f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'csrc' / 'cuda'}",
+        [cxx, "-std=c++20", "-O1", "-pthread", f"-I{ROOT / 'csrc'}", f"-I{CUDA_DIR}",
          f"-I{include}", str(src), "-o", str(exe)],
         capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, f"emulation build failed:\n{build.stderr[-6000:]}"
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"emulated kernels disagree with float64:\n{proc.stdout[-6000:]}"
+    assert proc.returncode == 0, (
+        f"emulated kernels disagree with float64 (exit {proc.returncode}):\n"
+        f"{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}")
+    assert "OK: 0 failure(s)" in proc.stdout
 
 
 # --------------------------------------------------------------------------------------------
-# Dispatch: refusals are explained (runs everywhere)
+# Availability: refusals are explained (runs everywhere)
 # --------------------------------------------------------------------------------------------
 
 
 def test_refuses_cpu_tensors_with_reason():
     x = torch.randn(5, 3)
-    reasons = dispatch.get_backend("cuda").not_supported_reasons(x, x, SPEC)
-    assert any("not on a CUDA device" in r for r in reasons)
-    with pytest.raises(ValueError, match="not on a CUDA device"):
-        flashnce.infonce(x, x, backend="cuda")
+    reasons = dispatch.BACKENDS["cuda"].not_supported_reasons(x, x, tile_spec())
+    assert any("CUDA" in r for r in reasons), reasons
 
 
 def test_reports_missing_cuda_kernels():
-    from flashnce.backends import cuda as cuda_backend
-
-    why = cuda_backend.why_unavailable()
+    why = _extension.why_cuda_unavailable()
     if torch.version.cuda is None:
         assert why is not None and "CPU build" in why
-    if why is None:  # then the CUDA kernel must really be registered
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(
-            "flashnce::pairwise_lse_fwd", "CUDA")
+    if why is None:  # then the CUDA kernels must really be registered
+        for op in ("flashnce::tile_fwd", "flashnce::tile_bwd"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Correctness matrix on the GPU
+# 2. The ops on the GPU
 # --------------------------------------------------------------------------------------------
 
 
-def _require_cuda_backend():
-    if DRY_RUN:
-        return
-    if not torch.cuda.is_available():
-        reason = ("no CUDA device"
-                  + (f" (torch {torch.__version__} is a CPU build)" if torch.version.cuda is None
-                     else ""))
-        pytest.skip(f"backend 'cuda' unavailable: {reason}")
-    x = torch.zeros(2, 2, device="cuda")
-    reasons = dispatch.get_backend("cuda").not_supported_reasons(x, x, SPEC)
-    if reasons:
-        pytest.skip(f"backend 'cuda' unavailable: {'; '.join(reasons)}")
+def _require_ops():
+    """Skip unless tile_fwd / tile_bwd run on DEVICE tensors (the CPU kernel when DRY_RUN)."""
+    _extension.load()
+    key = "CPU" if DRY_RUN else "CUDA"
+    if not DRY_RUN:
+        why = _extension.why_cuda_unavailable()
+        if why is None and not torch.cuda.is_available():
+            why = "no CUDA device"
+        if why is not None:
+            pytest.skip(f"backend 'cuda' unavailable: {why}")
+    for op in ("flashnce::tile_fwd", "flashnce::tile_bwd"):
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
+            pytest.skip(f"no {key} kernel registered for {op}")
 
 
-def _grads_of(fn, x, y, scale, curv, **kwargs):
-    """Loss and grads (x, y, scale, curvature) of fn on fresh leaves; None grads -> zeros."""
-    leaves = [x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_(),
-              scale.detach().clone().requires_grad_(), curv.detach().clone().requires_grad_()]
-    loss = fn(*leaves[:2], scale=leaves[2], curvature=leaves[3], **kwargs)
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return loss, list(grads)
+def _fwd(x, y, alpha, beta, theta, tspec):
+    rel = tspec.relation
+    return torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, list(rel.tensors),
+                                       tspec.options(y.shape[0]), tspec.kappa)
 
 
-def check_infonce(geometry, x, y, **kwargs):
-    """infonce with backend='cuda' on CUDA tensors vs the float64 oracle."""
-    dtype = x.dtype
-    cd = torch.float64 if dtype == torch.float64 else torch.float32
-    x, y = x.to(DEVICE), y.to(DEVICE)
-    scale = torch.tensor(2.5, dtype=cd, device=DEVICE)
-    curv = torch.tensor(0.8, dtype=cd, device=DEVICE)
-    loss, grads = _grads_of(flashnce.infonce, x, y, scale, curv, geometry=geometry,
-                            backend=BACKEND, **kwargs)
-    assert loss.dtype == cd and loss.device.type == DEVICE
-    ref_loss, ref_grads, floors = oracle(x, y, params=(scale, curv), geometry=geometry, **kwargs)
-    if dtype in HALF:
-        low = [scale.to(dtype), curv.to(dtype)]
-        lo_loss, lo_grads = _grads_of(flashnce.reference_infonce, x, y, *low, geometry=geometry,
-                                      **kwargs)
-        tols = [2 * rel_maxnorm_error(lo.double() if lo is not None else torch.zeros_like(r),
-                                      r, f) + UNIT[dtype]
-                for lo, r, f in zip([lo_loss] + lo_grads, [ref_loss] + list(ref_grads), floors)]
-    else:
-        tols = [TOL[dtype][0]] + [TOL[dtype][1]] * 4
-    assert_matches_oracle(geometry, loss, grads, ref_loss, ref_grads, floors, tols,
-                          grad_dtype=dtype, device_type=DEVICE)
+def _bwd(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col):
+    rel = tspec.relation
+    return torch.ops.flashnce.tile_bwd(x, y, alpha, beta, theta, list(rel.tensors),
+                                       tspec.options(y.shape[0]), tspec.kappa, row, col, g_row,
+                                       g_col)
 
 
-DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+KINDS = spec.KINDS
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
-@pytest.mark.parametrize("n", [1, 7, 64, 300])
-@pytest.mark.parametrize("d", [1, 3, 64, 129])
-def test_symmetric_matches_reference(dtype, geometry, n, d):
-    _require_cuda_backend()
-    x = make_features(n, d, dtype=dtype, seed=n * 100 + d, geometry=geometry)
-    y = make_features(n, d, dtype=dtype, seed=n * 100 + d + 1, geometry=geometry, role="y")
-    check_infonce(geometry, x, y)
+@pytest.mark.parametrize("kind", KINDS)
+def test_ops_multi_tile(kind):
+    """Several row and column blocks in both directions, K over several chunks."""
+    _require_ops()
+    for case in ("none", "self+3", "labels_skip", "csr", "row_only_self"):
+        problem = make_problem(kind, case, torch.float64, (517, 450, 70), device=DEVICE, seed=11)
+        check_against_oracle(_fwd, _bwd, problem)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
-@pytest.mark.parametrize("n,m,d", [(1, 5, 3), (7, 13, 3), (64, 30, 64), (300, 257, 64),
-                                   (33, 200, 48)])
-def test_one_way_matches_reference(dtype, geometry, n, m, d):
-    _require_cuda_backend()
-    x = make_features(n, d, dtype=dtype, seed=n + m, geometry=geometry)
-    y = make_features(m, d, dtype=dtype, seed=n + m + 7, geometry=geometry, role="y")
-    targets = torch.randint(0, m, (n,), generator=torch.Generator().manual_seed(n)).to(DEVICE)
-    check_infonce(geometry, x, y, symmetric=False, targets=targets)
-
-
-@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=str)
-@pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
-@pytest.mark.parametrize("n,m", [(2, 2), (9, 5), (5, 9), (70, 70), (65, 130)])
-def test_pairwise_lse_exclude_diagonal(dtype, geometry, n, m):
-    """Same-set mask: row / column LSE (an empty row is -inf) and their gradients."""
-    _require_cuda_backend()
-    x = make_features(n, 4, dtype=dtype, seed=n, geometry=geometry).to(DEVICE)
-    y = make_features(m, 4, dtype=dtype, seed=m + 50, geometry=geometry).to(DEVICE)
-    kw = dict(geometry=geometry, scale=1.7, curvature=1.3, exclude_diagonal=True)
-    w_row = torch.linspace(0.5, 1.5, n, dtype=torch.float64, device=DEVICE)
-    w_col = torch.linspace(-1.0, 1.0, m, dtype=torch.float64, device=DEVICE)
-
-    def run(xx, yy, fn, **extra):
-        xr, yr = xx.clone().requires_grad_(), yy.clone().requires_grad_()
-        row, col = fn(xr, yr, **kw, **extra)
-        fin_r, fin_c = torch.isfinite(row), torch.isfinite(col)
-        out = (row.double() * w_row)[fin_r].sum() + (col.double() * w_col)[fin_c].sum()
-        grads = torch.autograd.grad(out, [xr, yr], allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip((xr, yr), grads)]
-        return (row, col, *grads)
-
-    ours = run(x, y, flashnce.pairwise_lse, backend=BACKEND)
-    ref = run(x.double(), y.double(), flashnce.reference_pairwise_lse)
-    value_tol, grad_tol = (1e-12, 1e-9) if dtype == torch.float64 else (FP32_LOSS_RTOL,
-                                                                        FP32_GRAD_RTOL)
-    for name, a, r, tol in zip(("row_lse", "col_lse", "dx", "dy"), ours, ref,
-                               (value_tol, value_tol, grad_tol, grad_tol)):
-        fin = torch.isfinite(r)
-        assert torch.equal(torch.isfinite(a), fin), f"{geometry} {name}: -inf pattern differs"
-        assert_close(a.double()[fin], r[fin], tol, f"{geometry} {name}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 def test_deterministic(dtype):
-    """Two runs give bitwise identical LSEs and gradients (no atomics)."""
-    _require_cuda_backend()
-    x = make_features(300, 96, dtype=dtype, seed=5, geometry="lorentz").to(DEVICE)
-    y = make_features(257, 96, dtype=dtype, seed=6, geometry="lorentz").to(DEVICE)
+    """Two runs give bitwise identical statistics and gradients (no atomics)."""
+    _require_ops()
+    prob = make_problem("hyperbolic", "csr_self", dtype, (300, 257, 96), device=DEVICE, seed=5)
+    x, y, alpha, beta, theta, tspec, g_row, g_col = prob
     runs = []
     for _ in range(2):
-        xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
-        s = torch.tensor(3.0, device=DEVICE, requires_grad=True)
-        row, col = flashnce.pairwise_lse(xr, yr, geometry="lorentz", scale=s, backend=BACKEND)
-        out = row.sum() + 0.3 * col.sum()
-        runs.append((row, col, *torch.autograd.grad(out, [xr, yr, s])))
+        row, col = _fwd(x, y, alpha, beta, theta, tspec)
+        runs.append((row, col, *_bwd(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col)))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 
 
-def test_ops_direct_and_opcheck():
-    """The registered ops on CUDA tensors: shapes, dtypes, and torch.library.opcheck."""
-    _require_cuda_backend()
-    x = make_features(37, 20, geometry="euclidean").to(DEVICE)
-    y = make_features(29, 20, geometry="euclidean", seed=3).to(DEVICE)
-    a, b = x.square().sum(-1, keepdim=True), y.square().sum(-1, keepdim=True)
-    s, k = torch.tensor(1.3, device=DEVICE), torch.tensor(1.0, device=DEVICE)
-    row, col = torch.ops.flashnce.pairwise_lse_fwd(x, y, a, b, s, k, 2, False, 1e-6)
-    assert row.shape == (37,) and col.shape == (29,) and row.dtype == torch.float32
-    torch.library.opcheck(torch.ops.flashnce.pairwise_lse_fwd.default,
-                          (x.requires_grad_(), y, a, b, s, k, 2, False, 1e-6),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
+def test_argument_errors():
+    """Invalid options and relation tensors are refused with a flashnce: message."""
+    _require_ops()
+    x, y, alpha, beta, theta, tspec, *_ = make_problem("dot", "labels_skip", torch.float32,
+                                                       (7, 9, 4), device=DEVICE)
+    rel = list(tspec.relation.tensors)
+    opts = tspec.options(9)
+
+    def fails(match, tensors=rel, options=opts):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, tensors, options, 1e-6)
+
+    fails("options must have", options=opts[:-1])
+    for slot, bad, match in ((spec.OPT_KIND, len(spec.KINDS), "unknown epilogue kind"),
+                             (spec.OPT_STAT, len(spec.STATS), "unknown statistic"),
+                             (spec.OPT_RELATION, len(spec.RELATIONS), "unknown relation"),
+                             (spec.OPT_FLAGS, 4, "flags"),
+                             (spec.OPT_COLS_BOTH, 10, "cols_both")):
+        fails(match, options=opts[:slot] + [bad] + opts[slot + 1:])
+    fails("takes 2 index tensors", tensors=rel[:1])
+    fails("int64", tensors=[rel[0].int(), rel[1]])
+    fails("must have 9 elements", tensors=[rel[0], rel[1][:5]])
 
 
-def test_matches_cpu_backend_large():
-    """A multi-tile case (several row and column blocks, K not a multiple of the K chunk)
-    against the cpu/torch backend in float64, every kind, with the diagonal mask."""
-    _require_cuda_backend()
-    for geometry in GEOMETRY_NAMES:
-        x = make_features(517, 70, dtype=torch.float64, seed=11, geometry=geometry)
-        y = make_features(450, 70, dtype=torch.float64, seed=12, geometry=geometry)
-        kw = dict(geometry=geometry, scale=2.0, curvature=0.7, exclude_diagonal=True)
-        ref = flashnce.pairwise_lse(x, y, backend="torch", **kw)
-        got = flashnce.pairwise_lse(x.to(DEVICE), y.to(DEVICE), backend=BACKEND, **kw)
-        for a, r, name in zip(got, ref, ("row_lse", "col_lse")):
-            assert_close(a.cpu(), r, 1e-12, f"{geometry} {name}")
+def test_opcheck():
+    """Schema, fake tensor and autograd registration of the ops on DEVICE tensors."""
+    _require_ops()
+    x, y, alpha, beta, theta, tspec, g_row, g_col = make_problem(
+        "euclidean", "targets_skip", torch.float32, (37, 29, 20), device=DEVICE)
+    args = (x, y, alpha, beta, theta, list(tspec.relation.tensors), tspec.options(29),
+            tspec.kappa)
+    torch.library.opcheck(torch.ops.flashnce.tile_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    row, col = torch.ops.flashnce.tile_fwd(*args)
+    torch.library.opcheck(torch.ops.flashnce.tile_bwd.default, args + (row, col, g_row, g_col),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -1,8 +1,8 @@
 """The tile op contract, one matrix for every backend, generated from declared capabilities.
 
 For each backend that can run here (``flashnce.dispatch.BACKENDS``: torch, cpu, triton under
-the interpreter; cuda needs a device; reference is the oracle itself), every (kind, relation case, dtype, shape)
-the backend declares is compared with the float64 materialised oracle
+the interpreter, cuda on a GPU; reference is the oracle itself and is left out), every
+(kind, relation case, dtype, shape) the backend declares is compared with the float64 oracle
 ``flashnce.backends.dense.dense_tile_stat``: both statistics and every gradient
 (dX, dY, d_alpha, d_beta, d_theta) of a random upstream (g_row, g_col). Relation cases cover
 none, self skips with offsets, the diagonal / targets / labels / csr relations with and without
@@ -10,7 +10,7 @@ skipping their positives, row-only columns, and a fully skipped row and column (
 zero gradient, no NaN).
 
 Backends are called through ``forward_raw`` / ``backward_raw``: the op pair itself, not
-autograd (that is tested in test_autograd_ops.py). The Triton interpreter is slow, so it runs
+autograd (that is tested in test_op_registration.py). The Triton interpreter is slow, so it runs
 the relation cases on two kinds and the kinds on two relation cases, in fp32 and bf16
 (``_budget``); the other backends run the full product.
 """
@@ -22,9 +22,8 @@ import torch
 
 from flashnce import dispatch
 from flashnce.core import spec
-from flashnce.core.numerics import compute_dtype
 
-from _tile_cases import CASE_RELATION, RELATION_CASES, make_problem, oracle
+from _tile_cases import CASE_RELATION, RELATION_CASES, check_against_oracle, make_problem
 
 SHAPES = ((1, 5, 3), (17, 23, 4), (70, 33, 48))
 BIG_SHAPES = ((300, 700, 16), (600, 530, 8))  # cross the cpu (256 x 512), torch (512) tiles
@@ -85,50 +84,15 @@ for _name, _backend, _why in _available():
                                    id=f"{_name}-{_k}-{_c}-{str(_d)[6:]}-{_s[0]}x{_s[1]}x{_s[2]}"))
 
 
-# Max-norm relative tolerances per input dtype: (statistics, gradients).
-TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-4),
-       torch.bfloat16: (2e-4, 3e-2), torch.float16: (2e-4, 1e-2)}
-
-
-def _check_stat(name, got, want, tol):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got = got.detach().cpu().double()
-    inf = torch.isinf(want)
-    assert torch.equal(torch.isinf(got), inf) and bool((got[inf] == want[inf]).all()), (
-        f"{name}: -inf pattern differs: got {got[inf | torch.isinf(got)]}")
-    if (~inf).any():
-        err = (got[~inf] - want[~inf]).abs().max().item()
-        scale = max(want[~inf].abs().max().item(), 1.0)
-        assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:.1e} x {scale:.3g}"
-
-
-def _check_grad(name, got, want, tol):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got = got.detach().cpu().double()
-    assert torch.isfinite(got).all(), f"{name}: non-finite values"
-    if want.numel() == 0:
-        return
-    scale = max(want.abs().max().item(), 1e-3)
-    err = (got - want).abs().max().item()
-    assert err <= tol * scale, f"{name}: max-norm relative error {err / scale:.3e} > {tol:.1e}"
-
-
 @pytest.mark.parametrize("backend_name, case", PARAMS)
 def test_matches_dense_oracle(backend_name, case):
     kind, rel_case, dtype, shape = case
     backend = dispatch.BACKENDS[backend_name]
-    x, y, alpha, beta, theta, tspec, g_row, g_col = make_problem(kind, rel_case, dtype, shape)
-    assert backend.not_supported_reasons(x, y, tspec) == []
-    row, col = backend.forward_raw(x, y, alpha, beta, theta, tspec)
-    want_row, want_col, want_grads = oracle(x, y, alpha, beta, theta, tspec, g_row, g_col)
-    t_stat, t_grad = TOL[dtype]
-    _check_stat("row_stat", row, want_row, t_stat)
-    _check_stat("col_stat", col, want_col, t_stat)
-    assert row.dtype == compute_dtype(dtype) and col.dtype == compute_dtype(dtype)
-    grads = backend.backward_raw(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col)
-    assert grads[0].dtype == dtype and grads[1].dtype == dtype
-    for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads, want_grads):
-        _check_grad(name, got, want, t_grad)
+    device = "cuda" if backend_name == "cuda" else "cpu"
+    problem = make_problem(kind, rel_case, dtype, shape, device=device)
+    x, y, *_ = problem
+    assert backend.not_supported_reasons(x, y, problem[5]) == []
+    check_against_oracle(backend.forward_raw, backend.backward_raw, problem)
 
 
 def test_matrix_covers_every_declared_capability():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile check of the torch-free CUDA core (csrc/cuda/pairwise_lse_*.cu) with nvcc alone, for
+# Compile check of the torch-free CUDA core (csrc/cuda/tile_*.cu) with nvcc alone, for
 # sm_80 and sm_90: no torch, no GPU needed. CI runs it so a broken .cu never lands.
 #
 #   csrc/cuda/check_compile.sh [BUILD_DIR]
@@ -32,10 +32,10 @@ else
   gencode=()
   IFS=';' read -ra arch_list <<<"$archs"
   for a in "${arch_list[@]}"; do gencode+=("-gencode=arch=compute_${a},code=sm_${a}"); done
-  # every core source; pairwise_lse_cuda.cu is the torch binding (built by setup.py)
+  # every core source; tile_binding.cu is the torch binding (built by setup.py)
   pids=()
-  for src in "$here"/pairwise_lse_*.cu; do
-    [[ "$src" == */pairwise_lse_cuda.cu ]] && continue
+  for src in "$here"/tile_*.cu; do
+    [[ "$src" == */tile_binding.cu ]] && continue
     "$nvcc" -std=c++17 -O3 -I"$csrc" -I"$here" "${gencode[@]}" -Werror all-warnings \
       -c "$src" -o "$build/$(basename "$src").o" &
     pids+=($!)

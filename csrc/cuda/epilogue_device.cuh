@@ -1,5 +1,6 @@
 // Device-side helpers around the shared epilogue (csrc/flashnce/geometry.h): dtype conversion
-// to the fp32/fp64 compute type, -inf, log, and warp reductions for the LSE and gradient sums.
+// to the fp32/fp64 compute type, -inf, log, and warp sums for the gradient reductions (the
+// statistics' own states and merges are in tile_stat.cuh).
 // Everything here is deterministic: butterfly (xor) shuffles give every lane the same,
 // order-fixed result, because each step adds a commutative pair.
 #pragma once
@@ -61,51 +62,6 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
 }
-
-// Online LSE state (running max m, sum s of exp(l - m)); s == 0 means "no entries yet".
-template <class Acc>
-struct LseState {
-  Acc m, s;
-
-  __device__ __forceinline__ void init() {
-    m = neg_inf<Acc>();
-    s = Acc(0);
-  }
-  // Fold one finite logit.
-  __device__ __forceinline__ void add(Acc l) {
-    using M = MathOps<Acc>;
-    if (l > m) {
-      s = s * M::exp(m - l) + Acc(1);  // s == 0 while m == -inf: exp(-inf) = 0 is harmless
-      m = l;
-    } else {
-      s += M::exp(l - m);
-    }
-  }
-  // Merge another state (commutative, so the xor butterfly is lane-symmetric).
-  __device__ __forceinline__ void merge(Acc om, Acc os) {
-    using M = MathOps<Acc>;
-    if (os == Acc(0)) return;
-    if (s == Acc(0)) {
-      m = om;
-      s = os;
-      return;
-    }
-    const Acc mx = m > om ? m : om;
-    s = s * M::exp(m - mx) + os * M::exp(om - mx);
-    m = mx;
-  }
-  __device__ __forceinline__ void warp_merge() {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const Acc om = __shfl_xor_sync(0xffffffffu, m, off);
-      const Acc os = __shfl_xor_sync(0xffffffffu, s, off);
-      merge(om, os);
-    }
-  }
-  __device__ __forceinline__ Acc value() const {
-    return s > Acc(0) ? m + dev_log(s) : neg_inf<Acc>();
-  }
-};
 
 }  // namespace cuda
 }  // namespace flashnce

@@ -1,20 +1,27 @@
 // A CPU stand-in for the few CUDA features the tile kernels use, so that their index math,
-// masks, shared-memory phases and reductions can be executed on a machine without a GPU:
-// one std::thread per CUDA thread, a std::barrier for __syncthreads, shuffles through a
-// block-wide buffer (valid because every shuffle in the kernels is reached by all threads),
-// and WMMA fragments held whole by every lane. Test-only; never part of the extension.
-// Include before pairwise_lse_tiles.cuh and compile with a C++20 host compiler.
+// roles, shared-memory phases and reductions can be executed on a machine without a GPU:
+// one fiber (ucontext) per CUDA thread on a single host thread, __syncthreads as a switch back
+// to a round-robin scheduler (every fiber runs to its next barrier in each round, which is a
+// block barrier because the kernels reach every barrier with all threads), shuffles through a
+// block-wide buffer between two barriers (valid for the same reason), and WMMA fragments held
+// whole by every lane; the few runtime calls the launchers make (cudaMemsetAsync,
+// cudaGetLastError) act on host memory. Test-only; never part of the extension. Include before
+// tile_launch.cuh (it defines FLASHNCE_CUDA_EMULATION, which routes the launchers' kernel
+// launches to emu::launch) and compile with a C++20 host compiler.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstring>
-#include <thread>
+#include <functional>
 #include <vector>
+
+#define FLASHNCE_CUDA_EMULATION 1
 
 #undef __global__
 #undef __device__
@@ -30,37 +37,75 @@
 #define __launch_bounds__(...)
 
 namespace emu {
-inline thread_local uint3 tid{0, 0, 0};
-inline thread_local uint3 bid{0, 0, 0};
-inline thread_local dim3 grid_dim{1, 1, 1};
-inline std::barrier<>* block_barrier = nullptr;
+inline uint3 tid{0, 0, 0};  // of the fiber running now (set by the scheduler)
+inline uint3 bid{0, 0, 0};
+inline dim3 grid_dim{1, 1, 1};
 template <class T>
 inline T shfl_buf[1024];
+
+struct Fibers {
+  static constexpr size_t kStack = 256 * 1024;
+  ucontext_t scheduler;
+  std::vector<ucontext_t> ctx;
+  std::vector<std::vector<char>> stacks;  // kept across launches
+  std::vector<char> done;
+  unsigned current = 0;
+  std::function<void()> body;
+};
+inline Fibers fibers;
+
+inline void fiber_main() {
+  fibers.body();
+  fibers.done[fibers.current] = 1;  // returning resumes uc_link (the scheduler)
+}
 
 // Run kernel() as `grid` blocks of `block` threads, one block after another.
 template <class F>
 void launch(unsigned grid, unsigned block, F kernel) {
+  Fibers& fb = fibers;
+  fb.body = kernel;
+  fb.ctx.resize(block);
+  fb.done.assign(block, 0);
+  while (fb.stacks.size() < block) fb.stacks.emplace_back(Fibers::kStack);
+  grid_dim = dim3(grid, 1, 1);
   for (unsigned b = 0; b < grid; ++b) {
-    std::barrier<> bar(block);
-    block_barrier = &bar;
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block; ++t)
-      threads.emplace_back([&, t, b] {
+    for (unsigned t = 0; t < block; ++t) {
+      getcontext(&fb.ctx[t]);
+      fb.ctx[t].uc_stack.ss_sp = fb.stacks[t].data();
+      fb.ctx[t].uc_stack.ss_size = Fibers::kStack;
+      fb.ctx[t].uc_link = &fb.scheduler;
+      makecontext(&fb.ctx[t], fiber_main, 0);
+      fb.done[t] = 0;
+    }
+    for (bool running = true; running;) {  // one round = every live fiber to its next barrier
+      running = false;
+      for (unsigned t = 0; t < block; ++t) {
+        if (fb.done[t]) continue;
+        running = true;
+        fb.current = t;
         tid = uint3{t, 0, 0};
         bid = uint3{b, 0, 0};
-        grid_dim = dim3(grid, 1, 1);
-        kernel();
-      });
-    for (auto& th : threads) th.join();
+        swapcontext(&fb.scheduler, &fb.ctx[t]);
+      }
+    }
   }
 }
 }  // namespace emu
+
+// The launchers' runtime calls, on host memory; kernels run synchronously, so no error is pending.
+extern "C" cudaError_t cudaMemsetAsync(void* p, int value, size_t count, cudaStream_t) {
+  std::memset(p, value, count);
+  return cudaSuccess;
+}
+extern "C" cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 
 #define threadIdx emu::tid
 #define blockIdx emu::bid
 #define gridDim emu::grid_dim
 
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() {
+  swapcontext(&emu::fibers.ctx[emu::fibers.current], &emu::fibers.scheduler);
+}
 
 template <class T>
 T __shfl_xor_sync(unsigned, T v, int lane_mask) {

@@ -1,6 +1,7 @@
-// Internal declarations shared by the dispatcher (pairwise_lse_kernels.cu) and the per-dtype
-// translation units (pairwise_lse_<dtype>.cu) that instantiate the kernels of
-// pairwise_lse_tiles.cuh. Splitting by dtype lets the build compile the kernels in parallel.
+// Internal declarations shared by the dispatcher (tile_api.cu) and the per-dtype translation
+// units (tile_<dtype>.cu) that instantiate the launchers of tile_launch.cuh: tile shapes,
+// workspace layout, and the per-dtype entry points. Splitting by dtype lets the build compile the
+// kernels in parallel.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,7 +12,8 @@
 #include <cstdint>
 
 #include "flashnce/geometry.h"
-#include "pairwise_lse_kernels.cuh"
+#include "flashnce/spec.h"
+#include "tile_api.cuh"
 
 namespace flashnce {
 namespace cuda {
@@ -46,18 +48,22 @@ struct TileTraits<__nv_bfloat16> {
 inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Number of per-block partial sums the backward reduces into d_theta: sum G h and sum G.
+constexpr int kThetaPartials = 2;
+
 // Backward scratch: fp32 dx/dy accumulators (16-bit inputs only), then per-row-block partials
-// of gh. Byte offsets into one 256-byte aligned buffer.
+// [kThetaPartials][row_blocks] of d_theta. Byte offsets into one 256-byte aligned buffer.
 struct WorkspaceLayout {
   size_t dx_acc = 0, dy_acc = 0, partials = 0, total = 0;
+  int64_t row_blocks = 0;
 };
 
-inline WorkspaceLayout workspace_layout(const PairwiseLseProblem& pb) {
+inline WorkspaceLayout workspace_layout(const TileProblem& pb) {
   const bool half = pb.dtype == DType::kBFloat16 || pb.dtype == DType::kFloat16;
   const bool f64 = pb.dtype == DType::kFloat64;
   const size_t acc = f64 ? sizeof(double) : sizeof(float);
-  const int64_t row_blocks = ceil_div(pb.n, f64 ? TileTraits<double>::BM : TileTraits<float>::BM);
   WorkspaceLayout w;
+  w.row_blocks = ceil_div(pb.n, f64 ? TileTraits<double>::BM : TileTraits<float>::BM);
   size_t off = 0;
   if (half) {
     w.dx_acc = off;
@@ -66,20 +72,22 @@ inline WorkspaceLayout workspace_layout(const PairwiseLseProblem& pb) {
     off += align_up(static_cast<size_t>(pb.m) * static_cast<size_t>(pb.k) * sizeof(float));
   }
   w.partials = off;
-  off += align_up(static_cast<size_t>(row_blocks > 0 ? row_blocks : 1) * acc);
+  const int64_t blocks = w.row_blocks > 0 ? w.row_blocks : 1;
+  off += align_up(static_cast<size_t>(blocks) * kThetaPartials * acc);
   w.total = off;
   return w;
 }
 
-// Entry points per input dtype (defined in pairwise_lse_tiles.cuh, instantiated once per dtype
-// in pairwise_lse_<dtype>.cu); they dispatch on problem.kind.
+// Entry points per input dtype (defined in tile_launch.cuh, instantiated once per dtype in
+// tile_<dtype>.cu); they dispatch on problem.kind and problem.stat. The problem is valid
+// (tile_problem_valid) when they are called.
 template <class T>
-cudaError_t forward_typed(const PairwiseLseProblem& pb, void* row_lse, void* col_lse,
+cudaError_t forward_typed(const TileProblem& pb, void* row_stat, void* col_stat,
                           cudaStream_t stream);
 template <class T>
-cudaError_t backward_typed(const PairwiseLseProblem& pb, const void* row_lse,
-                           const void* col_lse, const void* g_row, const void* g_col,
-                           const PairwiseLseGrads& out, void* workspace, cudaStream_t stream);
+cudaError_t backward_typed(const TileProblem& pb, const void* row_stat, const void* col_stat,
+                           const void* g_row, const void* g_col, const TileGrads& out,
+                           void* workspace, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace cuda
