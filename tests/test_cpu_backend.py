@@ -17,7 +17,6 @@ import torch
 
 import flashnce
 from flashnce import _extension, dispatch
-from flashnce.core import spec
 from flashnce.core.relation import Relation
 
 from _helpers import HYPERBOLIC, assert_close, make_features, needs_cpu_kernel, tile_spec

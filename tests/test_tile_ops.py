@@ -61,7 +61,6 @@ def _budget(backend):
 
 
 def _available():
-    x = torch.zeros(2, 2)
     out = []
     for name, backend in dispatch.BACKENDS.items():
         if name == "reference":  # it *is* the oracle here; test_backends checks it

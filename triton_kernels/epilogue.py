@@ -1,14 +1,15 @@
 """Geometry epilogues as ``@triton.jit`` helper pairs, shared by every kernel.
 
 Mirrors ``flashnce.geometry.tile_logits`` / ``tile_logit_grads`` (the executable spec) for the
-five epilogue kinds, selected at compile time by ``KIND: tl.constexpr``:
+five epilogue kinds, selected at compile time by ``KIND: tl.constexpr`` (ids from
+``flashnce.core.spec.KINDS``):
 
-    KIND_DOT 0          h = p
-    KIND_SQEUCLIDEAN 1  h = -(a_i + b_j - 2p)
-    KIND_EUCLIDEAN 2    h = -sqrt(max(D, kappa (a_i + b_j)))             D = a_i + b_j - 2p
-    KIND_HYPERBOLIC 3   h = -arcosh(1 + w) / sqrt(c),  w = 2 sinh^2((rho_i - rho_j)/2)
-                                                           + S_i S_j (1 - p / (n_i n_j))
-    KIND_COSINE 4       h = p / (n_i n_j)                                  a0 = n = |x|
+    KIND_DOT          h = p
+    KIND_SQEUCLIDEAN  h = -(a_i + b_j - 2p)
+    KIND_EUCLIDEAN    h = -sqrt(max(D, kappa (a_i + b_j)))             D = a_i + b_j - 2p
+    KIND_HYPERBOLIC   h = -arcosh(1 + w) / sqrt(c),  w = 2 sinh^2((rho_i - rho_j)/2)
+                                                         + S_i S_j (1 - p / (n_i n_j))
+    KIND_COSINE       h = p / (n_i n_j)                                  a0 = n = |x|
 
 Per-row scalars arrive as broadcastable fields: ``a0, a1, a2`` are [BA, 1] (this program's
 rows), ``b0, b1, b2`` are [1, BB] (the walked columns); kinds that read fewer scalars ignore
@@ -17,14 +18,21 @@ kernels compute column statistics and dY by relaunching the row kernels on swapp
 the gradient helper therefore only returns the row-side partials.
 
 All math is fp32. Clamped entries (euclidean D <= kappa (a + b), hyperbolic w <= kappa S_i S_j)
-take the floor value and get exactly zero gradient (strict masks, GEOMETRY.md P5).
+take the floor value and get exactly zero gradient (strict masks).
 """
 
 import triton
 import triton.language as tl
 
-KIND_IDS = {"dot": 0, "sqeuclidean": 1, "euclidean": 2, "hyperbolic": 3, "cosine": 4}
-NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, "cosine": 1}
+from flashnce.core import spec
+
+# Kind ids from the one table; tl.constexpr so that compiled kernels may read them (a plain
+# module global is refused by the compiler, though the interpreter accepts it).
+KIND_DOT = tl.constexpr(spec.kind_id("dot"))
+KIND_SQEUCLIDEAN = tl.constexpr(spec.kind_id("sqeuclidean"))
+KIND_EUCLIDEAN = tl.constexpr(spec.kind_id("euclidean"))
+KIND_HYPERBOLIC = tl.constexpr(spec.kind_id("hyperbolic"))
+KIND_COSINE = tl.constexpr(spec.kind_id("cosine"))
 
 
 @triton.jit
@@ -65,21 +73,21 @@ def _hyperbolic_w(p, a0, a1, a2, b0, b1, b2):
 @triton.jit
 def epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND: tl.constexpr, KAPPA: tl.constexpr):
     """Scale-free logit h(p_ij, alpha_i, beta_j) of a [BA, BB] fp32 tile."""
-    if KIND == 0:
+    if KIND == KIND_DOT:
         h = p
-    elif KIND == 1:
+    elif KIND == KIND_SQEUCLIDEAN:
         h = 2.0 * p - (a0 + b0)
-    elif KIND == 2:
+    elif KIND == KIND_EUCLIDEAN:
         dist2 = (a0 + b0) - 2.0 * p
         floor = KAPPA * (a0 + b0)
         h = -tl.sqrt(tl.where(dist2 > floor, dist2, floor))
-    elif KIND == 4:
+    elif KIND == KIND_COSINE:
         h = p / (a0 * b0)
-    else:
+    else:  # KIND_HYPERBOLIC
         w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
         floor = KAPPA * ss
         w = tl.where(w > floor, w, floor)
-        # arcosh(1 + w) = log1p(w + sqrt(w (w + 2))) (GEOMETRY.md P4).
+        # arcosh(1 + w) = log1p(w + sqrt(w (w + 2))): no cancellation near w = 0.
         h = -_log1p(w + tl.sqrt(w * (w + 2.0))) * inv_sqrt_c
     return h
 
@@ -95,17 +103,17 @@ def epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
     """
     gs = g * scale
     zero = tl.zeros_like(gs)
-    if KIND == 0:
+    if KIND == KIND_DOT:
         g_p = gs
         t0 = zero
         t1 = zero
         t2 = zero
-    elif KIND == 1:
+    elif KIND == KIND_SQEUCLIDEAN:
         g_p = 2.0 * gs
         t0 = -gs
         t1 = zero
         t2 = zero
-    elif KIND == 2:
+    elif KIND == KIND_EUCLIDEAN:
         dist2 = (a0 + b0) - 2.0 * p
         active = dist2 > KAPPA * (a0 + b0)
         # dh/dD = -1 / (2 d); zero where clamped, never 0 * inf.
@@ -114,16 +122,16 @@ def epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
         t0 = g_d
         t1 = zero
         t2 = zero
-    elif KIND == 4:
+    elif KIND == KIND_COSINE:
         # dh/dp = 1/(n_i n_j); dh/dn_i = -h/n_i.
         g_p = gs / (a0 * b0)
         t0 = -g_p * p / a0
         t1 = zero
         t2 = zero
-    else:
+    else:  # KIND_HYPERBOLIC
         w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
         active = w > KAPPA * ss
-        q = tl.sqrt(w * (w + 2.0))
+        q = tl.sqrt(tl.where(active, w * (w + 2.0), 1.0))  # clamped entries: no nan, even unused
         # g_w = g dlogit/dw = -g s / (sqrt(c) q) on active entries only.
         g_w = tl.where(active, -gs * inv_sqrt_c / tl.where(active, q, 1.0), 0.0)
         g_p = -g_w * ss / (a0 * b0)
@@ -143,8 +151,8 @@ def norm_grad_from_gp(g_p, p, a0, t0, KIND: tl.constexpr):
     arithmetic these equal ``t0`` of ``epilogue_grad``:
       sq/euclidean: dh/da = -dh/dp / 2;   hyperbolic, cosine: dn_i term = -g_p p / n_i.
     """
-    if KIND == 1 or KIND == 2:
+    if KIND == KIND_SQEUCLIDEAN or KIND == KIND_EUCLIDEAN:
         t0 = -0.5 * g_p
-    elif KIND == 3 or KIND == 4:
+    elif KIND == KIND_HYPERBOLIC or KIND == KIND_COSINE:
         t0 = -g_p * p / a0
     return t0

@@ -1,15 +1,23 @@
-"""Launchers for the LSE kernels: default configs per dtype, opt-in autotuning, grids.
+"""Launchers of the tile kernels: options decoding, relation swap, configs, grids.
 
-``lse_forward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa)``
-    -> (row_lse [N], col_lse [M]) fp32: two launches of ``_lse_fwd_kernel`` (X vs Y, Y vs X).
-``lse_backward(..., row_lse, col_lse, g_row, g_col)``
-    -> (dX, dY, d_alpha, d_beta, gh): two launches of ``_lse_bwd_kernel``.
+``tile_forward(x, y, alpha, beta, theta, relation, options, kappa)``
+    -> (row_stat [N], col_stat [M0]) fp32: ``_tile_fwd_kernel`` on (X, Y) then on (Y[:M0], X).
+``tile_backward(..., row_stat, col_stat, g_row, g_col)``
+    -> (dX, dY, d_alpha, d_beta, d_theta [3]): ``_tile_bwd_kernel`` on (X, Y) then (Y, X);
+    d_theta = (sum G h, scale sum G h / k for the hyperbolic kind else 0, sum G), from the
+    first launch's per-row-block partials summed in a fixed order (no atomics).
+
+The argument contract is ``flashnce.core.spec``'s. The swapped launch (rows are Y) sees the
+relation swapped (``relation_pointers``): diag_offset -> -diag_offset, labels (a, b) -> (b, a),
+csr -> its transposed t_* tensors, targets -> the same t with ``SWAPPED`` (t[col] == row).
+``specialisation`` gives a launch's compile-time arguments; it is the only place they are
+derived, so the ahead-of-time compile test enumerates exactly what the launchers issue.
 
 Configs: hand-picked defaults per operand dtype (``DEFAULT_CONFIGS``). Setting
 ``FLASHNCE_TRITON_AUTOTUNE=1`` (read on every call) switches to ``triton.autotune`` over
-``AUTOTUNE_CONFIGS``, keyed on power-of-two buckets of N and M plus K, the kind and the flags
-(Triton adds the tensor dtypes to the key), so a new batch size inside a known bucket reuses
-the tuned config instead of retuning.
+``AUTOTUNE_*_CONFIGS``, keyed on power-of-two buckets of N and M plus K and the compile-time
+flags (Triton adds the tensor dtypes to the key), so a new batch size inside a known bucket
+reuses the tuned config instead of retuning.
 
 TF32: fp32 operands use IEEE fp32 dot products unless the caller allows TF32 through
 ``torch.backends.cuda.matmul.allow_tf32`` (read per call). 16-bit operands always use tensor
@@ -24,9 +32,10 @@ import torch
 import triton
 from torch.library import wrap_triton
 
-from .epilogue import KIND_IDS, NUM_ROW_SCALARS
-from .lse_backward import _lse_bwd_kernel
-from .lse_forward import _lse_fwd_kernel
+from flashnce.core import spec
+
+from .backward import _tile_bwd_kernel
+from .forward import _tile_fwd_kernel
 
 try:
     from triton.runtime.interpreter import InterpretedFunction
@@ -34,9 +43,10 @@ except ImportError:  # pragma: no cover - every supported triton has it
     InterpretedFunction = ()
 
 # Kernels decorated while TRITON_INTERPRET=1 run in the interpreter (CPU tensors, tests).
-INTERPRETED = isinstance(_lse_fwd_kernel, InterpretedFunction)
+INTERPRETED = isinstance(_tile_fwd_kernel, InterpretedFunction)
 
 AUTOTUNE_ENV = "FLASHNCE_TRITON_AUTOTUNE"
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Per operand dtype: forward (BLOCK_A, BLOCK_B, BLOCK_K, warps, stages) and backward
 # (BLOCK_A, BLOCK_B, BLOCK_K, BLOCK_D, warps, stages). 16-bit operands halve the bytes per
@@ -48,7 +58,8 @@ DEFAULT_CONFIGS = {
     torch.float16: dict(fwd=(128, 64, 64, 8, 3), bwd=(64, 64, 64, 128, 8, 2)),
 }
 
-_FWD_KEYS = ["KEY_NA", "KEY_NB", "K", "KIND", "EXCLUDE_DIAG", "INPUT_PRECISION"]
+_KEYS = ["KEY_NA", "KEY_NB", "K", "KIND", "STAT", "RELATION", "SKIP_SELF", "SKIP_POSITIVES",
+         "SWAPPED", "INPUT_PRECISION"]
 AUTOTUNE_FWD_CONFIGS = [
     triton.Config(dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=bk), num_warps=w, num_stages=s)
     for ba, bb, bk, w, s in [
@@ -64,6 +75,9 @@ AUTOTUNE_BWD_CONFIGS = [
         (64, 32, 64, 64, 4, 2), (128, 64, 64, 64, 8, 2),
     ]
 ]
+# The theta partial buffer is sized for the smallest row block any candidate uses, and
+# zero-filled, so unused slots (a larger BLOCK_A) add nothing to the fixed-order sum.
+_MIN_BWD_BLOCK_A = min(c.kwargs["BLOCK_A"] for c in AUTOTUNE_BWD_CONFIGS)
 
 _autotuned: dict[str, object] = {}
 
@@ -72,14 +86,12 @@ def _autotuned_kernel(which: str):
     """The autotune wrapper, built on first use (building it costs nothing at import)."""
     if which not in _autotuned:
         if which == "fwd":
-            _autotuned[which] = triton.autotune(AUTOTUNE_FWD_CONFIGS, key=_FWD_KEYS)(
-                _lse_fwd_kernel)
+            _autotuned[which] = triton.autotune(AUTOTUNE_FWD_CONFIGS, key=_KEYS)(
+                _tile_fwd_kernel)
         else:
-            # The gh partial buffer is sized from the default BLOCK_A; every candidate's row
-            # blocks fit in it because it is sized for the smallest BLOCK_A (see below).
             _autotuned[which] = triton.autotune(
-                AUTOTUNE_BWD_CONFIGS, key=_FWD_KEYS + ["WRITE_GH"],
-                reset_to_zero=["GH"])(_lse_bwd_kernel)
+                AUTOTUNE_BWD_CONFIGS, key=_KEYS + ["SPLIT_GP"],
+                reset_to_zero=["PART"])(_tile_bwd_kernel)
     return _autotuned[which]
 
 
@@ -104,80 +116,161 @@ def _block_k(bk: int, k: int) -> int:
     return max(16, min(bk, triton.next_power_of_2(k)))
 
 
-def _common(kind: str, exclude_diagonal: bool, kappa: float, dtype: torch.dtype) -> dict:
-    return dict(KIND=KIND_IDS[kind], NR=NUM_ROW_SCALARS[kind],
-                EXCLUDE_DIAG=bool(exclude_diagonal), KAPPA=float(kappa),
-                INPUT_PRECISION=_input_precision(dtype), UPCAST=INTERPRETED)
+def specialisation(which: str, kind: int, stat: int, relation: int, flags: int, swapped: bool,
+                   dtype: torch.dtype, kappa: float) -> dict:
+    """The compile-time arguments (less the block config) of one launch of ``which``
+    ("fwd" / "bwd"). Flags that cannot matter are normalised away, so they do not multiply
+    the compiled variants: SKIP_POSITIVES without positives, SWAPPED outside targets."""
+    name = spec.KINDS[kind]
+    meta = dict(
+        KIND=kind, NR=spec.NUM_ROW_SCALARS[name], STAT=stat, RELATION=relation,
+        SKIP_SELF=bool(flags & spec.FLAG_SKIP_SELF),
+        SKIP_POSITIVES=bool(flags & spec.FLAG_SKIP_POSITIVES)
+        and relation != spec.relation_id("none"),
+        SWAPPED=bool(swapped) and relation == spec.relation_id("targets"),
+        KAPPA=float(kappa), INPUT_PRECISION=_input_precision(dtype), UPCAST=INTERPRETED)
+    if which == "bwd":
+        # Two-part g_p tile for cosine on 16-bit operands (see backward.py).
+        meta["SPLIT_GP"] = name == "cosine" and dtype in (torch.bfloat16, torch.float16)
+    return meta
 
 
-def _row_lse(a, b, sa, sb, scale, inv_sqrt_c, flags, config=None):
-    na, k = a.shape
-    nb = b.shape[0]
+def block_config(which: str, dtype: torch.dtype, k: int, config=None):
+    """(block constexprs, num_warps, num_stages) of a launch: the dtype default or
+    ``config`` ((BLOCK_A, BLOCK_B, BLOCK_K, warps, stages), plus BLOCK_D before warps for
+    the backward), with BLOCK_K / BLOCK_D clamped to K."""
+    cfg = config or DEFAULT_CONFIGS[dtype][which]
+    if which == "fwd":
+        ba, bb, bk, warps, stages = cfg
+        return dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=_block_k(bk, k)), warps, stages
+    ba, bb, bk, bd, warps, stages = cfg
+    bd = max(16, min(bd, triton.next_power_of_2(k)))
+    return dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=_block_k(bk, k), BLOCK_D=bd), warps, stages
+
+
+def relation_pointers(relation: int, tensors, swapped: bool, dummy: torch.Tensor):
+    """(R0, R1, R2) of a launch: the relation's tensors as the kernel side sees them."""
+    tensors = list(tensors)
+    if relation == spec.relation_id("labels") and swapped:
+        tensors = tensors[::-1]
+    elif relation == spec.relation_id("csr"):
+        tensors = tensors[3:] if swapped else tensors[:3]
+    tensors = tensors + [dummy] * (3 - len(tensors))
+    return tuple(tensors[:3])
+
+
+class Options:
+    """The decoded options vector (layout in ``flashnce.core.spec``)."""
+
+    def __init__(self, options, relation, m: int):
+        if len(options) != spec.NUM_OPTIONS:
+            raise ValueError(f"options must have {spec.NUM_OPTIONS} entries, got "
+                             f"{len(options)}")
+        self.kind, self.stat, self.relation, self.flags, self.diag_offset, self.cols_both = (
+            int(options[i]) for i in (spec.OPT_KIND, spec.OPT_STAT, spec.OPT_RELATION,
+                                      spec.OPT_FLAGS, spec.OPT_DIAG_OFFSET,
+                                      spec.OPT_COLS_BOTH))
+        if not 0 <= self.kind < len(spec.KINDS):
+            raise ValueError(f"unknown kind id {self.kind}")
+        if not 0 <= self.stat < len(spec.STATS):
+            raise ValueError(f"unknown stat id {self.stat}")
+        if not 0 <= self.relation < len(spec.RELATIONS):
+            raise ValueError(f"unknown relation id {self.relation}")
+        if self.flags & ~spec.ALL_FLAGS:
+            raise ValueError(f"unknown flag bits in {self.flags}")
+        if not 0 <= self.cols_both <= m:
+            raise ValueError(f"cols_both must be in [0, M = {m}], got {self.cols_both}")
+        want = len(spec.RELATION_TENSORS[spec.RELATIONS[self.relation]])
+        if len(relation) != want:
+            raise ValueError(f"relation {spec.RELATIONS[self.relation]!r} takes {want} index "
+                             f"tensors, got {len(relation)}")
+
+    def meta(self, which, swapped, dtype, kappa):
+        return specialisation(which, self.kind, self.stat, self.relation, self.flags, swapped,
+                              dtype, kappa)
+
+
+def _launch(which, kernel_args, na, meta, dtype, k, grid_k, config):
+    if autotune_enabled():
+        def grid(m):
+            rows = (triton.cdiv(na, m["BLOCK_A"]),)
+            return rows + (triton.cdiv(k, m["BLOCK_D"]),) if grid_k else rows
+
+        wrap_triton(_autotuned_kernel(which))[grid](*kernel_args, **meta)
+        return
+    blocks, warps, stages = block_config(which, dtype, k, config)
+    grid = (triton.cdiv(na, blocks["BLOCK_A"]),)
+    if grid_k:
+        grid = grid + (triton.cdiv(k, blocks["BLOCK_D"]),)
+    kernel = _tile_fwd_kernel if which == "fwd" else _tile_bwd_kernel
+    wrap_triton(kernel)[grid](*kernel_args, **meta, **blocks, num_warps=warps,
+                              num_stages=stages)
+
+
+def _row_stat(a, b, sa, sb, theta, rel, na, off, meta, config):
+    nb, k = b.shape[0], a.shape[1]
     out = torch.empty(na, dtype=torch.float32, device=a.device)
     if na == 0:
         return out
-    args = (a, b, sa, sb, scale, inv_sqrt_c, out, na, nb, k, a.stride(0), b.stride(0),
+    args = (a, b, sa, sb, theta, *rel, out, na, nb, k, a.stride(0), b.stride(0), off,
             _bucket(na), _bucket(nb))
-    if autotune_enabled():
-        grid = lambda meta: (triton.cdiv(na, meta["BLOCK_A"]),)  # noqa: E731
-        wrap_triton(_autotuned_kernel("fwd"))[grid](*args, **flags)
-    else:
-        ba, bb, bk, warps, stages = config or DEFAULT_CONFIGS[a.dtype]["fwd"]
-        wrap_triton(_lse_fwd_kernel)[(triton.cdiv(na, ba),)](
-            *args, **flags, BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=_block_k(bk, k),
-            num_warps=warps, num_stages=stages)
+    _launch("fwd", args, na, meta, a.dtype, k, False, config)
     return out
 
 
-def lse_forward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa,
-                config=None):
-    """(row_lse [N], col_lse [M]) fp32; see lse_forward.py for why this is two launches.
+def tile_forward(x, y, alpha, beta, theta, relation, options, kappa, config=None):
+    """(row_stat [N], col_stat [M0]) fp32; see forward.py for why this is two launches.
     ``config`` (BLOCK_A, BLOCK_B, BLOCK_K, warps, stages) overrides the dtype default."""
-    flags = _common(kind, exclude_diagonal, kappa, x.dtype)
-    row = _row_lse(x, y, alpha, beta, scale, inv_sqrt_c, flags, config)
-    col = _row_lse(y, x, beta, alpha, scale, inv_sqrt_c, flags, config)
+    o = Options(options, relation, y.shape[0])
+    dummy = theta.new_empty(1, dtype=torch.int64)
+    row = _row_stat(x, y, alpha, beta, theta,
+                    relation_pointers(o.relation, relation, False, dummy), x.shape[0],
+                    o.diag_offset, o.meta("fwd", False, x.dtype, kappa), config)
+    col = _row_stat(y, x, beta, alpha, theta,
+                    relation_pointers(o.relation, relation, True, dummy), o.cols_both,
+                    -o.diag_offset, o.meta("fwd", True, x.dtype, kappa), config)
     return row, col
 
 
-_MIN_BWD_BLOCK_A = min(c.kwargs["BLOCK_A"] for c in AUTOTUNE_BWD_CONFIGS)
-
-
-def _row_grads(a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, flags, write_gh,
-               config=None):
+def _row_grads(a, b, sa, sb, theta, rel, st_a, st_b, g_a, g_b, na_stat, nb_stat, off, meta,
+               config):
     na, k = a.shape
     nb = b.shape[0]
-    da = torch.empty_like(a)
-    dsa = torch.empty_like(sa)
+    da = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    dsa = torch.empty(sa.shape, dtype=sa.dtype, device=sa.device)
+    part = torch.zeros(max(triton.cdiv(na, _MIN_BWD_BLOCK_A), 1), 2, dtype=torch.float32,
+                       device=a.device)
     if na == 0:
-        return da, dsa, torch.zeros((), dtype=torch.float32, device=a.device)
-    # One gh partial per row block; zero-filled so unused slots (autotune with a larger
-    # BLOCK_A) add nothing to the deterministic final sum.
-    gh = torch.zeros(triton.cdiv(na, _MIN_BWD_BLOCK_A), dtype=torch.float32, device=a.device)
-    args = (a, b, sa, sb, scale, inv_sqrt_c, lse_a, lse_b, g_a, g_b, da, dsa, gh,
-            na, nb, k, a.stride(0), b.stride(0), da.stride(0), _bucket(na), _bucket(nb))
-    if autotune_enabled():
-        grid = lambda meta: (triton.cdiv(na, meta["BLOCK_A"]),  # noqa: E731
-                             triton.cdiv(k, meta["BLOCK_D"]))
-        wrap_triton(_autotuned_kernel("bwd"))[grid](*args, **flags, WRITE_GH=write_gh)
+        return da, dsa, part
+    args = (a, b, sa, sb, theta, *rel, st_a, st_b, g_a, g_b, da, dsa, part,
+            na, nb, na_stat, nb_stat, k, a.stride(0), b.stride(0), da.stride(0), off,
+            _bucket(na), _bucket(nb))
+    _launch("bwd", args, na, meta, a.dtype, k, True, config)
+    return da, dsa, part
+
+
+def tile_backward(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat,
+                  g_row, g_col, config=None):
+    """(dX, dY, d_alpha, d_beta, d_theta): dX / d_alpha / d_theta over row blocks, dY / d_beta
+    over column blocks (the swapped launch); deterministic, no atomics. ``config``
+    (BLOCK_A, BLOCK_B, BLOCK_K, BLOCK_D, warps, stages) overrides the dtype default."""
+    o = Options(options, relation, y.shape[0])
+    n, m0 = x.shape[0], o.cols_both
+    dummy = theta.new_empty(1, dtype=torch.int64)
+    g_row = g_row.to(torch.float32).contiguous()
+    g_col = g_col.to(torch.float32).contiguous()
+    dx, d_alpha, part = _row_grads(
+        x, y, alpha, beta, theta, relation_pointers(o.relation, relation, False, dummy),
+        row_stat, col_stat, g_row, g_col, n, m0, o.diag_offset,
+        o.meta("bwd", False, x.dtype, kappa), config)
+    dy, d_beta, _ = _row_grads(
+        y, x, beta, alpha, theta, relation_pointers(o.relation, relation, True, dummy),
+        col_stat, row_stat, g_col, g_row, m0, n, -o.diag_offset,
+        o.meta("bwd", True, x.dtype, kappa), config)
+    gh, gs = part.sum(0).unbind()
+    if spec.KINDS[o.kind] == "hyperbolic":
+        # h is proportional to k = 1/sqrt(c): dl/dk = scale h / k.
+        d_k = theta[spec.THETA_SCALE] * gh / theta[spec.THETA_INV_SQRT_C]
     else:
-        ba, bb, bk, bd, warps, stages = config or DEFAULT_CONFIGS[a.dtype]["bwd"]
-        bd = max(16, min(bd, triton.next_power_of_2(k)))
-        wrap_triton(_lse_bwd_kernel)[(triton.cdiv(na, ba), triton.cdiv(k, bd))](
-            *args, **flags, WRITE_GH=write_gh, BLOCK_A=ba, BLOCK_B=bb,
-            BLOCK_K=_block_k(bk, k), BLOCK_D=bd, num_warps=warps, num_stages=stages)
-    return da, dsa, gh.sum()
-
-
-def lse_backward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa,
-                 row_lse, col_lse, g_row, g_col, config=None):
-    """(dX, dY, d_alpha, d_beta, gh): dX/d_alpha/gh over row blocks, dY/d_beta over column
-    blocks (the swapped launch); deterministic, no atomics. ``config`` (BLOCK_A, BLOCK_B,
-    BLOCK_K, BLOCK_D, warps, stages) overrides the dtype default."""
-    flags = _common(kind, exclude_diagonal, kappa, x.dtype)
-    # Two-part g_p tile for cosine on 16-bit operands (see lse_backward.py).
-    flags["SPLIT_GP"] = kind == "cosine" and x.dtype in (torch.bfloat16, torch.float16)
-    dx, d_alpha, gh = _row_grads(x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse,
-                                 g_row, g_col, flags, True, config)
-    dy, d_beta, _ = _row_grads(y, x, beta, alpha, scale, inv_sqrt_c, col_lse, row_lse,
-                               g_col, g_row, flags, False, config)
-    return dx, dy, d_alpha, d_beta, gh
+        d_k = torch.zeros_like(gh)
+    return dx, dy, d_alpha, d_beta, torch.stack([gh, d_k, gs]).to(theta.dtype)

@@ -1,32 +1,36 @@
 """The Triton kernels as torch.library ops, compile-safe (``torch.compile(fullgraph=True)``).
 
-    flashnce::triton_lse_fwd(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal,
-                             kappa) -> (row_lse, col_lse)
-    flashnce::triton_lse_bwd(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal,
-                             kappa, row_lse, col_lse, g_row, g_col)
-        -> (dx, dy, d_alpha, d_beta, gh)
+    flashnce::triton_tile_fwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta,
+                              Tensor[] relation, int[] options, float kappa)
+        -> (Tensor row_stat, Tensor col_stat)
+    flashnce::triton_tile_bwd(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta,
+                              Tensor[] relation, int[] options, float kappa, Tensor row_stat,
+                              Tensor col_stat, Tensor g_row, Tensor g_col)
+        -> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta, Tensor d_theta)
+
+The same argument order and semantics as the C++ ``flashnce::tile_fwd`` / ``tile_bwd``
+(contract in ``flashnce.core.spec``), for fp32 / bf16 / fp16 operands (compute dtype fp32).
+Autograd is not registered here: the core registers one backward for every compiled op
+family, so this package imports nothing from ``flashnce`` but ``flashnce.core.spec``.
 
 Registered with ``torch.library.triton_op`` (kernels launched through ``wrap_triton``, so
-Inductor sees and can fuse around them) and joined by ``register_autograd``: the forward op is
-differentiable in x, y, alpha, beta, scale and inv_sqrt_c (``logit = scale * h`` and, for the
-hyperbolic kind, ``h`` is proportional to ``inv_sqrt_c``, so both gradients follow from gh).
-
-Under ``TRITON_INTERPRET=1`` the kernels are ``InterpretedFunction`` objects, which
-``wrap_triton`` cannot trace (it hands them back unwrapped, and the functional decomposition
-that triton_op installs would then run them on fake tensors). In that mode the same launchers
-are registered as opaque ``custom_op``s with explicit fake functions instead, so the compile
-test still exercises the schema, fake and autograd registration on CPU.
+Inductor sees and can fuse around them). Under ``TRITON_INTERPRET=1`` the kernels are
+``InterpretedFunction`` objects, which ``wrap_triton`` cannot trace (it hands them back
+unwrapped, and the functional decomposition that triton_op installs would then run them on
+fake tensors). In that mode the same launchers are registered as opaque ``custom_op``s with
+explicit fake functions instead, so compile tests still exercise the schema and fakes on CPU.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.library import custom_op, register_autograd, triton_op
+from torch.library import custom_op, triton_op
+
+from flashnce.core import spec
 
 # INTERPRETED: decided by how the kernels were decorated (TRITON_INTERPRET at their import),
 # not by the environment now: that is what wrap_triton will see.
-from ..ops import setup_lse_context, theta_grads
-from .launch import INTERPRETED, lse_backward, lse_forward
+from .launch import DTYPES, INTERPRETED, tile_backward, tile_forward
 
 if INTERPRETED:
     def _register(name):
@@ -36,56 +40,63 @@ else:
         return triton_op(name, mutates_args=())
 
 
-@_register("flashnce::triton_lse_fwd")
-def triton_lse_fwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
-                   scale: torch.Tensor, inv_sqrt_c: torch.Tensor, kind: str,
-                   exclude_diagonal: bool, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return lse_forward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa)
+def _check(x, y, alpha, beta, theta, relation, options):
+    """Argument checks that need no data (shapes, dtypes, devices): ValueError before launch."""
+    if x.dtype not in DTYPES or y.dtype != x.dtype:
+        raise ValueError(f"x and y must share one of {DTYPES} (the Triton kernels have no "
+                         f"float64 path), got {x.dtype} and {y.dtype}")
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x [N, K] and y [M, K] expected, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if not (x.is_contiguous() and y.is_contiguous()):
+        raise ValueError("x and y must be contiguous")
+    kind = int(options[spec.OPT_KIND]) if len(options) == spec.NUM_OPTIONS else -1
+    r = spec.NUM_ROW_SCALARS[spec.KINDS[kind]] if 0 <= kind < len(spec.KINDS) else None
+    for name, s, n in (("alpha", alpha, x.shape[0]), ("beta", beta, y.shape[0])):
+        if r is not None and tuple(s.shape) != (n, r):
+            raise ValueError(f"{name} must be [{n}, {r}] for kind {spec.KINDS[kind]!r}, got "
+                             f"{tuple(s.shape)}")
+        if s.dtype != torch.float32 or not s.is_contiguous():
+            raise ValueError(f"{name} must be contiguous float32, got {s.dtype}")
+    if tuple(theta.shape) != (spec.NUM_THETA,) or theta.dtype != torch.float32:
+        raise ValueError(f"theta must be float32 [{spec.NUM_THETA}], got {theta.dtype} "
+                         f"{tuple(theta.shape)}")
+    for t in relation:
+        if t.dtype != torch.int64 or not t.is_contiguous():
+            raise ValueError(f"relation tensors must be contiguous int64, got {t.dtype}")
+    for t in (y, alpha, beta, theta, *relation):
+        if t.device != x.device:
+            raise ValueError(f"every tensor must be on {x.device}, got one on {t.device}")
 
 
-@_register("flashnce::triton_lse_bwd")
-def triton_lse_bwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
-                   scale: torch.Tensor, inv_sqrt_c: torch.Tensor, kind: str,
-                   exclude_diagonal: bool, kappa: float, row_lse: torch.Tensor,
-                   col_lse: torch.Tensor, g_row: torch.Tensor, g_col: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                              torch.Tensor]:
-    return lse_backward(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa,
-                        row_lse, col_lse, g_row, g_col)
+@_register("flashnce::triton_tile_fwd")
+def triton_tile_fwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                    theta: torch.Tensor, relation: list[torch.Tensor], options: list[int],
+                    kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, y, alpha, beta, theta, relation, options)
+    return tile_forward(x, y, alpha, beta, theta, relation, options, kappa)
+
+
+@_register("flashnce::triton_tile_bwd")
+def triton_tile_bwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                    theta: torch.Tensor, relation: list[torch.Tensor], options: list[int],
+                    kappa: float, row_stat: torch.Tensor, col_stat: torch.Tensor,
+                    g_row: torch.Tensor, g_col: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
+    _check(x, y, alpha, beta, theta, relation, options)
+    return tile_backward(x, y, alpha, beta, theta, relation, options, kappa, row_stat,
+                         col_stat, g_row, g_col)
 
 
 if INTERPRETED:
-    @triton_lse_fwd.register_fake
-    def _(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa):
+    @triton_tile_fwd.register_fake
+    def _(x, y, alpha, beta, theta, relation, options, kappa):
         return (x.new_empty(x.shape[0], dtype=torch.float32),
-                y.new_empty(y.shape[0], dtype=torch.float32))
+                y.new_empty(options[spec.OPT_COLS_BOTH], dtype=torch.float32))
 
-    @triton_lse_bwd.register_fake
-    def _(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal, kappa,
-          row_lse, col_lse, g_row, g_col):
+    @triton_tile_bwd.register_fake
+    def _(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat, g_row,
+          g_col):
         return (torch.empty_like(x), torch.empty_like(y), torch.empty_like(alpha),
-                torch.empty_like(beta), x.new_empty((), dtype=torch.float32))
-
-
-@torch.autograd.function.once_differentiable  # the bwd op has no derivative: refuse, not 0
-def _backward(ctx, g_row, g_col):
-    x, y, alpha, beta, scale, inv_sqrt_c, row_lse, col_lse = ctx.saved_tensors
-    g_row = torch.zeros_like(row_lse) if g_row is None else g_row.float().contiguous()
-    g_col = torch.zeros_like(col_lse) if g_col is None else g_col.float().contiguous()
-    dx, dy, d_alpha, d_beta, gh = triton_lse_bwd(
-        x, y, alpha, beta, scale, inv_sqrt_c, ctx.kind, ctx.exclude_diagonal, ctx.kappa,
-        row_lse, col_lse, g_row, g_col)
-    d_scale, d_inv_sqrt_c = theta_grads(gh, scale, inv_sqrt_c, ctx.kind == "hyperbolic",
-                                        *ctx.needs_input_grad[4:6])
-    return dx, dy, d_alpha, d_beta, d_scale, d_inv_sqrt_c, None, None, None
-
-
-register_autograd("flashnce::triton_lse_fwd", _backward, setup_context=setup_lse_context)
-
-
-def pairwise_lse(x, y, alpha, beta, scale, inv_sqrt_c, kind, exclude_diagonal=False,
-                 kappa=1e-6):
-    """Differentiable (row_lse, col_lse) through the registered op (compile-friendly)."""
-    return torch.ops.flashnce.triton_lse_fwd(
-        x.contiguous(), y.contiguous(), alpha.contiguous(), beta.contiguous(), scale,
-        inv_sqrt_c, kind, exclude_diagonal, kappa)
+                torch.empty_like(beta), torch.empty_like(theta))

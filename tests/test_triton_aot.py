@@ -1,0 +1,205 @@
+"""Ahead-of-time compilation of every Triton kernel specialisation, for sm_80 and sm_90.
+
+The Triton interpreter accepts code the compiler refuses (a module constant that is not a
+``tl.constexpr`` is the classic case), so the interpreter tests alone do not show that the
+kernels build for a GPU. This module compiles them with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``, which runs the whole
+pipeline (TTIR, TTGIR, LLVM, PTX, ptxas) without a device.
+
+What is compiled: the (kind x stat x relation x flags x side) specialisations the launchers
+issue (``launch.specialisation``, the one place they are derived), per operand dtype, in the
+default block configs (K = 128, so BLOCK_K and BLOCK_D are the configs' own). One compile
+takes ~2 s of CPU, and the full product is 2 archs x 2 passes x 3 dtypes x 5 kinds x 22
+variants = 1320 compiles (~45 CPU-minutes), too slow for CI. The default matrix (82 compiles,
+~100 s on 2 idle cores with the default 2 workers) is therefore, on both sm_80 and sm_90:
+    * every kind x pass in bf16, and every dtype for the hyperbolic kind (the largest
+      epilogue), with relation none and no flags (the hot path);
+    * for the hyperbolic kind in bf16, both passes: on sm_90 every relation x flags x side;
+      on sm_80 every relation x side with all its flags set (the architecture changes the
+      MMA lowering, not the relation code).
+FLASHNCE_AOT_FULL=1 compiles the full product on both architectures.
+
+The compiles run in worker subprocesses (``FLASHNCE_AOT_JOBS``, default 2) started without
+TRITON_INTERPRET: the test session sets it before anything imports Triton, and then Triton's
+own ``tl.standard`` helpers (the reductions' combine functions) are interpreted functions that
+the compiler refuses. Registers and spills of each kernel (from ptxas' own report) are printed
+(run with ``-s``), not asserted: a compile error fails, spills do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ARCHS = (80, 90)
+PASSES = ("fwd", "bwd")
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+K = 128
+KAPPA = 1e-6
+FULL = os.environ.get("FLASHNCE_AOT_FULL", "0") not in ("", "0")
+
+
+def groups() -> list[str]:
+    """One test per (arch, pass, dtype, kind) with something to compile, named like
+    ``sm90-bwd-bf16-hyperbolic``."""
+    from flashnce.core import spec  # imports nothing
+
+    return [f"sm{a}-{w}-{d}-{k}" for a, w, d, k in itertools.product(ARCHS, PASSES, DTYPE_NAMES,
+                                                                      spec.KINDS)
+            if FULL or d == "bf16" or k == "hyperbolic"]  # groups the default matrix touches
+
+
+# ---- worker side: runs in a subprocess without TRITON_INTERPRET ------------------------------
+
+# Pointer arguments by name; every other non-constexpr argument is an int.
+_OPERANDS = {"A", "B", "DA"}
+_FP32 = {"SA", "SB", "THETA", "OUT", "ST_A", "ST_B", "G_A", "G_B", "DSA", "PART"}
+_INDEX = {"R0", "R1", "R2"}
+_REGS = re.compile(r"Used (\d+) registers")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _variants(launch, spec, which, kind, dtype) -> list[dict]:
+    """Distinct compile-time argument sets the launchers issue for one (pass, kind, dtype)."""
+    seen = {}
+    for stat, rel, flags, swapped in itertools.product(
+            range(len(spec.STATS)), range(len(spec.RELATIONS)), range(spec.ALL_FLAGS + 1),
+            (False, True)):
+        meta = launch.specialisation(which, kind, stat, rel, flags, swapped, dtype, KAPPA)
+        seen.setdefault(tuple(sorted(meta.items())), meta)
+    return list(seen.values())
+
+
+def _selected(spec, arch, dtype_name, kind, meta) -> bool:
+    """Whether the default matrix (module docstring) compiles this specialisation."""
+    if FULL:
+        return True
+    hyperbolic = kind == spec.kind_id("hyperbolic")
+    plain = meta["RELATION"] == spec.relation_id("none") and not meta["SKIP_SELF"]
+    if plain and (dtype_name == "bf16" or hyperbolic):
+        return True
+    if not (hyperbolic and dtype_name == "bf16"):
+        return False
+    if arch == 90:
+        return True
+    # sm_80: every flag that can matter for the relation is on.
+    return meta["SKIP_SELF"] and (meta["SKIP_POSITIVES"]
+                                  or meta["RELATION"] == spec.relation_id("none"))
+
+
+def _describe(spec, meta) -> str:
+    flags = "".join(f for f, on in (("S", meta["SKIP_SELF"]), ("P", meta["SKIP_POSITIVES"]),
+                                    ("w", meta["SWAPPED"])) if on)
+    return spec.RELATIONS[meta["RELATION"]] + ("+" + flags if flags else "")
+
+
+def _compile(triton, launch, which, meta, dtype, dtype_name, arch):
+    """Compile one specialisation: (registers, spill store bytes, spill load bytes)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = launch._tile_fwd_kernel if which == "fwd" else launch._tile_bwd_kernel
+    blocks, warps, stages = launch.block_config(which, dtype, K)
+    constexprs = {**meta, **blocks}
+    sig = {}
+    for name in kernel.arg_names:
+        sig[name] = ("constexpr" if name in constexprs else "*" + dtype_name
+                     if name in _OPERANDS else "*fp32" if name in _FP32 else "*i64"
+                     if name in _INDEX else "i32")
+    log = io.StringIO()
+    # ptxas' -v report is printed only when asked for; read it instead of re-running ptxas.
+    with triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        triton.knobs.nvidia.dump_ptxas_log = True
+        triton.compile(ASTSource(kernel, sig, constexprs), target=GPUTarget("cuda", arch, 32),
+                       options=dict(num_warps=warps, num_stages=stages))
+    regs, spills = _REGS.search(log.getvalue()), _SPILLS.search(log.getvalue())
+    return (int(regs.group(1)) if regs else None,
+            *(map(int, spills.groups()) if spills else (None, None)))
+
+
+def work(names: list[str]) -> dict:
+    """{group: [(variant, regs, spill stores, spill loads, error or None), ...]}."""
+    assert "TRITON_INTERPRET" not in os.environ
+    import torch
+    import triton
+
+    from flashnce.core import spec
+    from flashnce.triton_kernels import launch
+
+    assert not launch.INTERPRETED
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    out = {}
+    for name in names:
+        arch, which, dtype_name, kind_name = name.split("-")
+        arch, kind, dtype = int(arch[2:]), spec.kind_id(kind_name), dtypes[dtype_name]
+        rows = []
+        for meta in _variants(launch, spec, which, kind, dtype):
+            if not _selected(spec, arch, dtype_name, kind, meta):
+                continue
+            try:
+                rows.append((_describe(spec, meta),
+                             *_compile(triton, launch, which, meta, dtype, dtype_name, arch),
+                             None))
+            except Exception as exc:  # reported per variant by the test
+                rows.append((_describe(spec, meta), None, None, None,
+                             f"{type(exc).__name__}: {exc}"[:4000]))
+        out[name] = rows
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(work(json.loads(sys.argv[1]))))
+    sys.exit(0)
+
+
+# ---- pytest side ----------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+
+def _run_workers(names: list[str]) -> dict:
+    """Compile ``names`` in FLASHNCE_AOT_JOBS subprocesses (round-robin split)."""
+    jobs = max(1, min(int(os.environ.get("FLASHNCE_AOT_JOBS", "2")), len(names)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    procs = [subprocess.Popen([sys.executable, __file__, json.dumps(names[i::jobs])], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(jobs)]
+    results = {}
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"AOT worker failed ({proc.returncode}):\n{stderr[-4000:]}")
+        results.update(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.fixture(scope="module")
+def compiled(request):
+    """Results of every selected test's group, compiled once up front."""
+    names = [item.callspec.params["group"] for item in request.session.items
+             if getattr(item, "originalname", None) == "test_compiles"
+             and item.module.__name__ == __name__]
+    start = time.perf_counter()
+    results = _run_workers(names)
+    n = sum(len(rows) for rows in results.values())
+    print(f"\nAOT: {n} kernels compiled in {time.perf_counter() - start:.0f} s")
+    return results
+
+
+@pytest.mark.parametrize("group", groups())
+def test_compiles(compiled, group):
+    rows = compiled[group]
+    assert rows, "no specialisation compiled"
+    print(f"\n{group} (variant:regs/spill-store bytes): "
+          + " ".join(f"{v}:{r}r/{s}s" for v, r, s, _, err in rows if err is None))
+    errors = [f"{v}: {err}" for v, _, _, _, err in rows if err is not None]
+    assert not errors, "\n".join(errors)
