@@ -11,6 +11,10 @@
 //     Cols(m0)                  one part's partial column states, columns [0, m0)
 //     Rows                      the running states of one row block plus tile scratch;
 //                               start() before the block's first tile
+//     begin_tile(rows, bc)      before a tile's rows
+//     observe_row(rows, row, r, bm, bc)
+//                               row r of the tile is final (logits, skips): look at it while
+//                               it is in L1 (lse: its max and the column maxima)
 //     fold_tile(rows, cols, tile, bn, bm, bc, j0)
 //                               fold the bn x bm logits (row-major, ld bm) of the tile at
 //                               column j0; only its first bc columns have column states
@@ -138,31 +142,38 @@ struct TileStat<kStatLse, T> {
     return sacc + Lanes<V>::sum(acc);
   }
 
+  // Before a tile's rows: reset its column maxima.
+  static void begin_tile(Rows& rs, int64_t bc) {
+    std::fill(rs.tile_cmax.data(), rs.tile_cmax.data() + bc, neg_inf<T>());
+  }
+
+  // One finished row of logits, while it is still in L1: its maximum (all bm columns) and
+  // the column maxima (the first bc columns) in one pass.
+  static void observe_row(Rows& rs, const T* row, int64_t r, int64_t bm, int64_t bc) {
+    T* cmax = rs.tile_cmax.data();
+    V vmax(neg_inf<T>());
+    T smax = neg_inf<T>();
+    int64_t j = 0;
+    for (; j + L <= bc; j += L) {
+      const V l = V::loadu(row + j);
+      vmax = at::vec::maximum(vmax, l);
+      at::vec::maximum(V::loadu(cmax + j), l).store(cmax + j);
+    }
+    for (; j < bc; ++j) {
+      smax = std::max(smax, row[j]);
+      cmax[j] = std::max(cmax[j], row[j]);
+    }
+    for (; j + L <= bm; j += L) vmax = at::vec::maximum(vmax, V::loadu(row + j));
+    for (; j < bm; ++j) smax = std::max(smax, row[j]);
+    rs.tile_rmax[r] = std::max(smax, at::vec::vec_reduce_all<T>(
+                                         [](V& u, V& w) { return at::vec::maximum(u, w); },
+                                         vmax));
+  }
+
+  // The whole tile (every row observed): fold it into the running row and column states.
   static void fold_tile(Rows& rs, Cols& cs, const T* tile, int64_t bn, int64_t bm, int64_t bc,
                         int64_t j0) {
     T* cmax = rs.tile_cmax.data();
-    std::fill(cmax, cmax + bc, neg_inf<T>());
-    // Row maxima (all bm columns) and column maxima (the first bc) in one pass.
-    for (int64_t r = 0; r < bn; ++r) {
-      const T* row = tile + r * bm;
-      V vmax(neg_inf<T>());
-      T smax = neg_inf<T>();
-      int64_t j = 0;
-      for (; j + L <= bc; j += L) {
-        const V l = V::loadu(row + j);
-        vmax = at::vec::maximum(vmax, l);
-        at::vec::maximum(V::loadu(cmax + j), l).store(cmax + j);
-      }
-      for (; j < bc; ++j) {
-        smax = std::max(smax, row[j]);
-        cmax[j] = std::max(cmax[j], row[j]);
-      }
-      for (; j + L <= bm; j += L) vmax = at::vec::maximum(vmax, V::loadu(row + j));
-      for (; j < bm; ++j) smax = std::max(smax, row[j]);
-      rs.tile_rmax[r] = std::max(smax, at::vec::vec_reduce_all<T>(
-                                           [](V& u, V& w) { return at::vec::maximum(u, w); },
-                                           vmax));
-    }
     // Tile max and the smallest finite row/column max decide between one shared exp per
     // entry and separate row- and column-referenced exps.
     T tmax = neg_inf<T>(), lo = pos_inf<T>();

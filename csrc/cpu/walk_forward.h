@@ -5,7 +5,8 @@
 // contiguous range per thread ("part"). Per tile: one single-threaded BLAS call writes the dot
 // products into a thread-local buffer, the epilogue overwrites them with the logits
 // l = scale * h + bias on at::vec::Vectorized lanes, the relation's skipped pairs get the
-// stat's kSkipped value, and the stat folds the tile into the block's row states and the
+// stat's kSkipped value, the stat observes each finished row while it is in L1 (the lse
+// stat: row and column maxima), and then folds the tile into the block's row states and the
 // part's column states. The parts' column states are merged in part order at the end, so a run
 // is bitwise reproducible for a given thread count. Memory: one tile per thread plus
 // O(threads M0) column states.
@@ -60,6 +61,7 @@ void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T*
         // tile[r, c] = <x_{i0+r}, y_{j0+c}>, row-major with leading dimension bm.
         gemm('T', 'N', bm, bn, pb.k, T(1), pb.y + j0 * pb.k, pb.k, pb.x + i0 * pb.k, pb.k, T(0),
              tile.data(), bm);
+        S::begin_tile(rows, bc);
         for (int64_t r = 0; r < bn; ++r) {
           const int64_t i = i0 + r;
           T* row = tile.data() + r * bm;
@@ -72,6 +74,7 @@ void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T*
             const int64_t ns = rel.row_skips(i, j0, bm, skips.data());
             for (int64_t q = 0; q < ns; ++q) row[skips[q]] = S::kSkipped;
           }
+          S::observe_row(rows, row, r, bm, bc);  // while the row is in L1
         }
         S::fold_tile(rows, cs, tile.data(), bn, bm, bc, j0);
       }

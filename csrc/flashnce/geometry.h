@@ -11,7 +11,7 @@
 //                w = 2 sinh^2((rho_i - rho_j)/2) + S_i S_j (1 - p/(n_i n_j)),  w >= kappa S_i S_j
 //   cosine       h = p / (n_i n_j)                               alpha = (n = max(|x|, eps))
 //
-// A clamped entry has exactly zero gradient (strict masks, GEOMETRY.md P5): gradients are chosen
+// A clamped entry has exactly zero gradient (strict masks, docs/NUMERICS.md P5): gradients are chosen
 // with select(), never multiplied by a mask, so an infinite partial never becomes 0 * inf.
 //
 // Everything is templated on the value type T. The header ships MathOps for float and double
@@ -150,7 +150,7 @@ struct Epilogue<kHyperbolic, T> {
   using M = MathOps<T>;
   static constexpr int kR = 3;
   struct State { T h, q, cos, ss, inv_nn, sh; typename M::Mask active; };
-  // a = (n_i, rho_i, S_i), b = (n_j, rho_j, S_j); GEOMETRY.md section 6, form L3.
+  // a = (n_i, rho_i, S_i), b = (n_j, rho_j, S_j); docs/NUMERICS.md section 6, form L3.
   FLASHNCE_HOST_DEVICE static State eval(T p, const RowScalars<T>& a, const RowScalars<T>& b, T k,
                                          T kappa) {
     State st;
@@ -191,7 +191,7 @@ struct Epilogue<kHyperbolic, T> {
   }
 };
 
-// Cosine normalised inside the kernel (GEOMETRY.md section 2): a = (n_i), b = (n_j).
+// Cosine normalised inside the kernel (docs/NUMERICS.md section 2): a = (n_i), b = (n_j).
 // dh/dp = 1/(n_i n_j); dh/dn_i = -h/n_i, summed undivided (-G s h) and divided in finalize.
 template <class T>
 struct Epilogue<kCosine, T> {
