@@ -9,6 +9,8 @@ and upstream gradients, and ``oracle`` the float64 dense statistics and gradient
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from flashnce.backends.base import TileSpec
@@ -110,13 +112,10 @@ def make_problem(kind, case, dtype, shape, device="cpu", seed=0):
     k = 1 / curv.sqrt() if geo.uses_curvature else torch.ones((), dtype=cd)
     theta = torch.stack([torch.tensor(1.7, dtype=cd), k.to(cd), torch.tensor(0.3, dtype=cd)])
     rel = relation_case(case, n, m, g)
-    tspec = TileSpec(kind, "lse", rel, clamp_kappa(dtype))
-    m0 = tspec.cols_both(m)
     g_row = torch.randn(n, generator=g, dtype=torch.float64).to(cd)
-    g_col = torch.randn(m0, generator=g, dtype=torch.float64).to(cd)
+    g_col = torch.randn(rel.m0(m), generator=g, dtype=torch.float64).to(cd)
     dev = lambda t: t.to(device)  # noqa: E731
-    rel = Relation(rel.name, tuple(dev(t) for t in rel.tensors), rel.flags, rel.diag_offset,
-                   rel.cols_both)
+    rel = replace(rel, tensors=tuple(dev(t) for t in rel.tensors))
     tspec = TileSpec(kind, "lse", rel, clamp_kappa(dtype))
     return (dev(x), dev(y), dev(scalars(x)), dev(scalars(y)), dev(theta), tspec,
             dev(g_row), dev(g_col))
@@ -125,9 +124,7 @@ def make_problem(kind, case, dtype, shape, device="cpu", seed=0):
 def oracle(x, y, alpha, beta, theta, tspec, g_row, g_col):
     """float64 stats and gradients of sum(row * g_row) + sum(col * g_col)."""
     ins = [t.detach().cpu().double().requires_grad_() for t in (x, y, alpha, beta, theta)]
-    rel = tspec.relation
-    rel = Relation(rel.name, tuple(t.cpu() for t in rel.tensors), rel.flags, rel.diag_offset,
-                   rel.cols_both)
+    rel = replace(tspec.relation, tensors=tuple(t.cpu() for t in tspec.relation.tensors))
     row, col = dense_tile_stat(*ins, rel, tspec.kind, "lse", 1e-14 if x.dtype == torch.float64
                                else tspec.kappa)
     fin = lambda s: torch.where(torch.isfinite(s), s, 0.0)  # noqa: E731

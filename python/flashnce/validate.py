@@ -13,6 +13,8 @@ import numbers
 
 import torch
 
+from .features import rowwise_dot
+
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -140,9 +142,7 @@ def check_ball(x: torch.Tensor, curvature: torch.Tensor, name: str) -> None:
     accepts can round onto the boundary in fp32, where artanh is infinite and gradients NaN."""
     if _tracing() or x.device.type == "meta":
         return
-    from .features import rowwise_dot  # the prologue's own squared norms (fp32 opmath)
-
-    with torch.no_grad():
+    with torch.no_grad():  # the prologue's own squared norms (fp32 opmath)
         q = rowwise_dot(x.detach(), x.detach())
         radius = curvature.detach().to(q.dtype).sqrt() * q.sqrt()
         worst = float(radius.max())

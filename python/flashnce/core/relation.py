@@ -73,9 +73,14 @@ class Relation:
                         _flags(skip_self, skip_positives), int(diag_offset), cols_both)
 
     # ---- derived -----------------------------------------------------------------------------
+    def m0(self, m: int) -> int:
+        """The columns seen from both sides out of M (all of them when ``cols_both`` is None);
+        the rest are row-only."""
+        return int(m) if self.cols_both is None else self.cols_both
+
     def resolved(self, m: int) -> "Relation":
         """With ``cols_both`` set to a number (all M columns when None)."""
-        return self if self.cols_both is not None else replace(self, cols_both=int(m))
+        return self if self.cols_both is not None else replace(self, cols_both=self.m0(m))
 
     @property
     def skip_self(self) -> bool:
@@ -85,11 +90,6 @@ class Relation:
     def skip_positives(self) -> bool:
         return bool(self.flags & spec.FLAG_SKIP_POSITIVES)
 
-    @property
-    def has_skips(self) -> bool:
-        return self.skip_self or (self.skip_positives and self.name != "none") or (
-            self.name == "csr")
-
     def options(self, kind: str, stat: str, m: int) -> list[int]:
         """The compiled ops' options vector (layout in ``spec``)."""
         opts = [0] * spec.NUM_OPTIONS
@@ -98,7 +98,7 @@ class Relation:
         opts[spec.OPT_RELATION] = spec.relation_id(self.name)
         opts[spec.OPT_FLAGS] = self.flags
         opts[spec.OPT_DIAG_OFFSET] = self.diag_offset
-        opts[spec.OPT_COLS_BOTH] = m if self.cols_both is None else self.cols_both
+        opts[spec.OPT_COLS_BOTH] = self.m0(m)
         return opts
 
 

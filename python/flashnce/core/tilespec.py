@@ -20,4 +20,4 @@ class TileSpec:
 
     def cols_both(self, m: int) -> int:
         """M0: the columns seen from both sides (the rest are row-only)."""
-        return m if self.relation.cols_both is None else self.relation.cols_both
+        return self.relation.m0(m)
