@@ -3,6 +3,8 @@
 //
 // flashnce::tile_fwd -> (row_stat [N], col_stat [M0])
 // flashnce::tile_bwd -> (dx [N, K], dy [M, K], d_alpha [N, r], d_beta [M, r], d_theta [3])
+// flashnce::tile_fwd_grad -> tile_fwd's stats and tile_bwd's gradients for g_row = 1,
+//   g_col = 0, from one walk; only for stats whose G is local to the pair (pair_sum).
 //
 // x [N, K], y [M, K]: fp32, fp64, bf16 or fp16, same dtype, contiguous. alpha [N, r],
 // beta [M, r], theta [3] = (scale, inv_sqrt_c, bias), row_stat, col_stat, g_row, g_col: compute
@@ -24,6 +26,10 @@ TORCH_LIBRARY(flashnce, m) {
       "Tensor[] relation, int[] options, float kappa, Tensor row_stat, Tensor col_stat, "
       "Tensor g_row, Tensor g_col) "
       "-> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta, Tensor d_theta)");
+  m.def(
+      "tile_fwd_grad(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta, "
+      "Tensor[] relation, int[] options, float kappa) -> (Tensor row_stat, Tensor col_stat, "
+      "Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta, Tensor d_theta)");
 }
 
 FLASHNCE_PYTHON_MODULE(_C)

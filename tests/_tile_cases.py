@@ -89,7 +89,7 @@ RELATION_CASES = ("none", "self0", "self+3", "self-2", "self_far", "diagonal_ski
                   "labels_skip", "csr", "csr_self", "row_only", "row_only_self")
 CASE_RELATION = {c: ("none" if c.startswith(("self", "row_only")) else c.split("_")[0])
                  for c in RELATION_CASES}
-def make_problem(kind, case, dtype, shape, device="cpu", seed=0):
+def make_problem(kind, case, dtype, shape, device="cpu", seed=0, stat="lse"):
     n, m, d = shape
     g = torch.Generator().manual_seed(seed)
     geo = GEOMETRIES[KIND_GEOMETRY[kind]]
@@ -116,7 +116,7 @@ def make_problem(kind, case, dtype, shape, device="cpu", seed=0):
     g_col = torch.randn(rel.m0(m), generator=g, dtype=torch.float64).to(cd)
     dev = lambda t: t.to(device)  # noqa: E731
     rel = replace(rel, tensors=tuple(dev(t) for t in rel.tensors))
-    tspec = TileSpec(kind, "lse", rel, clamp_kappa(dtype))
+    tspec = TileSpec(kind, stat, rel, clamp_kappa(dtype))
     return (dev(x), dev(y), dev(scalars(x)), dev(scalars(y)), dev(theta), tspec,
             dev(g_row), dev(g_col))
 
@@ -125,8 +125,8 @@ def oracle(x, y, alpha, beta, theta, tspec, g_row, g_col):
     """float64 stats and gradients of sum(row * g_row) + sum(col * g_col)."""
     ins = [t.detach().cpu().double().requires_grad_() for t in (x, y, alpha, beta, theta)]
     rel = replace(tspec.relation, tensors=tuple(t.cpu() for t in tspec.relation.tensors))
-    row, col = dense_tile_stat(*ins, rel, tspec.kind, "lse", 1e-14 if x.dtype == torch.float64
-                               else tspec.kappa)
+    row, col = dense_tile_stat(*ins, rel, tspec.kind, tspec.stat,
+                               1e-14 if x.dtype == torch.float64 else tspec.kappa)
     fin = lambda s: torch.where(torch.isfinite(s), s, 0.0)  # noqa: E731
     total = (fin(row) * g_row.cpu().double()).sum() + (fin(col) * g_col.cpu().double()).sum()
     grads = torch.autograd.grad(total, ins, allow_unused=True)
@@ -163,6 +163,21 @@ def check_grad(name, got, want, tol):
     scale = max(want.abs().max().item(), 1e-3)
     err = (got - want).abs().max().item()
     assert err <= tol * scale, f"{name}: max-norm relative error {err / scale:.3e} > {tol:.1e}"
+
+
+def check_forward_grad(forward_grad, problem):
+    """forward_grad(x, y, alpha, beta, theta, tspec) -- the one-pass forward of a stat with a
+    local G -- against the oracle's stats and its gradients for g_row = 1, g_col = 0."""
+    x, y, alpha, beta, theta, tspec, g_row, g_col = problem
+    row, col, *grads = forward_grad(x, y, alpha, beta, theta, tspec)
+    want_row, want_col, want_grads = oracle(x, y, alpha, beta, theta, tspec,
+                                            torch.ones_like(g_row), torch.zeros_like(g_col))
+    t_stat, t_grad = TOL[x.dtype]
+    check_stat("row_stat", row, want_row, t_stat)
+    check_stat("col_stat", col, want_col, t_stat)
+    assert grads[0].dtype == x.dtype and grads[1].dtype == x.dtype
+    for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads, want_grads):
+        check_grad(f"one-pass {name}", got, want, t_grad)
 
 
 def check_against_oracle(forward, backward, problem):

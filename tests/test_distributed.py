@@ -1,4 +1,5 @@
-"""flashnce.infonce(group=...) on gloo CPU processes against the single-process float64 oracle.
+"""flashnce.infonce / siglip(group=...) on gloo CPU processes against the single-process
+float64 oracle.
 
 One spawn per world size (2 and 3) runs every case and saves each rank's loss and gradients;
 the tests then compare, under DDP's convention (see ``flashnce.distributed``):
@@ -6,6 +7,7 @@ the tests then compare, under DDP's convention (see ``flashnce.distributed``):
     mean_r loss_r        == L(concatenated batch)
     x_r.grad / W         == dL/dx for rank r's rows   (likewise y)
     mean_r scale.grad_r  == dL/dscale,   mean_r curvature.grad_r == dL/dcurvature
+    (SigLIP also: mean_r bias.grad_r == dL/dbias)
 
 Processes rendezvous through a FileStore in tmp_path, use a 60 s collective timeout, and the
 whole spawn is killed after SPAWN_TIMEOUT_S, so a hang fails instead of blocking CI.
@@ -29,7 +31,7 @@ from _helpers import assert_close, make_features, rel_maxnorm_error
 SPAWN_TIMEOUT_S = 150
 RTOL = 1e-9  # float64 end to end
 DIM = 6
-SCALE0, CURV0 = 3.0, 0.7
+SCALE0, CURV0, BIAS0 = 3.0, 0.7, -1.5
 LAYOUTS = {  # rows per rank
     2: {"even": (5, 5), "uneven": (3, 7)},
     3: {"even": (4, 4, 4), "uneven": (5, 1, 6)},
@@ -57,6 +59,14 @@ CASES = [_case(g, lay, m) for g in GEOMS for lay in ("even", "uneven") for m in 
     _case("lorentz", "uneven", "ring", dtype="float32"),
     _case("lorentz", "uneven", "ring", backend="auto"),  # whichever kernel backend is built
     _case("cosine", "even", "gather", backend="auto"),
+] + [_case(g, lay, m, loss="siglip") for g in ("cosine", "lorentz") for lay in ("even", "uneven")
+     for m in MODES] + [
+    _case("sqeuclidean", "uneven", "gather", loss="siglip", labels=True),
+    _case("cosine", "uneven", "ring", loss="siglip", reduction="none"),
+    _case("lorentz", "uneven", "gather", loss="siglip", reduction="sum"),
+    _case("lorentz", "uneven", "ring", loss="siglip", dtype="float32"),
+    _case("cosine", "uneven", "ring", loss="siglip", backend="auto"),
+    _case("cosine", "uneven", "gather", loss="siglip", backend="auto"),
 ]
 FP32_RTOL = 1e-4  # fp32 kernels vs the float64 oracle on the same (fp32-rounded) inputs
 
@@ -69,21 +79,34 @@ def _global_inputs(case, sizes):
     targets = None
     if case["targets"]:
         targets = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    if case.get("labels"):  # siglip: class labels shared by x_i and y_i, few classes
+        targets = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(4))
     return x, y, targets
+
+
+def _siglip(case) -> bool:
+    return case.get("loss") == "siglip"
 
 
 def _params(case):
     scale = torch.tensor(SCALE0, dtype=torch.float64, requires_grad=True)
     curv = torch.tensor(CURV0, dtype=torch.float64, requires_grad=True)
+    if _siglip(case):
+        return scale, curv, torch.tensor(BIAS0, dtype=torch.float64, requires_grad=True)
     return scale, curv
 
 
-def _oracle(x, y, params, **kw):
-    """Single-process float64 reference loss and its gradients w.r.t. x, y, *params."""
+def _oracle(x, y, params, *, bias=None, **kw):
+    """Single-process float64 reference loss and its gradients w.r.t. x, y, *params (and the
+    bias, last, for SigLIP)."""
     x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
     for name, p in zip(("scale", "curvature"), params):
         kw[name] = p
-    loss = flashnce.reference_infonce(x, y, **kw)
+    if bias is not None:
+        loss = flashnce.reference_siglip(x, y, bias=bias, **kw)
+        params = (*params, bias)
+    else:
+        loss = flashnce.reference_infonce(x, y, **kw)
     total = loss.mean() if loss.dim() else loss  # reduction="none": gradients of the mean
     return loss.detach(), torch.autograd.grad(total, [x, y, *params])
 
@@ -105,21 +128,26 @@ def _run_case(case, world, rank, group):
     dtype = getattr(torch, case.get("dtype", "float64"))
     x = x_all[rows].to(dtype).requires_grad_()
     y = y_all[rows].to(dtype).requires_grad_()
-    scale, curv = (p.detach().to(dtype).requires_grad_() for p in _params(case))
+    scale, curv, *bias = (p.detach().to(dtype).requires_grad_() for p in _params(case))
     kwargs = {}
     if not case["symmetric"]:
         kwargs["symmetric"] = False
         if t_all is not None:
             kwargs["targets"] = t_all[rows]
-    loss = flashnce.infonce(
-        x, y, geometry=case["geometry"], scale=scale, curvature=curv, reduction=case["reduction"],
-        backend=case.get("backend", "torch"), group=group, group_mode=case["mode"], **kwargs)
+    common = dict(geometry=case["geometry"], scale=scale, curvature=curv,
+                  reduction=case["reduction"], backend=case.get("backend", "torch"),
+                  group=group, group_mode=case["mode"])
+    if _siglip(case):
+        labels = None if t_all is None else t_all[rows]
+        loss = flashnce.siglip(x, y, bias=bias[0], labels=labels, **common)
+    else:
+        loss = flashnce.infonce(x, y, **common, **kwargs)
     if case["reduction"] == "none":  # per-row losses: reduce them as "mean" would
         (loss.sum() * world / sum(sizes)).backward()
     else:
         loss.backward()
     return dict(loss=loss.detach(), x_grad=x.grad, y_grad=y.grad, scale_grad=scale.grad,
-                curv_grad=curv.grad)
+                curv_grad=curv.grad, bias_grad=bias[0].grad if bias else None)
 
 
 def _expect_error(fn):
@@ -332,14 +360,17 @@ def test_matches_single_process(spawned, case):
     res = _get(per_rank, case["name"])
     sizes = LAYOUTS[world][case["layout"]]
     x, y, targets = _global_inputs(case, sizes)
-    rtol, scale, curv = RTOL, *_params(case)
+    rtol, (scale, curv, *bias) = RTOL, _params(case)
     if case.get("dtype") == "float32":  # oracle on the rounded inputs and parameters
         x, y = x.float().double(), y.float().double()
         rtol = FP32_RTOL
-        scale, curv = (p.detach().float().double().requires_grad_() for p in (scale, curv))
+        scale, curv, *bias = (p.detach().float().double().requires_grad_()
+                              for p in (scale, curv, *bias))
     params = (scale, curv) if _hyperbolic(case) else (scale,)
     kw = dict(geometry=case["geometry"], reduction=case["reduction"])
-    if not case["symmetric"]:
+    if bias:
+        kw.update(bias=bias[0], labels=targets)
+    elif not case["symmetric"]:
         kw.update(symmetric=False, targets=targets)
     if not _hyperbolic(case):
         kw["curvature"] = CURV0
@@ -359,6 +390,9 @@ def test_matches_single_process(spawned, case):
                      "mean_r curvature.grad")
     else:
         assert all(r["curv_grad"] is None for r in res)
+    if bias:
+        assert_close(torch.stack([r["bias_grad"] for r in res]).mean(), grads[-1], rtol,
+                     "mean_r bias.grad")
 
 
 def test_equal_batches_local_loss_is_open_clip_local_mean(spawned):

@@ -111,8 +111,11 @@ def test_spec_header_matches_python():
         return {m.group(1): int(m.group(2))
                 for m in re.finditer(rf"\b{prefix}(\w+) = (\d+)", text)}
 
+    def snake(camel):
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
+
     stats = enum_values("kStat")
-    assert [name.lower() for name, _ in sorted(stats.items(), key=lambda kv: kv[1])] == list(
+    assert [snake(name) for name, _ in sorted(stats.items(), key=lambda kv: kv[1])] == list(
         spec.STATS)
     rels = enum_values("kRel")
     assert [name.lower() for name, _ in sorted(rels.items(), key=lambda kv: kv[1])] == list(

@@ -2,12 +2,13 @@
 
 For each backend that can run here (``flashnce.dispatch.BACKENDS``: torch, cpu, triton under
 the interpreter, cuda on a GPU; reference is the oracle itself and is left out), every
-(kind, relation case, dtype, shape) the backend declares is compared with the float64 oracle
+(stat, kind, relation case, dtype, shape) the backend declares is compared with the float64 oracle
 ``flashnce.backends.dense.dense_tile_stat``: both statistics and every gradient
 (dX, dY, d_alpha, d_beta, d_theta) of a random upstream (g_row, g_col). Relation cases cover
 none, self skips with offsets, the diagonal / targets / labels / csr relations with and without
 skipping their positives, row-only columns, and a fully skipped row and column (-inf stat,
-zero gradient, no NaN).
+zero gradient, no NaN). Stats with a local G (``pair_sum``) also check the one-pass
+``forward_grad_raw`` against the oracle's gradients for g_row = 1, g_col = 0.
 
 Backends are called through ``forward_raw`` / ``backward_raw``: the op pair itself, not
 autograd (that is tested in test_op_registration.py). The Triton interpreter is slow, so it runs
@@ -23,7 +24,8 @@ import torch
 from flashnce import dispatch
 from flashnce.core import spec
 
-from _tile_cases import CASE_RELATION, RELATION_CASES, check_against_oracle, make_problem
+from _tile_cases import (CASE_RELATION, RELATION_CASES, check_against_oracle, check_forward_grad,
+                         make_problem)
 
 SHAPES = ((1, 5, 3), (17, 23, 4), (70, 33, 48))
 BIG_SHAPES = ((300, 700, 16), (600, 530, 8))  # cross the cpu (256 x 512), torch (512) tiles
@@ -31,7 +33,14 @@ DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 def _budget(backend):
-    """(kind, case, dtype, shape) tuples this backend runs, from its declared capabilities."""
+    """(stat, kind, case, dtype, shape) tuples this backend runs, from its declared
+    capabilities: every stat it declares gets the same product."""
+    return [(stat, *entry) for stat in spec.STATS if stat in backend.stats
+            for entry in _budget_per_stat(backend)]
+
+
+def _budget_per_stat(backend):
+    """(kind, case, dtype, shape) tuples of one stat."""
     kinds = [k for k in spec.KINDS if k in backend.kinds]
     cases = [c for c in RELATION_CASES if CASE_RELATION[c] in backend.relations]
     dtypes = [d for d in DTYPES if d in backend.dtypes]
@@ -78,20 +87,23 @@ for _name, _backend, _why in _available():
         PARAMS.append(pytest.param(_name, None, marks=pytest.mark.skip(
             reason=f"backend {_name!r} unavailable: {_why}"), id=f"{_name}-unavailable"))
         continue
-    for _k, _c, _d, _s in _budget(_backend):
-        PARAMS.append(pytest.param(_name, (_k, _c, _d, _s),
-                                   id=f"{_name}-{_k}-{_c}-{str(_d)[6:]}-{_s[0]}x{_s[1]}x{_s[2]}"))
+    for _st, _k, _c, _d, _s in _budget(_backend):
+        PARAMS.append(pytest.param(
+            _name, (_st, _k, _c, _d, _s),
+            id=f"{_name}-{_st}-{_k}-{_c}-{str(_d)[6:]}-{_s[0]}x{_s[1]}x{_s[2]}"))
 
 
 @pytest.mark.parametrize("backend_name, case", PARAMS)
 def test_matches_dense_oracle(backend_name, case):
-    kind, rel_case, dtype, shape = case
+    stat, kind, rel_case, dtype, shape = case
     backend = dispatch.BACKENDS[backend_name]
     device = "cuda" if backend_name == "cuda" else "cpu"
-    problem = make_problem(kind, rel_case, dtype, shape, device=device)
+    problem = make_problem(kind, rel_case, dtype, shape, device=device, stat=stat)
     x, y, *_ = problem
     assert backend.not_supported_reasons(x, y, problem[5]) == []
     check_against_oracle(backend.forward_raw, backend.backward_raw, problem)
+    if spec.STAT_INFO[stat]["local_grad"]:
+        check_forward_grad(backend.forward_grad_raw, problem)
 
 
 def test_matrix_covers_every_declared_capability():
@@ -100,5 +112,6 @@ def test_matrix_covers_every_declared_capability():
         if why is not None:
             continue
         budget = _budget(backend)
-        assert {k for k, *_ in budget} == set(backend.kinds), name
-        assert {CASE_RELATION[c] for _, c, *_ in budget} == set(backend.relations), name
+        assert {st for st, *_ in budget} == set(backend.stats), name
+        assert {k for _, k, *_ in budget} == set(backend.kinds), name
+        assert {CASE_RELATION[c] for _, _, c, *_ in budget} == set(backend.relations), name

@@ -21,8 +21,10 @@
 
 namespace flashnce {
 
-enum Stat : int { kStatLse = 0 };
-constexpr int kNumStats = 1;
+// lse: row / column log-sum-exp; pair_sum: row / column sums of softplus(-z l) (z = +1 for
+// positives, -1 for negatives), G local to the pair (tile_fwd_grad).
+enum Stat : int { kStatLse = 0, kStatPairSum = 1 };
+constexpr int kNumStats = 2;
 
 enum Relation : int {
   kRelNone = 0,

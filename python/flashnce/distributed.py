@@ -1,4 +1,4 @@
-"""InfoNCE across ranks on torch.distributed, with exact gradients.
+"""InfoNCE and SigLIP across ranks on torch.distributed, with exact gradients.
 
 Each rank passes its local rows ``x_r [n_r, d]``, ``y_r [n_r, d]``; the global batch is their
 concatenation in rank order (N = sum n_r). Rank r computes open_clip's "local loss": its rows
@@ -42,6 +42,15 @@ Modes (``group_mode``), with n = n_r, N = global batch, d = feature dim, W = wor
   that backward (blocks travel in the compute dtype: fp32 for bf16 / fp16 inputs); compute
   n N d forward, 2 n N d backward. Steps are synchronous (no compute / communication overlap).
 
+SigLIP (``flashnce.siglip(..., group=)``) follows the same convention: rank r returns
+(W / N) * sum over its rows of sum_j -log sigmoid(z_ij l_ij) against all N columns. Its
+statistic (``pair_sum``) has no column term, so only the columns travel: ``"gather"``
+all-gathers y (and its labels) with autograd and runs the one-pass walk (gradients in the
+forward) on local rows x all columns; ``"ring"`` passes the column blocks as above (forward
+sums, backward with the blocks' gradient accumulators travelling home), memory O(n d) at any
+world size. Labels with ``"ring"`` are not supported yet (they would have to travel with the
+blocks): use ``"gather"``.
+
 Uneven local batches are supported: a small handshake (one all-gather of a few integers per
 rank, one host sync) exchanges sizes, dims, dtypes and whether each rank's inputs passed
 validation. If any rank's inputs are invalid, or ranks disagree on the dim, the dtype or which
@@ -60,10 +69,11 @@ import torch.distributed as dist
 from dataclasses import replace
 
 from . import dispatch
-from .core.problem import TileProblem, per_row_losses
+from .core.problem import TileProblem, pair_sum_loss, per_row_losses
 from .core.relation import Relation
 from .core.stats import get_stat
-from .validate import REDUCTIONS, SUPPORTED_DTYPES, check_choice, check_features
+from .validate import (REDUCTIONS, SUPPORTED_DTYPES, check_choice, check_features,
+                       check_labels)
 
 GROUP_MODES = ("gather", "ring")
 
@@ -306,7 +316,8 @@ def _grad_mask(x, y, prob) -> int:
     """Which inputs need gradients (and whether autograd is on): the backward collectives
     run only if this agrees across ranks."""
     flags = (torch.is_grad_enabled(), x.requires_grad, y.requires_grad,
-             prob.scale.requires_grad, prob.geo.uses_curvature and prob.curvature.requires_grad)
+             prob.scale.requires_grad, prob.geo.uses_curvature and prob.curvature.requires_grad,
+             prob.bias.requires_grad)
     return sum(int(bool(f)) << k for k, f in enumerate(flags))
 
 
@@ -340,10 +351,10 @@ def _handshake(group, x, y, targets, error, grad_mask):
             + ", ".join(f"{row[3]}/{SUPPORTED_DTYPES[row[4]]}" for row in rows))
     if len({row[7] for row in rows}) > 1:
         raise ValueError(
-            "ranks disagree on which inputs require grad (x, y, scale, curvature) or on "
+            "ranks disagree on which inputs require grad (x, y, scale, curvature, bias) or on "
             "torch.is_grad_enabled(); the backward collectives would hang. Per-rank bit masks "
-            "(grad_enabled, x, y, scale, curvature): " + ", ".join(
-                format(row[7], "05b")[::-1] for row in rows))
+            "(grad_enabled, x, y, scale, curvature, bias): " + ", ".join(
+                format(row[7], "06b")[::-1] for row in rows))
     comm = Comm(group, rank, world, tuple(row[1] for row in rows))
     m_total = sum(row[2] for row in rows)
     for q, row in enumerate(rows):
@@ -433,3 +444,57 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
     # mean over ranks of the returned losses = the global loss (DDP averages gradients).
     factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
     return per_row.sum() * factor
+
+
+# --------------------------------------------------------------------------------------------
+# The distributed SigLIP.
+# --------------------------------------------------------------------------------------------
+
+
+def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels, curvature,
+                       on_manifold, reduction, backend):
+    """``flashnce.siglip(..., group=...)``; see the module docstring for the convention."""
+    check_group(group)
+    error, prob, impl, grad_mask, relation = None, None, None, 0, Relation.diagonal()
+    try:
+        dispatch.check_backend_name(backend)
+        check_choice(reduction, "reduction", REDUCTIONS)
+        check_choice(group_mode, "group_mode", GROUP_MODES)
+        check_features(x, y)
+        labels = check_labels(labels, x.shape[0], y.shape[0], x.device)
+        if labels is None and x.shape[0] != y.shape[0]:
+            raise ValueError(f"SigLIP's positives (x_i, y_i) need as many x rows as y rows on "
+                             f"each rank, got {x.shape[0]} and {y.shape[0]}")
+        if labels is not None and group_mode == "ring":
+            raise ValueError("labels with group= need group_mode='gather' (labels do not "
+                             "travel around the ring yet)")
+        prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, bias=bias,
+                           features_checked=True)
+        if labels is not None:
+            relation = Relation.labels(*labels)
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op,
+                                       prob.tspec(relation, "pair_sum"))
+        grad_mask = _grad_mask(x, y, prob)
+    except Exception as exc:  # re-raised on this rank after the handshake: no hang
+        error = exc
+    comm, y_sizes = _handshake(group, x, y, None, error, grad_mask)
+    # mean over ranks of the returned losses = the global loss (N = global rows).
+    factor = float(comm.world)
+    if group_mode == "ring":
+        row, _ = _RingStat.apply(
+            prob.x_op.contiguous(), prob.y_op.contiguous(), prob.x_scalars.contiguous(),
+            prob.y_scalars.contiguous(), prob.theta, prob.tspec(relation, "pair_sum"), impl,
+            comm)
+        if reduction == "none":
+            return row
+        return row.sum() * (factor / comm.total if reduction == "mean" else factor)
+    y_comm = Comm(group, comm.rank, comm.world, y_sizes)
+    y_all = all_gather_with_grad(prob.y_op, y_comm)
+    b_all = all_gather_with_grad(prob.y_scalars, y_comm)
+    if labels is None:  # local rows start at global row comm.offset, the columns at 0
+        tspec = _shifted(prob.tspec(relation, "pair_sum"), comm.offset, 0)
+    else:
+        tspec = prob.tspec(Relation.labels(labels[0], gather_rows(labels[1], y_comm)),
+                           "pair_sum")
+    return pair_sum_loss(impl, prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec,
+                         reduction, rows=comm.total, factor=factor)

@@ -1,7 +1,8 @@
 """Public losses on the tile walk: argument checks and O(N d) PyTorch around one statistic.
 
 ``pairwise_lse`` is the ``lse`` statistic itself; ``infonce`` is lse (relation none: its
-positives are added in O(N) from the same epilogue spec) plus the positive logits.
+positives are added in O(N) from the same epilogue spec) plus the positive logits;
+``siglip`` is the ``pair_sum`` statistic with the diagonal (or label) relation.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import functools
 import torch
 
 from . import dispatch
-from .core.problem import TileProblem, per_row_losses, reduce_losses
+from .core.problem import TileProblem, pair_sum_loss, per_row_losses, reduce_losses
 from .core.relation import Relation
-from .distributed import GROUP_MODES, distributed_infonce
+from .distributed import GROUP_MODES, distributed_infonce, distributed_siglip
 from .validate import (REDUCTIONS, align_autocast_dtypes, check_choice, check_features,
-                       check_targets)
+                       check_labels, check_targets)
 
 
 def _autocast_off(fn):
@@ -121,6 +122,66 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
     row_lse, col_lse = prob.stat(impl)
     per_row = per_row_losses(row_lse, col_lse, prob.positive_logits(), symmetric)
     return reduce_losses(per_row, reduction)
+
+
+_REQUIRED = object()
+
+
+@_autocast_off
+def siglip(x, y, *, geometry="cosine", scale=_REQUIRED, bias=_REQUIRED, labels=None,
+           curvature=1.0, on_manifold=False, reduction="mean", backend="auto", group=None,
+           group_mode="gather"):
+    """SigLIP (sigmoid) loss over pairwise logits in any geometry, memory O((N + M) d).
+
+    l_ij = scale * h(x_i, y_j) + bias (h: the geometry's similarity, e.g. the cosine, or
+    minus a distance), z_ij = +1 for positives and -1 otherwise,
+
+        L = 1/N sum_i sum_j -log sigmoid(z_ij l_ij)      ("mean": over the N rows, as in
+                                                          open_clip and big_vision)
+
+    Positives: (x_i, y_i) (needs N == M), or with ``labels`` every pair with equal labels
+    (multi-positive SigLIP): one integer tensor [N] for both sides, or (x_labels [N],
+    y_labels [M]).
+
+    Args:
+        scale, bias: the logit scale t = exp(t') and bias b (floats or 1-element tensors; a
+            tensor requiring grad gets one). The paper's initialisation is t = 10, b = -10
+            (``flashnce.nn.SigLipLoss`` holds them as parameters).
+        reduction: "mean" (sum / N), "sum", or "none" (per-row sums [N]).
+        geometry, curvature, on_manifold, backend, group, group_mode: as for ``infonce``.
+            With ``group=``, each rank passes its local rows; the DDP convention of
+            ``flashnce.distributed`` holds (mean over ranks of the returned losses = the
+            loss on the concatenated batch, with N the global batch).
+
+    Gradients: with "mean" / "sum", the forward walk also computes every gradient (G depends
+    on the pair alone), the backward only scales them: 3 GEMM-equivalents in one pass. Under
+    ``torch.no_grad()`` or with "none", the forward is one GEMM per tile and the backward
+    recomputes the tiles. Returns fp32 (float64 for float64 inputs).
+    """
+    if scale is _REQUIRED or bias is _REQUIRED:
+        raise TypeError("siglip() needs scale= and bias= (the paper initialises them to "
+                        "scale = 10, bias = -10; flashnce.nn.SigLipLoss learns them)")
+    check_choice(group_mode, "group_mode", GROUP_MODES)
+    if group is not None:
+        return distributed_siglip(
+            x, y, group=group, group_mode=group_mode, geometry=geometry, scale=scale,
+            bias=bias, labels=labels, curvature=curvature, on_manifold=on_manifold,
+            reduction=reduction, backend=backend)
+    dispatch.check_backend_name(backend)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    check_features(x, y)
+    n, m = x.shape[0], y.shape[0]
+    labels = check_labels(labels, n, m, x.device)
+    if labels is None and n != m:
+        raise ValueError(f"SigLIP's positives (x_i, y_i) need as many x rows as y rows, got "
+                         f"{n} and {m} (pass labels= for other positives)")
+    prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, bias=bias,
+                       features_checked=True)
+    relation = Relation.diagonal() if labels is None else Relation.labels(*labels)
+    tspec = prob.tspec(relation, "pair_sum")
+    impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+    return pair_sum_loss(impl, prob.x_op, prob.y_op, prob.x_scalars, prob.y_scalars,
+                         prob.theta, tspec, reduction, rows=n)
 
 
 def explain_backends(x, y, *, geometry="cosine") -> dict[str, list[str]]:

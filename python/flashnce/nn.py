@@ -1,9 +1,12 @@
-"""nn.Modules over ``flashnce.infonce``: learnable scale / curvature, and an open_clip drop-in.
+"""nn.Modules over ``flashnce.infonce`` and ``flashnce.siglip``: learnable scale / curvature
+(/ bias), and open_clip drop-ins.
 
 * ``ContrastiveLoss``: symmetric InfoNCE in any geometry holding its own learnable logit scale
   and curvature, stored and clamped as docs/NUMERICS.md recommends (sections 3, 6, 10).
-* ``ClipLoss``: open_clip's ``ClipLoss`` constructor and forward signature (the model owns
-  ``logit_scale``), so switching is one import.
+* ``SigmoidContrastiveLoss``: SigLIP in any geometry with its own scale, bias and curvature
+  (the paper's initialisation t' = ln 10, b = -10; open_clip's clamp t <= 100).
+* ``ClipLoss`` / ``SigLipLoss``: open_clip's constructor and forward signatures (the model
+  owns ``logit_scale`` / ``logit_bias``), so switching is one import.
 
 Both take ``group=`` (a torch.distributed ProcessGroup) for multi-process training; the
 gradient convention is DDP's, documented in ``flashnce.distributed``.
@@ -21,10 +24,10 @@ from torch import nn
 from . import dispatch
 from .distributed import GROUP_MODES
 from .geometry import get_geometry
-from .losses import infonce
+from .losses import infonce, siglip
 from .validate import check_choice
 
-__all__ = ["ContrastiveLoss", "ClipLoss"]
+__all__ = ["ContrastiveLoss", "ClipLoss", "SigLipLoss", "SigmoidContrastiveLoss"]
 
 
 def _positive_float(v, name):
@@ -193,4 +196,84 @@ class ClipLoss(nn.Module):
                        group_mode=self.group_mode)
         if isinstance(logit_bias, torch.Tensor) and logit_bias.requires_grad:
             loss = loss + 0.0 * logit_bias.sum()  # no effect on InfoNCE; exact zero gradient
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class SigmoidContrastiveLoss(ContrastiveLoss):
+    """SigLIP in any geometry, with its own learnable logit scale, bias and curvature.
+
+    l_ij = s h(x_i, y_j) + b, L = 1/N sum_ij -log sigmoid(z_ij l_ij) (``flashnce.siglip``).
+    Parameters as ``ContrastiveLoss`` (log_scale, log_curvature, clamped the same way) plus
+    ``bias`` (an ``nn.Parameter`` if ``learn_bias`` else a buffer). Defaults are the paper's:
+    s = exp(ln 10) = 10, b = -10, and open_clip's clamp s <= 100.
+
+    forward(image_features [N, d], text_features [N, d], labels=None, output_dict=False) ->
+    loss (or ``{"contrastive_loss": loss}``); ``labels`` as in ``flashnce.siglip``.
+    """
+
+    def __init__(self, geometry="cosine", scale_init=10.0, bias_init=-10.0, learn_scale=True,
+                 learn_bias=True, max_scale=100.0, curvature_init=1.0, learn_curvature=True,
+                 curvature_range=(0.1, 10.0), group=None, *, on_manifold=False, backend="auto",
+                 group_mode="gather"):
+        super().__init__(geometry, scale_init, learn_scale, max_scale, curvature_init,
+                         learn_curvature, curvature_range, group, on_manifold=on_manifold,
+                         backend=backend, group_mode=group_mode)
+        if isinstance(bias_init, bool) or not isinstance(bias_init, (int, float)) or not (
+                math.isfinite(bias_init)):
+            raise ValueError(f"bias_init must be a finite number, got {bias_init!r}")
+        b = torch.tensor(float(bias_init))
+        if learn_bias:
+            self.bias = nn.Parameter(b)
+        else:
+            self.register_buffer("bias", b)
+
+    def forward(self, image_features, text_features, labels=None, output_dict=False):
+        self.clamp_parameters()
+        loss = siglip(
+            image_features, text_features, geometry=self.geometry, scale=self.scale,
+            bias=self.bias, labels=labels,
+            curvature=self.curvature if self._uses_curvature else 1.0,
+            on_manifold=self.on_manifold, backend=self.backend, group=self.group,
+            group_mode=self.group_mode)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bias={float(self.bias.detach()):.4g}"
+
+
+# open_clip's SigLipLoss exchange implementations -> flashnce group modes (same math; the ring
+# keeps per-rank memory O(n d) at any world size, as the neighbour exchanges intend to).
+_SIGLIP_DIST_IMPLS = {"bidir": "ring", "shift": "ring", "reduce": "gather", "gather": "gather"}
+
+
+class SigLipLoss(ClipLoss):
+    """Drop-in for open_clip's ``SigLipLoss``: same constructor and forward, memory-linear.
+
+    forward(image_features, text_features, logit_scale, logit_bias, output_dict=False):
+    logits ``logit_scale * image @ text.T + logit_bias`` exactly as open_clip computes them
+    (the ``dot`` geometry on the model's normalised embeddings; no second normalisation),
+    loss = -sum log sigmoid(z l) / N_local with z = +1 on the diagonal.
+
+    Distributed (``world_size > 1`` with torch.distributed initialised, or ``group=``): the
+    returned loss is open_clip's per-rank loss (its rows against every rank's texts, divided
+    by the local batch), and DDP-averaged gradients equal the single-process ones.
+    ``dist_impl`` "bidir" / "shift" (open_clip's neighbour exchanges) run flashnce's ring,
+    "reduce" / "gather" its all-gather; ``group_mode=`` overrides. ``cache_labels`` is
+    accepted and unused (no label matrix exists).
+    """
+
+    def __init__(self, cache_labels=False, rank=0, world_size=1, dist_impl=None, *, group=None,
+                 group_mode=None, backend="auto"):
+        dist_impl = dist_impl or "bidir"
+        check_choice(dist_impl, "dist_impl", tuple(_SIGLIP_DIST_IMPLS))
+        super().__init__(True, True, cache_labels, rank, world_size, group=group,
+                         group_mode=group_mode or _SIGLIP_DIST_IMPLS[dist_impl],
+                         backend=backend)
+        self.dist_impl = dist_impl
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias,
+                output_dict=False):
+        loss = siglip(image_features, text_features, geometry="dot", scale=logit_scale,
+                      bias=0.0 if logit_bias is None else logit_bias, backend=self.backend,
+                      group=self._process_group(), group_mode=self.group_mode)
         return {"contrastive_loss": loss} if output_dict else loss

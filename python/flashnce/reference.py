@@ -105,3 +105,23 @@ def reference_infonce(
     if reduction == "sum":
         return per_row.sum()
     return per_row
+
+
+def reference_siglip(x, y, *, scale, bias, labels=None, reduction="mean", **geometry_kwargs):
+    """SigLIP via ``F.logsigmoid`` on the materialised logits (see ``flashnce.siglip``):
+    l = scale * h + bias, z = +1 on positives (the diagonal, or equal labels), -1 elsewhere;
+    per row sum_j -log sigmoid(z_ij l_ij)."""
+    logits = reference_logits(x, y, scale=scale, **geometry_kwargs) + bias
+    n, m = logits.shape
+    if labels is None:
+        positive = torch.eye(n, m, dtype=torch.bool, device=logits.device)
+    else:
+        a, b = labels if isinstance(labels, (tuple, list)) else (labels, labels)
+        positive = a[:, None] == b[None, :]
+    z = positive.to(logits.dtype) * 2 - 1
+    per_row = -F.logsigmoid(z * logits).sum(1)
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row

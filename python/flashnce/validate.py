@@ -180,3 +180,35 @@ def check_targets(targets, n: int, m: int, device):
         if lo < 0 or hi >= m:
             raise ValueError(f"targets must be column indices in [0, {m}), got range [{lo}, {hi}]")
     return targets
+
+
+def _label_tensor(t, name: str, n: int, device) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be an integer tensor, got {type(t).__name__}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must have an integer dtype (e.g. int64), got {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} are on {t.device} but the features are on {device}")
+    return t.to(torch.int64).contiguous()
+
+
+def check_labels(labels, n: int, m: int, device):
+    """Class labels of both sides for label relations (pairs with equal labels are positives):
+    None, one integer tensor [N] for both sides (needs N == M), or a pair (x_labels [N],
+    y_labels [M]). Returns None or (int64 [N], int64 [M]) -- new tensors or the caller's,
+    never modified."""
+    if labels is None:
+        return None
+    if isinstance(labels, (tuple, list)):
+        if len(labels) != 2:
+            raise ValueError(f"labels must be one tensor or a pair (x_labels, y_labels), got "
+                             f"a sequence of {len(labels)}")
+        return (_label_tensor(labels[0], "x_labels", n, device),
+                _label_tensor(labels[1], "y_labels", m, device))
+    if n != m:
+        raise ValueError(f"one labels tensor serves both sides only when N == M (got N={n}, "
+                         f"M={m}); pass (x_labels, y_labels)")
+    t = _label_tensor(labels, "labels", n, device)
+    return t, t

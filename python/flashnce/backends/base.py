@@ -7,6 +7,9 @@ semantics -- is defined once in ``flashnce.core.spec``. A backend never holds an
     forward_raw(x, y, alpha, beta, theta, tspec)            -> (row_stat [N], col_stat [M0])
     backward_raw(x, y, alpha, beta, theta, tspec,
                  row_stat, col_stat, g_row, g_col)          -> (dX, dY, d_alpha, d_beta, d_theta)
+    forward_grad_raw(x, y, alpha, beta, theta, tspec)       -> forward_raw's stats + backward_raw's
+                                                               gradients for g_row = 1, g_col = 0
+                                                               (stats with a local G only)
 
 Inputs are validated and contiguous: X [N, K], Y [M, K] (fp32 / fp64 / bf16 / fp16, same
 dtype), alpha [N, r], beta [M, r], theta [3] = (scale, 1/sqrt(c), bias) in the compute dtype.
@@ -16,6 +19,10 @@ adds the norm and positive-pair terms into them in place).
 ``tile_stat`` is the differentiable entry point: op-based backends call their op (whose
 autograd is registered once for all compiled ops in ``flashnce.core.library``); Python
 backends go through the one autograd Function ``flashnce.core.autograd.TileStat``.
+``row_sum`` is the one-pass differentiable sum_i row_stat[i] of a stat with a local G
+(``flashnce.core.autograd.row_sum_function``, for every backend). ``forward_grad_raw``
+defaults to ``forward_raw`` then ``backward_raw`` (two walks); backends with a one-pass walk
+override it.
 
 Capabilities (devices, dtypes, kinds, stats, relations) are data: ``not_supported_reasons``
 is derived from them plus ``unavailable()`` (resolved once, at import, by ``dispatch``) and
@@ -28,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..core import spec
-from ..core.autograd import tile_stat_function
+from ..core.autograd import row_sum_function, tile_stat_function
 from ..core.tilespec import TileSpec
 from ..validate import functorch_transform
 
@@ -95,9 +102,19 @@ class Backend:
                      g_row, g_col):
         raise NotImplementedError
 
+    def forward_grad_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        row, col = self.forward_raw(x, y, alpha, beta, theta, tspec)
+        grads = self.backward_raw(x, y, alpha, beta, theta, tspec, row, col,
+                                  torch.ones_like(row), torch.zeros_like(col))
+        return (row, col, *grads)
+
     def tile_stat(self, x, y, alpha, beta, theta, tspec: TileSpec):
         """Differentiable (row_stat, col_stat) in x, y, alpha, beta and theta."""
         return tile_stat_function(self, x, y, alpha, beta, theta, tspec)
+
+    def row_sum(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        """Differentiable sum_i row_stat[i] from one walk (stats with a local G)."""
+        return row_sum_function(self, x, y, alpha, beta, theta, tspec)
 
 
 class OpBackend(Backend):
@@ -109,6 +126,7 @@ class OpBackend(Backend):
 
     fwd_op_name = "?"
     bwd_op_name = "?"
+    fwd_grad_op_name: str | None = None  # one-pass forward + gradients, if the backend has it
 
     def _ops(self):
         namespace = torch.ops.flashnce
@@ -124,6 +142,13 @@ class OpBackend(Backend):
         _, bwd = self._ops()
         return bwd(x, y, alpha, beta, theta, list(tspec.relation.tensors),
                    tspec.options(y.shape[0]), tspec.kappa, row_stat, col_stat, g_row, g_col)
+
+    def forward_grad_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        if self.fwd_grad_op_name is None:
+            return super().forward_grad_raw(x, y, alpha, beta, theta, tspec)
+        op = getattr(torch.ops.flashnce, self.fwd_grad_op_name)
+        return op(x, y, alpha, beta, theta, list(tspec.relation.tensors),
+                  tspec.options(y.shape[0]), tspec.kappa)
 
     def tile_stat(self, x, y, alpha, beta, theta, tspec: TileSpec):
         return self.forward_raw(x, y, alpha, beta, theta, tspec)

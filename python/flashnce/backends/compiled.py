@@ -23,8 +23,9 @@ class CompiledOpBackend(OpBackend):
     fwd_op_name = "tile_fwd"
     bwd_op_name = "tile_bwd"
 
-    def __init__(self, name: str, device: str, why, max_rows: int, size_note: str):
-        self.name, self.devices = name, (device,)
+    def __init__(self, name: str, device: str, why, max_rows: int, size_note: str,
+                 stats: tuple):
+        self.name, self.devices, self.stats = name, (device,), stats
         self._why, self._max_rows, self._size_note = why, max_rows, size_note
 
     def unavailable(self):
@@ -37,6 +38,6 @@ class CompiledOpBackend(OpBackend):
 
 
 CPU = CompiledOpBackend("cpu", "cpu", _extension.why_unavailable, 2**31,
-                        "dimensions must be below 2**31 (BLAS int32 sizes)")
+                        "dimensions must be below 2**31 (BLAS int32 sizes)", ("lse",))
 CUDA = CompiledOpBackend("cuda", "cuda", _extension.why_cuda_unavailable, 2**35,
-                         "2**35 rows or more do not fit the CUDA grid")
+                         "2**35 rows or more do not fit the CUDA grid", ("lse",))

@@ -13,6 +13,7 @@ import torch
 
 from ..core import spec
 from ..core.relation import Relation, dense_roles
+from ..core.stats import PairSumStat
 from ..geometry import tile_logits
 from .base import Backend, TileSpec
 
@@ -27,13 +28,17 @@ def dense_logits(x, y, alpha, beta, theta, kind: str, kappa: float):
 
 def dense_tile_stat(x, y, alpha, beta, theta, relation: Relation, kind: str, stat: str,
                     kappa: float):
-    if stat != "lse":
+    if stat not in spec.STATS:
         raise ValueError(f"unknown statistic {stat!r}")
     n, m = x.shape[0], y.shape[0]
     rel = relation.resolved(m)
     logits = dense_logits(x, y, alpha, beta, theta, kind, kappa)
-    skip = dense_roles(rel, n, m, x.device) == spec.ROLE_SKIP
+    roles = dense_roles(rel, n, m, x.device)
     m0 = rel.cols_both
+    if stat == "pair_sum":
+        f = PairSumStat.values(logits, roles)
+        return f.sum(1), f[:, :m0].sum(0)
+    skip = roles == spec.ROLE_SKIP
     return _masked_lse(logits, skip, 1), _masked_lse(logits[:, :m0], skip[:, :m0], 0)
 
 

@@ -6,6 +6,12 @@
 col_stat and the relation's index tensors; no N x M tensor (the backward recomputes tiles).
 The compiled ops get the equivalent registration in ``flashnce.core.library``.
 
+``row_sum_function(backend, ...)`` is the one-pass path of a stat whose G is local to the
+pair (``spec.STAT_INFO[stat]["local_grad"]``, e.g. ``pair_sum``): the total sum_i row_stat[i]
+as a 0-d tensor whose gradients the backend's ``forward_grad_raw`` computed in the same walk
+as the forward. Saved for backward: those gradients (O((N + M) d)); the backward only scales
+them by the scalar upstream gradient, so no tile is recomputed.
+
 The relation's index tensors are passed to ``apply`` as tensors, not hidden inside the spec,
 so that ``torch.compile`` sees them as graph inputs.
 """
@@ -62,3 +68,38 @@ def tile_stat_function(backend, x, y, alpha, beta, theta, tspec):
     rel = tspec.relation
     return _TileStat.apply(x, y, alpha, beta, theta, replace(tspec, relation=replace(
         rel, tensors=())), backend, *rel.tensors)
+
+
+class _RowSum(torch.autograd.Function):
+    @staticmethod
+    def forward(x, y, alpha, beta, theta, tspec, backend, *rel_tensors):
+        tspec = replace(tspec, relation=replace(tspec.relation, tensors=tuple(rel_tensors)))
+        row, _, dx, dy, d_alpha, d_beta, d_theta = backend.forward_grad_raw(
+            x, y, alpha, beta, theta, tspec)
+        return row.sum(), dx, dy, d_alpha, d_beta, d_theta
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, *grads = output
+        ctx.save_for_backward(*grads)
+        ctx.n_rel = len(inputs) - 7
+        ctx.mark_non_differentiable(*grads)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the saved gradients have no derivative
+    def backward(ctx, g, *_unused):
+        # A product, never the saved tensor itself: flashnce.features adds into dX in place.
+        grads = [(t * g).to(t.dtype) for t in ctx.saved_tensors]
+        return (*grads, None, None, *([None] * ctx.n_rel))
+
+
+def row_sum_function(backend, x, y, alpha, beta, theta, tspec):
+    """sum_i row_stat[i] (0-d, compute dtype), differentiable through the gradients that
+    ``backend.forward_grad_raw`` computes in its forward walk (stats with a local G only)."""
+    if not spec.STAT_INFO[tspec.stat]["local_grad"]:
+        raise ValueError(f"statistic {tspec.stat!r} has no one-pass gradient (its G needs the "
+                         f"finished row / column states)")
+    rel = tspec.relation
+    total, *_ = _RowSum.apply(x, y, alpha, beta, theta, replace(tspec, relation=replace(
+        rel, tensors=())), backend, *rel.tensors)
+    return total

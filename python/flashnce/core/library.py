@@ -43,6 +43,17 @@ def _fake_bwd(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_
             torch.empty_like(beta), torch.empty_like(theta))
 
 
+def _fake_fwd_grad(x, y, alpha, beta, theta, relation, options, kappa):
+    return (*_fake_fwd(x, y, alpha, beta, theta, relation, options, kappa),
+            *_fake_bwd(x, y, alpha, beta, theta, relation, options, kappa, None, None, None,
+                       None))
+
+
+# One-pass forward + gradient ops (no autograd of their own: flashnce.core.autograd wraps
+# them). Fakes for the C++ one; the Triton one traces its launcher.
+FWD_GRAD_OPS = ("flashnce::tile_fwd_grad", "flashnce::triton_tile_fwd_grad")
+
+
 def _setup_context(ctx, inputs, output):
     x, y, alpha, beta, theta, relation, options, kappa = inputs
     row_stat, col_stat = output
@@ -80,3 +91,9 @@ def register_compiled_ops(*, fakes: bool = True) -> None:
             torch.library.register_fake(bwd)(_fake_bwd)
         torch.library.register_autograd(fwd, _make_backward(bwd), setup_context=_setup_context)
         _registered.add(fwd)
+    for op in FWD_GRAD_OPS:
+        if op in _registered or not _defined(op):
+            continue
+        if fakes and not op.startswith("flashnce::triton_"):
+            torch.library.register_fake(op)(_fake_fwd_grad)
+        _registered.add(op)

@@ -96,3 +96,19 @@ def reduce_losses(per_row, reduction: str):
     if reduction == "sum":
         return per_row.sum()
     return per_row
+
+
+def pair_sum_loss(impl, x, y, alpha, beta, theta, tspec: TileSpec, reduction: str, *,
+                  rows: int, factor: float = 1.0):
+    """A pair_sum loss from its operands: "mean" = factor * total / rows, "sum" = factor *
+    total, "none" = the per-row sums. With gradients wanted and a scalar result, the backend's
+    one-pass walk (``row_sum``) computes them in the forward."""
+    if reduction == "none":
+        return impl.tile_stat(x, y, alpha, beta, theta, tspec)[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, alpha, beta, theta)):
+        total = impl.row_sum(x, y, alpha, beta, theta, tspec)
+    else:
+        total = impl.tile_stat(x, y, alpha, beta, theta, tspec)[0].sum()
+    if reduction == "mean":
+        factor = factor / max(rows, 1)
+    return total * factor

@@ -28,6 +28,16 @@ the Triton ops ``flashnce::triton_tile_fwd/triton_tile_bwd``)::
              int[] options, float kappa, Tensor row_stat, Tensor col_stat, Tensor g_row,
              Tensor g_col) -> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta,
                                Tensor d_theta)
+    tile_fwd_grad(Tensor x, Tensor y, Tensor alpha, Tensor beta, Tensor theta,
+                  Tensor[] relation, int[] options, float kappa)
+        -> (Tensor row_stat, Tensor col_stat, Tensor dx, Tensor dy, Tensor d_alpha,
+            Tensor d_beta, Tensor d_theta)
+
+``tile_fwd_grad`` (``triton_tile_fwd_grad``) is the one-pass forward of a stat whose G depends
+on the pair alone (``STAT_INFO[stat]["local_grad"]``): the stats of ``tile_fwd`` and, from the
+same walk, the gradients ``tile_bwd`` would return for g_row = 1, g_col = 0 (the gradient of
+sum_i row_stat[i]). The caller scales them by its scalar upstream gradient. A stat without a
+local G (``lse``) is refused.
 
 * x [N, K], y [M, K]: fp32 / fp64 / bf16 / fp16, same dtype, contiguous (the GEMM operands).
 * alpha [N, r], beta [M, r]: per-row scalars, r = NUM_ROW_SCALARS[kind], compute dtype
@@ -75,6 +85,17 @@ Statistic ``lse`` (the first instance; the walk is generic over the stat):
 * merge of two partial states: logaddexp.
 * backward: G_ij = g_row[i] exp(l_ij - row_stat[i]) + g_col[j] exp(l_ij - col_stat[j])
   (second term only for j < M0), and G_ij = 0 exactly on skipped pairs.
+
+Statistic ``pair_sum`` (the sigmoid family; no normaliser, so G is local to the pair):
+
+* z_ij = +1 for the relation's positives, -1 for negatives; f(l, z) = softplus(-z l)
+  = -log sigmoid(z l), evaluated as max(u, 0) + log1p(exp(-|u|)) with u = -z l.
+* forward: row_stat[i] = sum_{j not skipped} f(l_ij, z_ij), col_stat[j] = sum_{i not
+  skipped} f(l_ij, z_ij) (j < M0); 0 for a row / column with every pair skipped.
+* merge: +.
+* backward: G_ij = (g_row[i] + g_col[j]) f'(l_ij, z_ij), f'(l, z) = -z sigmoid(-z l)
+  (g_col term only for j < M0), G_ij = 0 exactly on skipped pairs. ``tile_fwd_grad`` gives
+  the g_row = 1, g_col = 0 gradients in the forward walk.
 """
 
 # --- kinds: index = the compiled kernels' kind id ---------------------------------------------
@@ -83,11 +104,15 @@ NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, 
 MAX_ROW_SCALARS = 3
 
 # --- stats ------------------------------------------------------------------------------------
-STATS = ("lse",)
-# Per stat: how two partial states of one row merge ("logaddexp" / "sum"), whether it has a
-# backward, and the number of values per row of its state.
+STATS = ("lse", "pair_sum")
+# Per stat: how two partial states of one row merge ("logaddexp" / "sum"), the value of a row
+# that has seen no pair, whether it has a backward, the number of values per row of its state,
+# and whether G_ij depends on the pair alone (then ``tile_fwd_grad`` exists for it).
 STAT_INFO = {
-    "lse": dict(merge="logaddexp", has_backward=True, state_width=1),
+    "lse": dict(merge="logaddexp", empty=float("-inf"), has_backward=True, state_width=1,
+                local_grad=False),
+    "pair_sum": dict(merge="sum", empty=0.0, has_backward=True, state_width=1,
+                     local_grad=True),
 }
 
 # --- relations --------------------------------------------------------------------------------

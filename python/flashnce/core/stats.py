@@ -3,10 +3,11 @@
 A stat says what one tile of logits is folded into, per row and per column:
 
     identity(n)                  the state of a row that has seen nothing
-    fold(logits, skip, dim)      the partial state of a tile along ``dim`` (skip: bool tile of
-                                 skipped pairs or None)
+    fold(logits, roles, dim)     the partial state of a tile along ``dim`` (roles: the tile's
+                                 int8 pair roles from ``flashnce.core.relation.tile_roles``,
+                                 or None when every pair is a negative)
     merge(a, b)                  two partial states of the same rows -> one (associative)
-    upstream(logits, skip, row_stat, col_stat, g_row, g_col)
+    upstream(logits, roles, row_stat, col_stat, g_row, g_col)
                                  G = dL/dl of the tile, given the finished states and the
                                  upstream gradients of the loss w.r.t. them; 0 on skipped pairs
 
@@ -15,11 +16,32 @@ implement the same rules (``flashnce.core.spec`` lists the stats they declare).
 
 ``lse``: state = log sum exp of the row's (column's) non-skipped logits, -inf when there are
 none; merge = logaddexp; G_ij = g_row_i exp(l_ij - row_i) + g_col_j exp(l_ij - col_j).
+
+``pair_sum``: state = sum of softplus(-z l) over the row's (column's) non-skipped pairs
+(z = +1 positive, -1 negative), 0 when there are none; merge = +;
+G_ij = (g_row_i + g_col_j) * -z sigmoid(-z l_ij). G is local to the pair, so
+``local_grad(logits, roles)`` gives the forward value and G for g = 1 from one tile.
 """
 
 from __future__ import annotations
 
 import torch
+
+from . import spec
+
+
+def _skip(roles):
+    return None if roles is None else roles == spec.ROLE_SKIP
+
+
+def _cols_term(g, col_term):
+    """g + col_term on the first columns (the rest are row-only columns: no column term)."""
+    mc = col_term.shape[1]
+    if mc == 0:
+        return g
+    if mc == g.shape[1]:
+        return g + col_term
+    return torch.cat([g[:, :mc] + col_term, g[:, mc:]], dim=1)
 
 
 class LseStat:
@@ -30,7 +52,8 @@ class LseStat:
         return torch.full((n,), float("-inf"), dtype=dtype, device=device)
 
     @staticmethod
-    def fold(logits, skip, dim: int) -> torch.Tensor:
+    def fold(logits, roles, dim: int) -> torch.Tensor:
+        skip = _skip(roles)
         if skip is not None:
             logits = logits.masked_fill(skip, float("-inf"))
         return torch.logsumexp(logits, dim)
@@ -40,24 +63,65 @@ class LseStat:
         return torch.logaddexp(a, b)
 
     @staticmethod
-    def upstream(logits, skip, row_stat, col_stat, g_row, g_col) -> torch.Tensor:
+    def upstream(logits, roles, row_stat, col_stat, g_row, g_col) -> torch.Tensor:
         """G tile [bn, bm]; ``col_stat`` / ``g_col`` may cover only the first columns (the
         others are row-only columns: no column term)."""
+        skip = _skip(roles)
         if skip is not None:  # skipped pairs: exp(-inf - lse) = 0 exactly, no NaN
             logits = logits.masked_fill(skip, float("-inf"))
         # A row with every pair skipped has stat -inf: shift by 0 there (its G is 0 anyway).
         row_ref = torch.where(torch.isfinite(row_stat), row_stat, 0.0)
         g = g_row[:, None] * torch.exp(logits - row_ref[:, None])
         mc = col_stat.shape[0]
-        if mc:
-            col_ref = torch.where(torch.isfinite(col_stat), col_stat, 0.0)
-            col_term = g_col[None, :] * torch.exp(logits[:, :mc] - col_ref[None, :])
-            g = torch.cat([g[:, :mc] + col_term, g[:, mc:]], dim=1) if mc < g.shape[1] else (
-                g + col_term)
-        return g
+        col_ref = torch.where(torch.isfinite(col_stat), col_stat, 0.0)
+        return _cols_term(g, g_col[None, :] * torch.exp(logits[:, :mc] - col_ref[None, :]))
 
 
-STATS = {"lse": LseStat}
+class PairSumStat:
+    name = "pair_sum"
+
+    @staticmethod
+    def identity(n: int, dtype, device) -> torch.Tensor:
+        return torch.zeros((n,), dtype=dtype, device=device)
+
+    @staticmethod
+    def _signs(logits, roles):
+        """z = +1 on positives, -1 elsewhere (skipped pairs are masked by the callers)."""
+        if roles is None:
+            return -torch.ones_like(logits)
+        return torch.where(roles == spec.ROLE_POSITIVE, 1.0, -1.0).to(logits.dtype)
+
+    @staticmethod
+    def values(logits, roles) -> torch.Tensor:
+        """f = softplus(-z l) per pair, exactly 0 on skipped pairs (a select: no NaN leaks)."""
+        f = torch.nn.functional.softplus(-PairSumStat._signs(logits, roles) * logits)
+        skip = _skip(roles)
+        return f if skip is None else torch.where(skip, 0.0, f)
+
+    @staticmethod
+    def slopes(logits, roles) -> torch.Tensor:
+        """f'(l, z) = -z sigmoid(-z l) per pair, exactly 0 on skipped pairs."""
+        z = PairSumStat._signs(logits, roles)
+        d = -z * torch.sigmoid(-z * logits)
+        skip = _skip(roles)
+        return d if skip is None else torch.where(skip, 0.0, d)
+
+    @staticmethod
+    def fold(logits, roles, dim: int) -> torch.Tensor:
+        return PairSumStat.values(logits, roles).sum(dim)
+
+    @staticmethod
+    def merge(a, b) -> torch.Tensor:
+        return a + b
+
+    @staticmethod
+    def upstream(logits, roles, row_stat, col_stat, g_row, g_col) -> torch.Tensor:
+        slope = PairSumStat.slopes(logits, roles)
+        mc = col_stat.shape[0]
+        return _cols_term(g_row[:, None] * slope, g_col[None, :] * slope[:, :mc])
+
+
+STATS = {"lse": LseStat, "pair_sum": PairSumStat}
 
 
 def get_stat(name: str):
