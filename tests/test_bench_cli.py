@@ -82,6 +82,28 @@ def test_in_process_mode_and_unavailable_provider(tmp_path):
     assert peer["status"] == "skipped" and peer["note"]
 
 
+def test_siglip_sweep_against_the_materialised_loss_and_open_clip(tmp_path):
+    """--loss siglip: flashnce, the materialised loss and open_clip's SigLipLoss (where
+    installed) on the same inputs give the same loss value; InfoNCE-only peers are skipped."""
+    doc = _run(tmp_path, "siglip", "--loss", "siglip", "-n", "48", "-d", "8", "--in-process",
+               "--repeats", "1", "-p", "flashnce-torch", "materialized", "open_clip", "pykeops")
+    assert {r["loss"] for r in doc["rows"]} == {"siglip"}
+    (ours,) = _rows(doc, "flashnce-torch")
+    assert ours["status"] == "ok" and ours["full_x_gemm"] > 0
+    assert _rows(doc, "materialized")[0]["status"] == "ok"
+    (keops,) = _rows(doc, "pykeops")
+    assert keops["status"] == "skipped" and "InfoNCE only" in keops["note"]
+    case = C.Case(provider="flashnce-torch", n=48, d=8, loss="siglip")
+    values = []
+    for provider in ("flashnce-torch", "materialized", "open_clip"):
+        c = C.Case(**{**case.as_dict(), "provider": provider})
+        if C.unavailable_reason(c) is not None:
+            continue
+        inputs, fn = C.setup(c)
+        values.append(float(fn(*inputs)))
+    assert len(values) >= 2 and max(values) - min(values) <= 1e-4 * abs(values[0])
+
+
 def test_helpers():
     assert M.quantiles([3.0, 1.0, 2.0]) == pytest.approx((1.4, 2.0, 2.6))
     assert all(math.isnan(v) for v in M.quantiles([]))

@@ -8,7 +8,6 @@ open_clip's own ``SigLipLoss`` is the published reference where it is installed
 (``pip install --no-deps open-clip-torch``; its loss module needs only torch).
 """
 
-import importlib.util
 import inspect
 import math
 
@@ -17,6 +16,7 @@ import torch
 
 import flashnce
 from flashnce import dispatch
+from flashnce.bench.cases import open_clip_loss_module
 from flashnce.core.relation import Relation
 
 from _helpers import (FP32_GRAD_RTOL, FP32_LOSS_RTOL, GEOMETRY_NAMES, assert_close,
@@ -243,16 +243,10 @@ def test_caller_tensors_untouched():
 
 
 def _open_clip_loss_module():
-    """open_clip's loss module, loaded from its file (the package's __init__ needs
-    torchvision; the loss module needs only torch)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open-clip-torch is not installed (pip install --no-deps open-clip-torch)")
-    path = f"{list(spec.submodule_search_locations)[0]}/loss.py"
-    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module
+    try:
+        return open_clip_loss_module()
+    except ImportError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

@@ -1,20 +1,25 @@
 """Benchmark case definitions, shared by the ``flashnce-bench`` CLI and the pytest-benchmark suite.
 
-A case is one (provider, N, d, geometry, dtype, device) point. ``setup(case)`` returns
+A case is one (loss, provider, N, d, geometry, dtype, device) point. ``setup(case)`` returns
 ``(inputs, fn)``: a tuple of leaf tensors and a callable with ``fn(*inputs) -> scalar loss``
 (or, for the ``gemm`` yardstick, the [N, N] product). Timing, memory and reporting live
 elsewhere; this module only knows how to build the work.
 
+Losses: ``infonce`` (symmetric CLIP loss) and ``siglip`` (sigmoid loss, scale 10, bias -10).
+
 Providers
-    flashnce, flashnce-<backend>   ``flashnce.infonce`` with backend="auto" or a named backend
-    materialized                   ``flashnce.reference_infonce`` (full N x N logits) in fp32
+    flashnce, flashnce-<backend>   ``flashnce.infonce`` / ``siglip`` with backend="auto" or a
+                                   named backend
+    materialized                   ``flashnce.reference_infonce`` / ``reference_siglip`` (full
+                                   N x N logits) in fp32
     compiled                       ``torch.compile`` of the materialised loss
-    open_clip                      open_clip ``ClipLoss`` on normalised features (cosine only)
-    pykeops                        KeOps symbolic log-sum-exp (cosine / dot)
-    inf_cl                         Inf-CL ``cal_inf_loss`` (CUDA, cosine only)
+    open_clip                      open_clip ``ClipLoss`` / ``SigLipLoss`` on normalised
+                                   features (cosine only)
+    pykeops                        KeOps symbolic log-sum-exp (infonce; cosine / dot)
+    inf_cl                         Inf-CL ``cal_inf_loss`` (infonce; CUDA, cosine only)
     gemm                           one plain [N, d] x [d, N] GEMM: the yardstick for ratios
 
-Every loss provider computes the same symmetric InfoNCE with the same scale, so times are
+Every loss provider computes the same loss with the same scale (and bias), so times are
 comparable. Note: for sqeuclidean / euclidean / poincare, ``reference_infonce`` builds an
 N x N x d difference tensor (it is the test oracle, written from textbook formulas), so the
 ``materialized`` rows there measure the oracle, not a tuned GEMM-based baseline.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -34,8 +40,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 FLASHNCE_BACKENDS = ("triton", "cuda", "cpu", "torch")
 PEERS = ("open_clip", "pykeops", "inf_cl")
 BASELINES = ("materialized", "compiled")
+LOSSES = ("infonce", "siglip")
+INFONCE_ONLY = ("pykeops", "inf_cl")
 # CLIP's initial logit scale, 1 / 0.07; other geometries use 1 (their features are O(1)).
 DEFAULT_SCALE = {"cosine": 1.0 / 0.07}
+# SigLIP: the paper's initialisation t = 10, b = -10, in every geometry.
+SIGLIP_SCALE, SIGLIP_BIAS = 10.0, -10.0
 
 
 @dataclass(frozen=True)
@@ -50,10 +60,15 @@ class Case:
     device: str = "cpu"
     scale: float | None = None
     seed: int = 0
+    loss: str = "infonce"
 
     @property
     def logit_scale(self) -> float:
-        return DEFAULT_SCALE.get(self.geometry, 1.0) if self.scale is None else self.scale
+        if self.scale is not None:
+            return self.scale
+        if self.loss == "siglip":
+            return SIGLIP_SCALE
+        return DEFAULT_SCALE.get(self.geometry, 1.0)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -68,7 +83,7 @@ class Case:
 
 
 def flops(n: int, m: int, d: int, mode: str) -> float:
-    """Algorithmic FLOPs of InfoNCE on [n, d] x [m, d]: the GEMMs only, as a materialised loss
+    """Algorithmic FLOPs of InfoNCE / SigLIP on [n, d] x [m, d]: the GEMMs only, as a materialised loss
     does them (forward 2nmd for the logits; backward 4nmd for dX and dY). A fused kernel that
     recomputes the logits in backward does more work than this; it is not counted."""
     per_gemm = 2.0 * n * m * d
@@ -110,20 +125,30 @@ def setup_flashnce(case: Case):
     x, y = make_inputs(case)
     geometry, scale = case.geometry, case.logit_scale
 
-    def fn(x, y):
-        return flashnce.infonce(x, y, geometry=geometry, scale=scale, backend=backend)
+    if case.loss == "siglip":
+        def fn(x, y):
+            return flashnce.siglip(x, y, geometry=geometry, scale=scale, bias=SIGLIP_BIAS,
+                                   backend=backend)
+    else:
+        def fn(x, y):
+            return flashnce.infonce(x, y, geometry=geometry, scale=scale, backend=backend)
 
     return (x, y), fn
 
 
 def setup_materialized(case: Case):
-    from flashnce.reference import reference_infonce
+    from flashnce.reference import reference_infonce, reference_siglip
 
     x, y = make_inputs(case)
     geometry, scale = case.geometry, case.logit_scale
 
-    def fn(x, y):
-        return reference_infonce(x.float(), y.float(), geometry=geometry, scale=scale)
+    if case.loss == "siglip":
+        def fn(x, y):
+            return reference_siglip(x.float(), y.float(), geometry=geometry, scale=scale,
+                                    bias=SIGLIP_BIAS)
+    else:
+        def fn(x, y):
+            return reference_infonce(x.float(), y.float(), geometry=geometry, scale=scale)
 
     return (x, y), fn
 
@@ -134,17 +159,33 @@ def setup_compiled(case: Case):
     return inputs, torch.compile(loss, dynamic=False)
 
 
+def open_clip_loss_module():
+    """open_clip's loss module, loaded from its file: the package's ``__init__`` imports
+    torchvision (absent in a torch-only install), the loss module needs only torch."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("open-clip-torch is not installed (pip install --no-deps "
+                          "open-clip-torch)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "loss.py"
+    mod_spec = importlib.util.spec_from_file_location("_flashnce_open_clip_loss", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
 def setup_open_clip(case: Case):
     import torch.nn.functional as F
-    from open_clip.loss import ClipLoss
 
+    oc = open_clip_loss_module()
     x, y = make_inputs(case)
-    clip_loss = ClipLoss()
     scale = torch.tensor(case.logit_scale, device=case.device)
+    bias = torch.tensor(SIGLIP_BIAS, device=case.device)
+    loss = oc.SigLipLoss() if case.loss == "siglip" else oc.ClipLoss()
 
     def fn(x, y):
-        # ClipLoss expects normalised features (open_clip's models normalise before it).
-        return clip_loss(F.normalize(x.float(), dim=-1), F.normalize(y.float(), dim=-1), scale)
+        # open_clip's losses expect normalised features (its models normalise before them).
+        xn, yn = F.normalize(x.float(), dim=-1), F.normalize(y.float(), dim=-1)
+        return loss(xn, yn, scale, bias) if case.loss == "siglip" else loss(xn, yn, scale)
 
     return (x, y), fn
 
@@ -237,20 +278,28 @@ def resolve_flashnce_backend(case: Case, x=None, y=None) -> str:
     from flashnce import dispatch
     from flashnce.core.problem import TileProblem
 
+    from flashnce.core.relation import Relation
+
     if x is None:
         # Only the dtype, device, geometry and (roughly) the shape matter to a backend.
         x, y = make_inputs(replace(case, n=min(case.n, 8)), requires_grad=False)
     prob = TileProblem(x.detach(), y.detach(), case.geometry, case.logit_scale, 1.0, False)
+    tspec = (prob.tspec(Relation.diagonal(), "pair_sum") if case.loss == "siglip"
+             else prob.tspec())
     impl = dispatch.select_backend(_flashnce_backend(case.provider), prob.x_op, prob.y_op,
-                                   prob.tspec())
+                                   tspec)
     return impl.name
 
 
 def unavailable_reason(case: Case) -> str | None:
     """Why a provider cannot run this case here (None: it can). Cheap: no benchmark work."""
     p, geo = case.provider, case.geometry
+    if case.loss not in LOSSES:
+        return f"unknown loss {case.loss!r}"
     if case.device.startswith("cuda") and not torch.cuda.is_available():
         return "CUDA is not available"
+    if case.loss != "infonce" and p in INFONCE_ONLY:
+        return f"{p} implements InfoNCE only"
     if p.startswith("flashnce"):
         try:
             resolve_flashnce_backend(case)
@@ -266,7 +315,7 @@ def unavailable_reason(case: Case) -> str | None:
         return None
     if p == "open_clip":
         if geo != "cosine":
-            return "open_clip ClipLoss is cosine-only"
+            return "open_clip's losses are cosine-only"
         return _missing_module("open_clip")
     if p == "pykeops":
         if geo not in ("cosine", "dot"):

@@ -113,13 +113,16 @@ def _device(text: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="flashnce-bench",
-        description="Benchmark flashnce InfoNCE against the materialised loss, torch.compile "
-                    "and installed peers: time (fwd, bwd, fwd+bwd), peak memory, GFLOP/s.",
+        description="Benchmark flashnce InfoNCE / SigLIP against the materialised loss, "
+                    "torch.compile and installed peers: time (fwd, bwd, fwd+bwd), peak "
+                    "memory, GFLOP/s.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("-n", "--n", type=_positive_int, nargs="+", default=list(DEFAULT_N),
                     help="batch sizes N (x and y are [N, d])")
     ap.add_argument("-d", "--d", type=_positive_int, nargs="+", default=[128],
                     help="feature dims")
+    ap.add_argument("--loss", nargs="+", default=["infonce"], choices=list(C.LOSSES),
+                    help="losses to run (siglip: scale 10, bias -10)")
     ap.add_argument("-g", "--geometry", nargs="+", default=["cosine"],
                     choices=list(__import__("flashnce").GEOMETRIES))
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=list(C.DTYPES))
@@ -218,18 +221,21 @@ def build_cases(args) -> list[C.Case]:
     if not args.no_gemm:
         providers = ["gemm", *[p for p in providers if p != "gemm"]]
     out = []
-    for geometry in args.geometry:
-        for dtype in args.dtype:
-            for d in args.d:
-                for n in sorted(set(args.n)):
-                    for p in providers:
-                        out.append(C.Case(provider=p, n=n, d=d, geometry=geometry, dtype=dtype,
-                                          device=args.device, scale=args.scale))
+    for loss in args.loss:
+        for geometry in args.geometry:
+            for dtype in args.dtype:
+                for d in args.d:
+                    for n in sorted(set(args.n)):
+                        for p in providers:
+                            out.append(C.Case(provider=p, n=n, d=d, geometry=geometry,
+                                              dtype=dtype, device=args.device,
+                                              scale=args.scale, loss=loss))
     return out
 
 
 def _row(case: C.Case, res: dict) -> dict:
-    row = {"provider": case.provider, "geometry": case.geometry, "dtype": case.dtype,
+    row = {"loss": case.loss, "provider": case.provider, "geometry": case.geometry,
+           "dtype": case.dtype,
            "device": case.device, "n": case.n, "d": case.d, "backend": None, "note": None}
     row.update(res)
     return row
@@ -267,8 +273,9 @@ def run_sweep(args) -> list[dict]:
     progress = _Progress(len(cases), args.quiet)
     try:
         for case in cases:
-            label = f"{case.provider} {case.geometry} {case.dtype} d={case.d} N={case.n}"
-            akey = (case.provider, case.geometry, case.dtype, case.d, case.device)
+            label = (f"{case.loss} {case.provider} {case.geometry} {case.dtype} d={case.d} "
+                     f"N={case.n}")
+            akey = (case.loss, case.provider, case.geometry, case.dtype, case.d, case.device)
             if akey not in availability:
                 availability[akey] = C.unavailable_reason(case)
             reason = availability[akey]

@@ -17,7 +17,7 @@ import torch
 
 SCHEMA = "flashnce-bench/1"
 ROW_FIELDS = (
-    "provider", "backend", "geometry", "dtype", "device", "n", "d", "status",
+    "loss", "provider", "backend", "geometry", "dtype", "device", "n", "d", "status",
     "fwd_ms", "fwd_p20_ms", "fwd_p80_ms", "bwd_ms", "bwd_p20_ms", "bwd_p80_ms",
     "full_ms", "full_p20_ms", "full_p80_ms", "peak_mib", "baseline_mib", "mem_method",
     "gflops", "gemm_ms", "fwd_x_gemm", "full_x_gemm", "repeats", "wall_s", "note",
@@ -155,12 +155,12 @@ def load_json(path) -> dict:
 # --------------------------------------------------------------------------- table
 
 def group_key(r: dict) -> tuple:
-    return (r["geometry"], r["dtype"], r["d"], r["device"])
+    return (r.get("loss", "infonce"), r["geometry"], r["dtype"], r["d"], r["device"])
 
 
 def group_title(key: tuple) -> str:
-    geometry, dtype, d, device = key
-    return f"{geometry}, {dtype}, d={d}, {device}"
+    loss, geometry, dtype, d, device = key
+    return f"{loss}, {geometry}, {dtype}, d={d}, {device}"
 
 
 def _ms(r, mode):
@@ -326,7 +326,7 @@ def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
         fig.suptitle(f"flashnce InfoNCE: {sub}", fontsize=10)
         fig.tight_layout()
         path = Path(f"{prefix}.png") if len(groups) == 1 else Path(
-            f"{prefix}_{key[0]}_{key[1]}_d{key[2]}_{key[3].replace(':', '')}.png")
+            f"{prefix}_{key[0]}_{key[1]}_{key[2]}_d{key[3]}_{key[4].replace(':', '')}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
