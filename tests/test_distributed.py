@@ -212,8 +212,9 @@ def _subgroup_check(world, rank):
     return errs
 
 
-def _ddp_check(world, rank, group, mode):
-    """DDP(model + flashnce.nn.ContrastiveLoss) on uneven shards == one process on all rows."""
+def _ddp_check(world, rank, group, mode, module="ContrastiveLoss"):
+    """DDP(model + flashnce.nn.ContrastiveLoss / SigmoidContrastiveLoss) on uneven shards ==
+    one process on all rows."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     class TwoTower(torch.nn.Module):
@@ -235,8 +236,8 @@ def _ddp_check(world, rank, group, mode):
 
     def build(group_):
         torch.manual_seed(0)
-        loss = flashnce.nn.ContrastiveLoss("lorentz", scale_init=4.0, curvature_init=0.8,
-                                           group=group_, backend="torch", group_mode=mode)
+        loss = getattr(flashnce.nn, module)("lorentz", scale_init=4.0, curvature_init=0.8,
+                                            group=group_, backend="torch", group_mode=mode)
         return TwoTower(loss).double()
 
     single = build(None)
@@ -310,6 +311,8 @@ def _worker(rank, world, store_dir, cases):
                 results[case["name"]] = traceback.format_exc()
         results["errors"] = _error_checks(world, rank, group)
         results["ddp"] = {mode: _ddp_check(world, rank, group, mode) for mode in MODES}
+        results["ddp_siglip"] = {mode: _ddp_check(world, rank, group, mode,
+                                                  "SigmoidContrastiveLoss") for mode in MODES}
         results["subgroup"] = _subgroup_check(world, rank)
         try:
             results["ring_relation"] = _ring_relation_check(world, rank, group)
@@ -430,6 +433,16 @@ def test_ddp_contrastive_loss_module_matches_single_process(spawned):
     for rank, r in enumerate(per_rank):
         for mode, errs in r["ddp"].items():
             assert set(errs) >= {"loss.log_scale", "loss.log_curvature", "img.weight"}, errs
+            bad = {k: v for k, v in errs.items() if v > RTOL}
+            assert not bad, f"rank {rank}, {mode}: DDP gradients differ from one process: {bad}"
+
+
+def test_ddp_sigmoid_loss_module_matches_single_process(spawned):
+    world, per_rank = spawned
+    for rank, r in enumerate(per_rank):
+        for mode, errs in r["ddp_siglip"].items():
+            assert set(errs) >= {"loss.log_scale", "loss.bias", "loss.log_curvature",
+                                 "img.weight"}, errs
             bad = {k: v for k, v in errs.items() if v > RTOL}
             assert not bad, f"rank {rank}, {mode}: DDP gradients differ from one process: {bad}"
 

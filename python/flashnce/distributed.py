@@ -46,9 +46,12 @@ SigLIP (``flashnce.siglip(..., group=)``) follows the same convention: rank r re
 (W / N) * sum over its rows of sum_j -log sigmoid(z_ij l_ij) against all N columns. Its
 statistic (``pair_sum``) has no column term, so only the columns travel: ``"gather"``
 all-gathers y (and its labels) with autograd and runs the one-pass walk (gradients in the
-forward) on local rows x all columns; ``"ring"`` passes the column blocks as above (forward
-sums, backward with the blocks' gradient accumulators travelling home), memory O(n d) at any
-world size. Labels with ``"ring"`` are not supported yet (they would have to travel with the
+forward) on local rows x all columns; ``"ring"`` passes the column blocks as above, each
+block's gradient accumulators travelling with it and home after the last hop, computed in the
+same pass as the sums (one ring pass, 3 GEMMs per block; the backward only scales them, so
+every rank must backpropagate the loss it returned, as DDP does). Without gradients, or with
+reduction="none", the ring runs its forward sums and recomputes in a second ring backward.
+Memory O(n d) per rank at any world size. Labels with ``"ring"`` are not supported yet (they would have to travel with the
 blocks): use ``"gather"``.
 
 Uneven local batches are supported: a small handshake (one all-gather of a few integers per
@@ -303,6 +306,57 @@ class _RingStat(torch.autograd.Function):
         return (dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_theta, None, None, None)
 
 
+class _RingRowSum(torch.autograd.Function):
+    """sum of the local rows' row_stat against the global batch, for a stat with a local G
+    (``pair_sum``), in one ring pass: each visiting block gets its gradient partials in the
+    same walk (``forward_grad_raw``), and they travel with it, home after the last hop. The
+    backward only scales the saved gradients by its upstream gradient, which must be the same
+    on every rank (it is under the DDP convention: every rank backpropagates its returned
+    loss); the gradients a rank returns for its columns were accumulated with unit weight by
+    every rank. Memory O(n d) per rank at any world size."""
+
+    @staticmethod
+    def forward(ctx, x, y, alpha, beta, theta, tspec, impl, comm):
+        cd = alpha.dtype
+        w, d, r = comm.world, y.shape[1], beta.shape[1]
+        starts = [sum(comm.sizes[:q]) for q in range(w)]
+        total = torch.zeros((), dtype=cd, device=x.device)
+        dx = torch.zeros(x.shape, dtype=cd, device=x.device)
+        d_alpha, d_theta = torch.zeros_like(alpha), torch.zeros_like(theta)
+        y_b, beta_b = y, beta
+        dy_b = torch.zeros(y.shape, dtype=cd, device=y.device)
+        dbeta_b = torch.zeros_like(beta)
+        for step in range(w):
+            owner = (comm.rank - step) % w
+            step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
+            row, _, dx_p, dy_p, da_p, db_p, dt_p = impl.forward_grad_raw(
+                x, y_b, alpha, beta_b, theta, step_spec)
+            total += row.sum()
+            dx += dx_p.to(cd)
+            d_alpha += da_p
+            d_theta += dt_p
+            dy_b += dy_p.to(cd)
+            dbeta_b += db_p
+            if w == 1:
+                break
+            src = comm.sizes[(owner - 1) % w]
+            if step < w - 1:
+                y_b, beta_b, dy_b, dbeta_b = _shift(comm, [y_b.to(cd), beta_b, dy_b, dbeta_b],
+                                                    src, [d, r, d, r])
+                y_b = y_b.to(x.dtype)
+            else:  # last hop: the block's finished gradients go home
+                dy_b, dbeta_b = _shift(comm, [dy_b, dbeta_b], src, [d, r])
+        ctx.save_for_backward(dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_theta)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        # Products, never the saved tensors: flashnce.features adds into dX in place.
+        grads = [(t * g).to(t.dtype) for t in ctx.saved_tensors]
+        return (*grads, None, None, None)
+
+
 # --------------------------------------------------------------------------------------------
 # The distributed InfoNCE.
 # --------------------------------------------------------------------------------------------
@@ -481,13 +535,19 @@ def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels
     # mean over ranks of the returned losses = the global loss (N = global rows).
     factor = float(comm.world)
     if group_mode == "ring":
-        row, _ = _RingStat.apply(
-            prob.x_op.contiguous(), prob.y_op.contiguous(), prob.x_scalars.contiguous(),
-            prob.y_scalars.contiguous(), prob.theta, prob.tspec(relation, "pair_sum"), impl,
-            comm)
-        if reduction == "none":
-            return row
-        return row.sum() * (factor / comm.total if reduction == "mean" else factor)
+        operands = (prob.x_op.contiguous(), prob.y_op.contiguous(),
+                    prob.x_scalars.contiguous(), prob.y_scalars.contiguous(), prob.theta)
+        tspec = prob.tspec(relation, "pair_sum")
+        if reduction == "none" or not (torch.is_grad_enabled()
+                                       and any(t.requires_grad for t in operands)):
+            # Per-row results or no gradients: forward sums only, tiles recomputed backward.
+            row, _ = _RingStat.apply(*operands, tspec, impl, comm)
+            if reduction == "none":
+                return row
+            total = row.sum()
+        else:
+            total = _RingRowSum.apply(*operands, tspec, impl, comm)
+        return total * (factor / comm.total if reduction == "mean" else factor)
     y_comm = Comm(group, comm.rank, comm.world, y_sizes)
     y_all = all_gather_with_grad(prob.y_op, y_comm)
     b_all = all_gather_with_grad(prob.y_scalars, y_comm)
