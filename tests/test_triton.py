@@ -244,3 +244,153 @@ def test_backward_deterministic():
     runs = [run_ops(x, y, alpha, beta, theta, rel, "hyperbolic") for _ in range(2)]
     for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
         assert torch.equal(a, b)
+
+
+# ---- pair_sum (SigLIP): the raw ops and the one-pass triton_tile_fwd_grad ---------------------
+#
+# Every relation case of tests/_tile_cases.py x every kind in fp32, each relation case once in
+# bf16 and in fp16 (kinds rotating), over shapes with N != M, N = 1, odd sizes and K not a
+# multiple of 16; the row_only cases have M0 < M. Each run checks tile_fwd and tile_bwd (random
+# g_row, g_col) and tile_fwd_grad (g_row = 1, g_col = 0) against the float64 dense oracle.
+
+from _tile_cases import RELATION_CASES, TOL, check_grad, check_stat  # noqa: E402
+from _tile_cases import make_problem as make_tile_problem  # noqa: E402
+
+PAIR_SHAPES = ((5, 7, 8), (1, 6, 3), (9, 4, 17), (6, 6, 5))
+_PAIR_CASES = [(kind, case, torch.float32, PAIR_SHAPES[(i + j) % len(PAIR_SHAPES)])
+               for i, case in enumerate(RELATION_CASES) for j, kind in enumerate(spec.KINDS)]
+_PAIR_CASES += [(spec.KINDS[(i + s) % len(spec.KINDS)], case, dtype,
+                 PAIR_SHAPES[(i + 2 * s) % len(PAIR_SHAPES)])
+                for s, dtype in enumerate((torch.bfloat16, torch.float16))
+                for i, case in enumerate(RELATION_CASES)]
+
+
+def pair_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col):
+    """float64 pair_sum statistics and the gradients of sum(row g_row) + sum(col g_col)."""
+    inputs = [t.detach().double().requires_grad_() for t in (x, y, alpha, beta, theta)]
+    row, col = dense_tile_stat(*inputs, rel, kind, "pair_sum", kappa)
+    loss = (row * g_row.double()).sum() + (col * g_col.double()).sum()
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+    return row.detach(), col.detach(), grads
+
+
+def _check_pair(tag, stats, grads, ref, dtype):
+    t_stat, t_grad = TOL[dtype]
+    for name, got, want in zip(("row_stat", "col_stat"), stats, ref[:2]):
+        assert got.dtype == torch.float32, f"{tag} {name} {got.dtype}"
+        check_stat(f"{tag} {name}", got, want, t_stat)
+    for name, got, want, src_dtype in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads,
+                                          ref[2], (dtype, dtype) + (torch.float32,) * 3):
+        assert got.dtype == src_dtype, f"{tag} {name} {got.dtype}"
+        check_grad(f"{tag} {name}", got, want, t_grad)
+
+
+@pytest.mark.parametrize("kind,case,dtype,shape", _PAIR_CASES,
+                         ids=[f"{k}-{c}-{str(d)[6:]}-{'x'.join(map(str, s))}"
+                              for k, c, d, s in _PAIR_CASES])
+def test_pair_sum_ops(kind, case, dtype, shape):
+    x, y, alpha, beta, theta, tspec, g_row, g_col = make_tile_problem(kind, case, dtype, shape)
+    theta = theta.float()
+    rel, kappa = tspec.relation, tspec.kappa
+    options = rel.options(kind, "pair_sum", y.shape[0])
+    tensors = list(rel.tensors)
+    args = (x, y, alpha, beta, theta, tensors, options, kappa)
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    grads = torch.ops.flashnce.triton_tile_bwd(*args, row, col, g_row, g_col)
+    tag = f"{kind} {case} {dtype} {shape}"
+    _check_pair(tag, (row, col), grads,
+                pair_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col), dtype)
+
+    out = torch.ops.flashnce.triton_tile_fwd_grad(*args)
+    ones, zeros = torch.ones_like(g_row), torch.zeros_like(g_col)
+    _check_pair(f"{tag} fwd_grad", out[:2], out[2:],
+                pair_oracle(x, y, alpha, beta, theta, rel, kind, kappa, ones, zeros), dtype)
+    # The same statistics as tile_fwd (the same fold; the block configs, hence the order of
+    # the sums, may differ).
+    torch.testing.assert_close(out[:2], (row, col), rtol=1e-6, atol=1e-6)
+    if case == "csr":  # row 0 and column 1 are fully skipped: 0, not -inf, and no gradient
+        assert row[0] == 0 and out[0][0] == 0 and torch.all(out[2][0] == 0)
+        if x.shape[0] > 1 and y.shape[0] > 1:
+            assert col[1] == 0 and out[1][1] == 0
+
+
+def test_pair_sum_fwd_grad_matches_bwd():
+    """tile_fwd_grad = tile_bwd with g_row = 1, g_col = 0, including a K split of dX
+    (BLOCK_D < K) and several row blocks (the fixed-order d_theta sum)."""
+    x, y, alpha, beta, theta = make_problem("lorentz", 70, 45, 20, torch.float32)
+    rel = Relation.targets(torch.arange(70) % 45, skip_self=True, diag_offset=1, cols_both=40)
+    args = (x, y, alpha, beta, theta, list(rel.tensors),
+            rel.options("hyperbolic", "pair_sum", 45), KAPPA)
+    row, col = launch.tile_forward(*args)
+    for cfg in (None, (32, 32, 16, 16, 4, 1)):
+        bwd = launch.tile_backward(*args, row, col, torch.ones(70), torch.zeros(40),
+                                   config=cfg)
+        out = launch.tile_forward_grad(*args, config=cfg)
+        torch.testing.assert_close(out[:2], (row, col), rtol=1e-6, atol=1e-6)
+        for a, b in zip(out[2:], bwd):  # the same kernel, config and walk: bitwise
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("n,m", [(0, 5), (4, 0), (0, 0)])
+def test_pair_sum_empty(n, m):
+    """N = 0 or M = 0: statistics 0 (a sum over nothing), gradients 0."""
+    x, y, alpha, beta, theta = make_problem("cosine", max(n, 1), max(m, 1), 8, torch.float32)
+    x, y, alpha, beta = x[:n], y[:m], alpha[:n], beta[:m]
+    rel = Relation.diagonal()
+    args = (x, y, alpha, beta, theta, [], rel.options("cosine", "pair_sum", m), KAPPA)
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    assert row.shape == (n,) and col.shape == (m,)
+    assert torch.all(row == 0) and torch.all(col == 0)
+    out = torch.ops.flashnce.triton_tile_fwd_grad(*args)
+    assert torch.all(out[0] == 0) and torch.all(out[1] == 0)
+    for g, src in zip(out[2:], (x, y, alpha, beta, theta)):
+        assert g.shape == src.shape and torch.all(g == 0)
+
+
+def test_pair_sum_large_logits():
+    """|l| up to ~200 (exp(|l|) overflows fp32): softplus and its slope stay finite and exact
+    to fp32 (the one e = exp(-|u|) never overflows)."""
+    x, y, alpha, beta, theta = make_problem("cosine", 9, 11, 8, torch.float32)
+    theta = torch.tensor([200.0, 1.0, -3.0])
+    rel = Relation.labels(torch.arange(9) % 3, torch.arange(11) % 3)
+    g_row, g_col = upstream(9, 11)
+    args = (x, y, alpha, beta, theta, list(rel.tensors), rel.options("cosine", "pair_sum", 11),
+            KAPPA)
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    grads = torch.ops.flashnce.triton_tile_bwd(*args, row, col, g_row, g_col)
+    _check_pair("large", (row, col), grads,
+                pair_oracle(x, y, alpha, beta, theta, rel, "cosine", KAPPA, g_row, g_col),
+                torch.float32)
+
+
+def test_fwd_grad_refuses_lse_and_fp64():
+    x, y, alpha, beta, theta = make_problem("cosine", 4, 5, 8, torch.float32)
+    rel = Relation.none()
+    args = (x, y, alpha, beta, theta, [], rel.options("cosine", "lse", 5), KAPPA)
+    with pytest.raises(ValueError, match="statistic lse has no one-pass gradient"):
+        torch.ops.flashnce.triton_tile_fwd_grad(*args)
+    with pytest.raises(ValueError, match="statistic lse has no one-pass gradient"):
+        launch.tile_forward_grad(*args)
+    pair = rel.options("cosine", "pair_sum", 5)
+    with pytest.raises(ValueError, match="float64"):
+        torch.ops.flashnce.triton_tile_fwd_grad(x.double(), y.double(), alpha, beta, theta, [],
+                                                pair, KAPPA)
+
+
+def test_fwd_grad_opcheck_and_compile():
+    """Schema and fake of triton_tile_fwd_grad (opcheck), and a fullgraph compile."""
+    args, options = _opcheck_args()
+    options = list(options)
+    options[spec.OPT_STAT] = spec.stat_id("pair_sum")
+    args = args[:6] + (options, KAPPA)
+    out = torch.ops.flashnce.triton_tile_fwd_grad(*args)
+    assert out[1].shape == (options[spec.OPT_COLS_BOTH],)
+    torch.library.opcheck(torch.ops.flashnce.triton_tile_fwd_grad.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+    def f(x, y, alpha, beta, theta):
+        return torch.ops.flashnce.triton_tile_fwd_grad(x, y, alpha, beta, theta, *args[5:])
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*args[:5])
+    torch.testing.assert_close(compiled, out, rtol=0, atol=0)

@@ -6,17 +6,25 @@ kernels build for a GPU. This module compiles them with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``, which runs the whole
 pipeline (TTIR, TTGIR, LLVM, PTX, ptxas) without a device.
 
-What is compiled: the (kind x stat x relation x flags x side) specialisations the launchers
-issue (``launch.specialisation``, the one place they are derived), per operand dtype, in the
-default block configs (K = 128, so BLOCK_K and BLOCK_D are the configs' own). One compile
-takes ~2 s of CPU, and the full product is 2 archs x 2 passes x 3 dtypes x 5 kinds x 22
-variants = 1320 compiles (~45 CPU-minutes), too slow for CI. The default matrix (82 compiles,
-~100 s on 2 idle cores with the default 2 workers) is therefore, on both sm_80 and sm_90:
-    * every kind x pass in bf16, and every dtype for the hyperbolic kind (the largest
+What is compiled: the (pass x kind x stat x relation x flags x side) specialisations the
+launchers issue (``launch.specialisation``, the one place they are derived; passes fwd, bwd
+and fwd_grad, the backward kernel with FWD_GRAD, for the stats with a local G), per operand
+dtype, in the default block configs (K = 128, so BLOCK_K and BLOCK_D are the configs' own).
+One compile takes ~2 s of CPU, and the full product is 2 archs x 3 dtypes x 5 kinds x
+(22 variants x 2 stats x 2 passes + 22 fwd_grad variants) = 3300 compiles (~2 CPU-hours),
+too slow for CI. The default matrix (102 compiles: lse's 82 and pair_sum's 20, ~20% more CPU
+than lse's alone) is therefore, on both sm_80 and sm_90:
+    * lse: every kind x pass in bf16, and every dtype for the hyperbolic kind (the largest
       epilogue), with relation none and no flags (the hot path);
-    * for the hyperbolic kind in bf16, both passes: on sm_90 every relation x flags x side;
-      on sm_80 every relation x side with all its flags set (the architecture changes the
-      MMA lowering, not the relation code).
+    * lse, for the hyperbolic kind in bf16, both passes: on sm_90 every relation x flags x
+      side; on sm_80 every relation x side with all its flags set (the architecture changes
+      the MMA lowering, not the relation code);
+    * pair_sum, relation none and no flags: fwd, bwd and fwd_grad for the hyperbolic kind in
+      bf16, and on sm_90 fwd_grad for every kind in bf16;
+    * pair_sum on sm_90, hyperbolic bf16, fwd and fwd_grad: every relation x side whose
+      positives are kept (the positive-role code, ``POSITIVES``), with SKIP_SELF set (the
+      bwd pass runs the same relation and stat code as fwd_grad; with SKIP_POSITIVES the
+      relation code is lse's).
 FLASHNCE_AOT_FULL=1 compiles the full product on both architectures.
 
 The compiles run in worker subprocesses (``FLASHNCE_AOT_JOBS``, default 2) started without
@@ -39,7 +47,7 @@ import sys
 import time
 
 ARCHS = (80, 90)
-PASSES = ("fwd", "bwd")
+PASSES = ("fwd", "bwd", "fwd_grad")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 K = 128
 KAPPA = 1e-6
@@ -53,7 +61,16 @@ def groups() -> list[str]:
 
     return [f"sm{a}-{w}-{d}-{k}" for a, w, d, k in itertools.product(ARCHS, PASSES, DTYPE_NAMES,
                                                                       spec.KINDS)
-            if FULL or d == "bf16" or k == "hyperbolic"]  # groups the default matrix touches
+            if _group_selected(a, w, d, k)]
+
+
+def _group_selected(arch, which, dtype_name, kind_name) -> bool:
+    """Whether the default matrix (module docstring) compiles anything in this group."""
+    if FULL:
+        return True
+    if which == "fwd_grad":
+        return dtype_name == "bf16" and (arch == 90 or kind_name == "hyperbolic")
+    return dtype_name == "bf16" or kind_name == "hyperbolic"
 
 
 # ---- worker side: runs in a subprocess without TRITON_INTERPRET ------------------------------
@@ -61,6 +78,7 @@ def groups() -> list[str]:
 # Pointer arguments by name; every other non-constexpr argument is an int.
 _OPERANDS = {"A", "B", "DA"}
 _FP32 = {"SA", "SB", "THETA", "OUT", "ST_A", "ST_B", "G_A", "G_B", "DSA", "PART"}
+_STAT_LSE = 0  # spec.stat_id("lse"), checked in work()
 _INDEX = {"R0", "R1", "R2"}
 _REGS = re.compile(r"Used (\d+) registers")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -72,6 +90,8 @@ def _variants(launch, spec, which, kind, dtype) -> list[dict]:
     for stat, rel, flags, swapped in itertools.product(
             range(len(spec.STATS)), range(len(spec.RELATIONS)), range(spec.ALL_FLAGS + 1),
             (False, True)):
+        if which == "fwd_grad" and not launch.has_fwd_grad(stat):
+            continue
         meta = launch.specialisation(which, kind, stat, rel, flags, swapped, dtype, KAPPA)
         seen.setdefault(tuple(sorted(meta.items())), meta)
     return list(seen.values())
@@ -83,6 +103,10 @@ def _selected(spec, arch, dtype_name, kind, meta) -> bool:
         return True
     hyperbolic = kind == spec.kind_id("hyperbolic")
     plain = meta["RELATION"] == spec.relation_id("none") and not meta["SKIP_SELF"]
+    if meta["STAT"] != _STAT_LSE:
+        return _selected_other_stat(spec, arch, dtype_name, kind, meta, plain)
+    if meta.get("FWD_GRAD"):
+        return False
     if plain and (dtype_name == "bf16" or hyperbolic):
         return True
     if not (hyperbolic and dtype_name == "bf16"):
@@ -94,10 +118,23 @@ def _selected(spec, arch, dtype_name, kind, meta) -> bool:
                                   or meta["RELATION"] == spec.relation_id("none"))
 
 
+def _selected_other_stat(spec, arch, dtype_name, kind, meta, plain) -> bool:
+    """pair_sum's part of the default matrix (module docstring)."""
+    if dtype_name != "bf16":
+        return False
+    hyperbolic = kind == spec.kind_id("hyperbolic")
+    fwd_grad = meta.get("FWD_GRAD", False)
+    if plain:
+        return hyperbolic or (fwd_grad and arch == 90)
+    return (arch == 90 and hyperbolic and ("FWD_GRAD" not in meta or fwd_grad)
+            and meta["POSITIVES"] and meta["SKIP_SELF"])
+
+
 def _describe(spec, meta) -> str:
     flags = "".join(f for f, on in (("S", meta["SKIP_SELF"]), ("P", meta["SKIP_POSITIVES"]),
                                     ("w", meta["SWAPPED"])) if on)
-    return spec.RELATIONS[meta["RELATION"]] + ("+" + flags if flags else "")
+    stat = "" if meta["STAT"] == _STAT_LSE else spec.STATS[meta["STAT"]] + ":"
+    return stat + spec.RELATIONS[meta["RELATION"]] + ("+" + flags if flags else "")
 
 
 def _compile(triton, launch, which, meta, dtype, dtype_name, arch):
@@ -134,6 +171,7 @@ def work(names: list[str]) -> dict:
     from flashnce.triton_kernels import launch
 
     assert not launch.INTERPRETED
+    assert spec.stat_id("lse") == _STAT_LSE
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     out = {}
     for name in names:

@@ -1,7 +1,8 @@
 """Backward kernel: gradients of the row / column statistic pair, recomputing logit tiles.
 
 With upstream gradients gA [NA] (of stA) and gB [NB] (of stB) and the statistic's rule
-(``stats.stat_grad``; lse: G_ij = gA_i exp(l_ij - stA_i) + gB_j exp(l_ij - stB_j)),
+(``stats.stat_grad``; lse: G_ij = gA_i exp(l_ij - stA_i) + gB_j exp(l_ij - stB_j); pair_sum:
+G_ij = (gA_i + gB_j) f'(l_ij, z_ij), which reads no statistic),
 
     G_ij   = 0 exactly on skipped and out-of-range pairs
     dA_i   = sum_j G_ij dl/dp_ij B_j                                (GEMM on the modified tile)
@@ -13,6 +14,14 @@ every output row is written by exactly one program, so the result is determinist
 atomics. dY is the same kernel relaunched on the swapped problem (B, A, stB, stA, gB, gA, the
 swapped relation): G and every epilogue are symmetric under that swap. Both launches cover
 every pair, so either one's PART gives theta's gradient; the launcher sums the first one's.
+
+One-pass forward + gradients (``FWD_GRAD``, stats with a local G only: pair_sum): the same
+walk also folds the statistic of A's rows and takes G for unit upstream gradients of the row
+statistic, G_ij = f'(l_ij, z_ij) on every kept pair. That one G serves both launches (with
+g_row = 1, g_col = 0 the row launch's G is g_row f' and the swapped launch's is again
+g_row f', now on its column side), so ST_B, G_A, G_B are not read; ST_A is the output, the
+statistic of A rows < NA_STAT (row_stat, then col_stat of the first M0 rows of Y). This is
+``triton_tile_fwd_grad``: two launches in place of tile_fwd's two plus tile_bwd's two.
 
 Row-only columns: only A rows < NA_STAT and B rows < NB_STAT have a statistic (the row
 launch: NA_STAT = N, NB_STAT = M0; the swapped one: NA_STAT = M0, NB_STAT = N); the others
@@ -31,8 +40,9 @@ import triton
 import triton.language as tl
 
 from .epilogue import epilogue_grad, epilogue_h, norm_grad_from_gp
-from .relation import relation_rows, tile_keep
-from .stats import LOG2E, stat_grad, stat_saved
+from .relation import relation_rows, tile_roles
+from .stats import (LOG2E, stat_finalize, stat_fold_grad, stat_grad, stat_init,
+                    stat_saved)
 from .tiles import column_block, column_tile, mma, row_block
 
 
@@ -43,6 +53,7 @@ def _tile_bwd_kernel(
     KEY_NA, KEY_NB,  # power-of-two buckets of NA / NB: autotune keys only
     KIND: tl.constexpr, NR: tl.constexpr, STAT: tl.constexpr, RELATION: tl.constexpr,
     SKIP_SELF: tl.constexpr, SKIP_POSITIVES: tl.constexpr, SWAPPED: tl.constexpr,
+    POSITIVES: tl.constexpr, FWD_GRAD: tl.constexpr,
     KAPPA: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     SPLIT_GP: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -58,8 +69,11 @@ def _tile_bwd_kernel(
     dcols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = dcols < K
     a_has = rows < NA_STAT
-    st_a = stat_saved(ST_A, rows64, a_has, STAT)[:, None]
-    g_a = tl.load(G_A + rows64, mask=a_has, other=0.0)[:, None]
+    if FWD_GRAD:
+        s0, s1 = stat_init(BLOCK_A, STAT)
+    else:
+        st_a = stat_saved(ST_A, rows64, a_has, STAT)[:, None]
+        g_a = tl.load(G_A + rows64, mask=a_has, other=0.0)[:, None]
 
     acc = tl.zeros((BLOCK_A, BLOCK_D), tl.float32)
     ds0 = tl.zeros((BLOCK_A,), tl.float32)
@@ -72,13 +86,19 @@ def _tile_bwd_kernel(
         p, b0, b1, b2, valid = column_tile(A, B, SB, rows64, row_ok, cols64, col_ok, K,
                                            stride_a, stride_b, NR, BLOCK_A, BLOCK_B, BLOCK_K,
                                            INPUT_PRECISION, UPCAST)
-        keep = tile_keep(valid, rows, cols, cols64, col_ok, f0, f1, n_max, R0, R1, R2,
-                         diag_offset, RELATION, SKIP_SELF, SKIP_POSITIVES, SWAPPED)
+        keep, pos = tile_roles(valid, rows, cols, cols64, col_ok, f0, f1, n_max, R0, R1, R2,
+                               diag_offset, RELATION, SKIP_SELF, SKIP_POSITIVES, SWAPPED,
+                               POSITIVES)
         h = epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND, KAPPA)
-        b_has = cols < NB_STAT
-        st_b = stat_saved(ST_B, cols64, b_has, STAT)[None, :]
-        g_b = tl.load(G_B + cols64, mask=b_has, other=0.0)[None, :]
-        g = stat_grad(h * qk_scale + qk_bias, keep, st_a, g_a, st_b, g_b, STAT)
+        if FWD_GRAD:
+            s0, s1, g = stat_fold_grad(s0, s1, h * qk_scale + qk_bias, keep, pos, STAT,
+                                       POSITIVES)
+        else:
+            b_has = cols < NB_STAT
+            st_b = stat_saved(ST_B, cols64, b_has, STAT)[None, :]
+            g_b = tl.load(G_B + cols64, mask=b_has, other=0.0)[None, :]
+            g = stat_grad(h * qk_scale + qk_bias, keep, pos, st_a, g_a, st_b, g_b, STAT,
+                          POSITIVES)
         g_p, t0, t1, t2 = epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
                                         KIND, KAPPA)
         bd = tl.load(B + cols64[:, None] * stride_b + dcols[None, :],
@@ -108,6 +128,8 @@ def _tile_bwd_kernel(
     tl.store(DA + rows64[:, None] * stride_da + dcols[None, :],
              acc.to(DA.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if pid_d == 0:
+        if FWD_GRAD:
+            tl.store(ST_A + rows64, stat_finalize(s0, s1, STAT), mask=a_has)
         if NR >= 1:
             tl.store(DSA + rows64 * NR, ds0, mask=row_ok)
         if NR >= 2:

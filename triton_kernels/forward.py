@@ -1,12 +1,14 @@
 """Forward kernel: one statistic per row of the logit matrix, never materialising it.
 
     l_ij     = scale * h_KIND(<A_i, B_j>, SA_i, SB_j) + bias
-    OUT[i]   = STAT over the kept j of l_ij          (lse: log sum_j exp l_ij; -inf if none)
+    OUT[i]   = STAT over the kept j of l_ij          (lse: log sum_j exp l_ij, -inf if none;
+                                                      pair_sum: sum_j softplus(-z_ij l_ij))
 
 Programs own BLOCK_A rows of A and walk all NB rows of B in BLOCK_B column blocks: tl.dot with
 fp32 accumulation (bf16/fp16 operands on tensor cores; fp32 as IEEE unless the caller allows
 TF32), the geometry epilogue in fp32 (``epilogue.py``), the relation's skip mask
-(``relation.py``) and the statistic's fold in base 2 (``stats.py``).
+(``relation.py``; with ``POSITIVES`` also the positive role, for pair_sum's z) and the
+statistic's fold in base 2 (``stats.py``).
 
 Row and column statistics: **two launches of this one kernel**, (A, B) = (X, Y) then (Y, X).
 Every epilogue kind is symmetric under swapping (x, alpha) with (y, beta) and the relation is
@@ -26,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import epilogue_h
-from .relation import relation_rows, tile_keep
+from .relation import relation_rows, tile_roles
 from .stats import LOG2E, stat_finalize, stat_fold, stat_init
 from .tiles import column_block, column_tile, row_block
 
@@ -38,6 +40,7 @@ def _tile_fwd_kernel(
     KEY_NA, KEY_NB,  # power-of-two buckets of NA / NB: autotune keys only
     KIND: tl.constexpr, NR: tl.constexpr, STAT: tl.constexpr, RELATION: tl.constexpr,
     SKIP_SELF: tl.constexpr, SKIP_POSITIVES: tl.constexpr, SWAPPED: tl.constexpr,
+    POSITIVES: tl.constexpr,
     KAPPA: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -55,8 +58,9 @@ def _tile_fwd_kernel(
         p, b0, b1, b2, valid = column_tile(A, B, SB, rows64, row_ok, cols64, col_ok, K,
                                            stride_a, stride_b, NR, BLOCK_A, BLOCK_B, BLOCK_K,
                                            INPUT_PRECISION, UPCAST)
-        keep = tile_keep(valid, rows, cols, cols64, col_ok, f0, f1, n_max, R0, R1, R2,
-                         diag_offset, RELATION, SKIP_SELF, SKIP_POSITIVES, SWAPPED)
+        keep, pos = tile_roles(valid, rows, cols, cols64, col_ok, f0, f1, n_max, R0, R1, R2,
+                               diag_offset, RELATION, SKIP_SELF, SKIP_POSITIVES, SWAPPED,
+                               POSITIVES)
         h = epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND, KAPPA)
-        s0, s1 = stat_fold(s0, s1, h * qk_scale + qk_bias, keep, STAT)
+        s0, s1 = stat_fold(s0, s1, h * qk_scale + qk_bias, keep, pos, STAT, POSITIVES)
     tl.store(OUT + rows64, stat_finalize(s0, s1, STAT), mask=row_ok)

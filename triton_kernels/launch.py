@@ -6,6 +6,11 @@
     -> (dX, dY, d_alpha, d_beta, d_theta [3]): ``_tile_bwd_kernel`` on (X, Y) then (Y, X);
     d_theta = (sum G h, scale sum G h / k for the hyperbolic kind else 0, sum G), from the
     first launch's per-row-block partials summed in a fixed order (no atomics).
+``tile_forward_grad(x, y, alpha, beta, theta, relation, options, kappa)``
+    -> (row_stat, col_stat, dX, dY, d_alpha, d_beta, d_theta): stats with a local G only
+    (``spec.STAT_INFO[stat]["local_grad"]``; lse is refused): the statistics and the
+    gradients for g_row = 1, g_col = 0 from ``_tile_bwd_kernel`` with ``FWD_GRAD`` on
+    (X, Y) then (Y, X) -- two launches, where tile_forward + tile_backward take four.
 
 The argument contract is ``flashnce.core.spec``'s. The swapped launch (rows are Y) sees the
 relation swapped (``relation_pointers``): diag_offset -> -diag_offset, labels (a, b) -> (b, a),
@@ -59,7 +64,7 @@ DEFAULT_CONFIGS = {
 }
 
 _KEYS = ["KEY_NA", "KEY_NB", "K", "KIND", "STAT", "RELATION", "SKIP_SELF", "SKIP_POSITIVES",
-         "SWAPPED", "INPUT_PRECISION"]
+         "SWAPPED", "POSITIVES", "INPUT_PRECISION"]
 AUTOTUNE_FWD_CONFIGS = [
     triton.Config(dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=bk), num_warps=w, num_stages=s)
     for ba, bb, bk, w, s in [
@@ -90,7 +95,7 @@ def _autotuned_kernel(which: str):
                 _tile_fwd_kernel)
         else:
             _autotuned[which] = triton.autotune(
-                AUTOTUNE_BWD_CONFIGS, key=_KEYS + ["SPLIT_GP"],
+                AUTOTUNE_BWD_CONFIGS, key=_KEYS + ["SPLIT_GP", "FWD_GRAD"],
                 reset_to_zero=["PART"])(_tile_bwd_kernel)
     return _autotuned[which]
 
@@ -116,20 +121,46 @@ def _block_k(bk: int, k: int) -> int:
     return max(16, min(bk, triton.next_power_of_2(k)))
 
 
+# The stats whose fold / G read the positive role of a pair, not only whether it is kept.
+_READS_POSITIVES = frozenset({spec.stat_id("pair_sum")})
+PASSES = ("fwd", "bwd", "fwd_grad")
+
+
+def has_fwd_grad(stat: int) -> bool:
+    """Whether ``stat`` has the one-pass forward + gradient (its G is local to the pair)."""
+    return bool(spec.STAT_INFO[spec.STATS[stat]]["local_grad"])
+
+
+def check_fwd_grad(stat: int) -> None:
+    if not has_fwd_grad(stat):
+        raise ValueError(f"statistic {spec.STATS[stat]} has no one-pass gradient (its G "
+                         f"depends on the finished statistics): use triton_tile_fwd then "
+                         f"triton_tile_bwd")
+
+
 def specialisation(which: str, kind: int, stat: int, relation: int, flags: int, swapped: bool,
                    dtype: torch.dtype, kappa: float) -> dict:
     """The compile-time arguments (less the block config) of one launch of ``which``
-    ("fwd" / "bwd"). Flags that cannot matter are normalised away, so they do not multiply
-    the compiled variants: SKIP_POSITIVES without positives, SWAPPED outside targets."""
+    ("fwd" / "bwd" / "fwd_grad": the backward kernel with FWD_GRAD). Flags that cannot matter
+    are normalised away, so they do not multiply the compiled variants: SKIP_POSITIVES
+    without positives, SWAPPED outside targets. POSITIVES (the walk computes the positive
+    role) is derived here: a stat that reads it and a relation whose positives are kept."""
+    if which not in PASSES:
+        raise ValueError(f"unknown pass {which!r} (known: {', '.join(PASSES)})")
     name = spec.KINDS[kind]
+    has_positives = relation != spec.relation_id("none")
+    skip_positives = bool(flags & spec.FLAG_SKIP_POSITIVES) and has_positives
     meta = dict(
         KIND=kind, NR=spec.NUM_ROW_SCALARS[name], STAT=stat, RELATION=relation,
         SKIP_SELF=bool(flags & spec.FLAG_SKIP_SELF),
-        SKIP_POSITIVES=bool(flags & spec.FLAG_SKIP_POSITIVES)
-        and relation != spec.relation_id("none"),
+        SKIP_POSITIVES=skip_positives,
         SWAPPED=bool(swapped) and relation == spec.relation_id("targets"),
+        POSITIVES=stat in _READS_POSITIVES and has_positives and not skip_positives,
         KAPPA=float(kappa), INPUT_PRECISION=_input_precision(dtype), UPCAST=INTERPRETED)
-    if which == "bwd":
+    if which != "fwd":
+        if which == "fwd_grad":
+            check_fwd_grad(stat)
+        meta["FWD_GRAD"] = which == "fwd_grad"
         # Two-part g_p tile for cosine on 16-bit operands (see backward.py).
         meta["SPLIT_GP"] = name == "cosine" and dtype in (torch.bfloat16, torch.float16)
     return meta
@@ -138,7 +169,9 @@ def specialisation(which: str, kind: int, stat: int, relation: int, flags: int, 
 def block_config(which: str, dtype: torch.dtype, k: int, config=None):
     """(block constexprs, num_warps, num_stages) of a launch: the dtype default or
     ``config`` ((BLOCK_A, BLOCK_B, BLOCK_K, warps, stages), plus BLOCK_D before warps for
-    the backward), with BLOCK_K / BLOCK_D clamped to K."""
+    the backward and fwd_grad, which share a kernel and its configs), with BLOCK_K / BLOCK_D
+    clamped to K."""
+    which = "fwd" if which == "fwd" else "bwd"
     cfg = config or DEFAULT_CONFIGS[dtype][which]
     if which == "fwd":
         ba, bb, bk, warps, stages = cfg
@@ -234,6 +267,8 @@ def tile_forward(x, y, alpha, beta, theta, relation, options, kappa, config=None
 
 def _row_grads(a, b, sa, sb, theta, rel, st_a, st_b, g_a, g_b, na_stat, nb_stat, off, meta,
                config):
+    """dA, dSA and the theta partials of one launch; with FWD_GRAD, also st_a [na_stat] (the
+    output statistic) written in place, and st_b, g_a, g_b unread."""
     na, k = a.shape
     nb = b.shape[0]
     da = torch.empty(a.shape, dtype=a.dtype, device=a.device)
@@ -267,10 +302,38 @@ def tile_backward(x, y, alpha, beta, theta, relation, options, kappa, row_stat, 
         y, x, beta, alpha, theta, relation_pointers(o.relation, relation, True, dummy),
         col_stat, row_stat, g_col, g_row, m0, n, -o.diag_offset,
         o.meta("bwd", True, x.dtype, kappa), config)
+    return dx, dy, d_alpha, d_beta, _theta_grad(o, theta, part)
+
+
+def _theta_grad(o, theta, part):
+    """d_theta [3] from the row launch's per-row-block partials, summed in a fixed order."""
     gh, gs = part.sum(0).unbind()
     if spec.KINDS[o.kind] == "hyperbolic":
         # h is proportional to k = 1/sqrt(c): dl/dk = scale h / k.
         d_k = theta[spec.THETA_SCALE] * gh / theta[spec.THETA_INV_SQRT_C]
     else:
         d_k = torch.zeros_like(gh)
-    return dx, dy, d_alpha, d_beta, torch.stack([gh, d_k, gs]).to(theta.dtype)
+    return torch.stack([gh, d_k, gs]).to(theta.dtype)
+
+
+def tile_forward_grad(x, y, alpha, beta, theta, relation, options, kappa, config=None):
+    """(row_stat, col_stat, dX, dY, d_alpha, d_beta, d_theta) of a stat with a local G: the
+    statistics of ``tile_forward`` and the gradients ``tile_backward`` gives for g_row = 1,
+    g_col = 0, from the backward kernel with FWD_GRAD (one walk per side, see backward.py).
+    ``config`` as for ``tile_backward``. A stat without a local G (lse) is refused."""
+    o = Options(options, relation, y.shape[0])
+    check_fwd_grad(o.stat)
+    n, m0 = x.shape[0], o.cols_both
+    dummy = theta.new_empty(1, dtype=torch.int64)
+    row = torch.empty(n, dtype=torch.float32, device=x.device)
+    col = torch.empty(m0, dtype=torch.float32, device=x.device)
+    unread = theta.new_empty(1, dtype=torch.float32)  # ST_B, G_A, G_B under FWD_GRAD
+    dx, d_alpha, part = _row_grads(
+        x, y, alpha, beta, theta, relation_pointers(o.relation, relation, False, dummy),
+        row, unread, unread, unread, n, m0, o.diag_offset,
+        o.meta("fwd_grad", False, x.dtype, kappa), config)
+    dy, d_beta, _ = _row_grads(
+        y, x, beta, alpha, theta, relation_pointers(o.relation, relation, True, dummy),
+        col, unread, unread, unread, m0, n, -o.diag_offset,
+        o.meta("fwd_grad", True, x.dtype, kappa), config)
+    return row, col, dx, dy, d_alpha, d_beta, _theta_grad(o, theta, part)

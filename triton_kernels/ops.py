@@ -7,8 +7,13 @@
                               Tensor[] relation, int[] options, float kappa, Tensor row_stat,
                               Tensor col_stat, Tensor g_row, Tensor g_col)
         -> (Tensor dx, Tensor dy, Tensor d_alpha, Tensor d_beta, Tensor d_theta)
+    flashnce::triton_tile_fwd_grad(Tensor x, Tensor y, Tensor alpha, Tensor beta,
+                                   Tensor theta, Tensor[] relation, int[] options, float kappa)
+        -> (Tensor row_stat, Tensor col_stat, Tensor dx, Tensor dy, Tensor d_alpha,
+            Tensor d_beta, Tensor d_theta)
 
-The same argument order and semantics as the C++ ``flashnce::tile_fwd`` / ``tile_bwd``
+The same argument order and semantics as the C++ ``flashnce::tile_fwd`` / ``tile_bwd`` /
+``tile_fwd_grad``
 (contract in ``flashnce.core.spec``), for fp32 / bf16 / fp16 operands (compute dtype fp32).
 Autograd is not registered here: the core registers one backward for every compiled op
 family, so this package imports nothing from ``flashnce`` but ``flashnce.core.spec``.
@@ -30,7 +35,8 @@ from flashnce.core import spec
 
 # INTERPRETED: decided by how the kernels were decorated (TRITON_INTERPRET at their import),
 # not by the environment now: that is what wrap_triton will see.
-from .launch import DTYPES, INTERPRETED, tile_backward, tile_forward
+from .launch import (DTYPES, INTERPRETED, check_fwd_grad, tile_backward, tile_forward,
+                     tile_forward_grad)
 
 if INTERPRETED:
     def _register(name):
@@ -89,6 +95,24 @@ def triton_tile_bwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta:
                          col_stat, g_row, g_col)
 
 
+def _check_fwd_grad(options):
+    """lse (any stat without a local G) is refused by name; malformed options are left to
+    the launcher's own checks."""
+    if len(options) == spec.NUM_OPTIONS and 0 <= int(options[spec.OPT_STAT]) < len(spec.STATS):
+        check_fwd_grad(int(options[spec.OPT_STAT]))
+
+
+@_register("flashnce::triton_tile_fwd_grad")
+def triton_tile_fwd_grad(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor,
+                         beta: torch.Tensor, theta: torch.Tensor, relation: list[torch.Tensor],
+                         options: list[int], kappa: float
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check(x, y, alpha, beta, theta, relation, options)
+    _check_fwd_grad(options)
+    return tile_forward_grad(x, y, alpha, beta, theta, relation, options, kappa)
+
+
 if INTERPRETED:
     @triton_tile_fwd.register_fake
     def _(x, y, alpha, beta, theta, relation, options, kappa):
@@ -99,4 +123,12 @@ if INTERPRETED:
     def _(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat, g_row,
           g_col):
         return (torch.empty_like(x), torch.empty_like(y), torch.empty_like(alpha),
+                torch.empty_like(beta), torch.empty_like(theta))
+
+    @triton_tile_fwd_grad.register_fake
+    def _(x, y, alpha, beta, theta, relation, options, kappa):
+        _check_fwd_grad(options)
+        return (x.new_empty(x.shape[0], dtype=torch.float32),
+                y.new_empty(options[spec.OPT_COLS_BOTH], dtype=torch.float32),
+                torch.empty_like(x), torch.empty_like(y), torch.empty_like(alpha),
                 torch.empty_like(beta), torch.empty_like(theta))
