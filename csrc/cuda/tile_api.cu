@@ -63,5 +63,29 @@ cudaError_t tile_backward(const TileProblem& problem, const void* row_stat, cons
   return cudaErrorInvalidValue;
 }
 
+bool tile_stat_local_grad(int stat) {
+  switch (stat) {
+    case kStatLse: return false;
+    case kStatPairSum: return true;
+  }
+  return false;  // unknown stat id
+}
+
+cudaError_t tile_forward_grad(const TileProblem& problem, void* row_stat, void* col_stat,
+                              const TileGrads& grads, void* workspace, cudaStream_t stream) {
+  if (!tile_problem_valid(problem)) return cudaErrorInvalidValue;
+  if (!tile_stat_local_grad(problem.stat)) return cudaErrorNotSupported;
+#define FLASHNCE_FWD_GRAD(T) \
+  detail::forward_grad_typed<T>(problem, row_stat, col_stat, grads, workspace, stream)
+  switch (problem.dtype) {
+    case DType::kFloat32: return FLASHNCE_FWD_GRAD(float);
+    case DType::kFloat64: return FLASHNCE_FWD_GRAD(double);
+    case DType::kBFloat16: return FLASHNCE_FWD_GRAD(__nv_bfloat16);
+    case DType::kFloat16: return FLASHNCE_FWD_GRAD(__half);
+  }
+#undef FLASHNCE_FWD_GRAD
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace cuda
 }  // namespace flashnce

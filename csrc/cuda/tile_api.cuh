@@ -1,5 +1,5 @@
-// Torch-free CUDA core of the tile op family (flashnce::tile_fwd / tile_bwd): raw device
-// pointers in, a cudaError_t out, work queued on the caller's stream. The torch binding
+// Torch-free CUDA core of the tile op family (flashnce::tile_fwd / tile_bwd / tile_fwd_grad):
+// raw device pointers in, a cudaError_t out, work queued on the caller's stream. The torch binding
 // (tile_binding.cu) is a thin layer over these launchers; CMake builds this core with nvcc alone
 // (target flashnce_cuda_core) so the kernels compile on machines whose torch is CPU-only.
 //
@@ -14,6 +14,10 @@
 //             dx = (G dl/dp) y,  dy = (G dl/dp)^T x,  d_alpha / d_beta = row / column sums of
 //             G dl/dalpha / G dl/dbeta,
 //             d_theta = (sum G h, scale sum G h / k for the hyperbolic kind else 0, sum G).
+//   forward + gradient (stats whose G is local to the pair: pair_sum) the forward's stats and
+//             the backward's gradients for g_row = 1, g_col = 0, from one walk per direction.
+// Stats: lse (row / column log-sum-exp; empty: -inf) and pair_sum (row / column sums of
+// softplus(-z l), z = +1 on positives, -1 on negatives; empty: 0).
 // Results are deterministic: no atomics, every reduction runs in a fixed order.
 #pragma once
 
@@ -96,6 +100,18 @@ size_t tile_backward_workspace_bytes(const TileProblem& problem);
 cudaError_t tile_backward(const TileProblem& problem, const void* row_stat, const void* col_stat,
                           const void* g_row, const void* g_col, const TileGrads& grads,
                           void* workspace, cudaStream_t stream);
+
+// Whether statistic `stat` has a one-pass gradient (its G_ij is local to the pair, spec.py
+// STAT_INFO[stat]["local_grad"]): true for pair_sum, false for lse and unknown ids.
+bool tile_stat_local_grad(int stat);
+
+// tile_forward's row_stat / col_stat and tile_backward's gradients for g_row = 1 (all ones),
+// g_col = 0, from one walk per direction (the backward's two launches, each also folding the
+// statistic; no tile_forward launches, no saved statistics read). Same buffers and workspace
+// (tile_backward_workspace_bytes) as those two. A stat without a one-pass gradient (lse)
+// returns cudaErrorNotSupported, an invalid problem cudaErrorInvalidValue.
+cudaError_t tile_forward_grad(const TileProblem& problem, void* row_stat, void* col_stat,
+                              const TileGrads& grads, void* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace flashnce

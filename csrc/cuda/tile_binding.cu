@@ -1,5 +1,6 @@
 // Torch binding of the CUDA core: TORCH_LIBRARY_IMPL(flashnce, CUDA) for the schemas
-// flashnce::tile_fwd / tile_bwd of csrc/ops.cpp (semantics: python/flashnce/core/spec.py).
+// flashnce::tile_fwd / tile_bwd / tile_fwd_grad of csrc/ops.cpp (semantics:
+// python/flashnce/core/spec.py).
 // Validates like the CPU impl (options, shapes, dtypes, the relation's index tensors), moves
 // the small operands to x's device in the compute dtype, allocates outputs and scratch through
 // the caching allocator, and queues the core's kernels (tile_api.cuh) on the current stream.
@@ -158,6 +159,40 @@ void check_cuda(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "flashnce: ", what, " failed: ", cudaGetErrorString(err));
 }
 
+// Names of the stats (python: spec.STATS), for messages.
+const char* stat_name(int stat) {
+  static const char* const names[] = {"lse", "pair_sum"};
+  static_assert(sizeof(names) / sizeof(names[0]) == kNumStats, "one name per stat");
+  return stat >= 0 && stat < kNumStats ? names[stat] : "?";
+}
+
+// Gradient outputs of tile_bwd / tile_fwd_grad: dx / dy in the input dtype, the rest in the
+// compute dtype; every element is written by the kernels (dx / dy are zeroed by the launcher).
+struct GradOutputs {
+  at::Tensor dx, dy, d_alpha, d_beta, d_theta, workspace;
+  TileGrads grads;
+};
+
+GradOutputs grad_outputs(const Prepared& p, const at::Tensor& x, const at::Tensor& y,
+                         int64_t r) {
+  const int64_t n = p.pb.n, m = p.pb.m;
+  GradOutputs o;
+  o.dx = at::empty({n, p.pb.k}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  o.dy = at::empty({m, p.pb.k}, y.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
+  o.d_alpha = at::empty({n, r}, fopt);
+  o.d_beta = at::empty({m, r}, fopt);
+  o.d_theta = at::empty({kNumTheta}, fopt);
+  o.workspace = at::empty({static_cast<int64_t>(tile_backward_workspace_bytes(p.pb))},
+                          x.options().dtype(at::kByte));
+  o.grads.dx = o.dx.data_ptr();
+  o.grads.dy = o.dy.data_ptr();
+  o.grads.d_alpha = o.d_alpha.data_ptr();
+  o.grads.d_beta = o.d_beta.data_ptr();
+  o.grads.d_theta = o.d_theta.data_ptr();
+  return o;
+}
+
 std::tuple<at::Tensor, at::Tensor> tile_fwd_cuda(const at::Tensor& x, const at::Tensor& y,
                                                  const at::Tensor& alpha, const at::Tensor& beta,
                                                  const at::Tensor& theta,
@@ -181,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
     const at::Tensor& g_col) {
   const c10::cuda::CUDAGuard guard(x.device());
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options, kappa);
-  const int64_t n = p.pb.n, m = p.pb.m, m0 = p.pb.cols_both, r = alpha.size(1);
+  const int64_t n = p.pb.n, m0 = p.pb.cols_both, r = alpha.size(1);
   TORCH_CHECK(row_stat.numel() == n && g_row.numel() == n,
               "flashnce: row_stat and g_row must have N = ", n, " elements, got ",
               row_stat.numel(), " and ", g_row.numel());
@@ -191,25 +226,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
   const auto cd = compute_dtype(x.scalar_type());
   const at::Tensor rs = on_device(row_stat, x, cd), cs = on_device(col_stat, x, cd);
   const at::Tensor gr = on_device(g_row, x, cd), gc = on_device(g_col, x, cd);
-  // Every output element is written by the kernels (dx / dy are zeroed by the launcher).
-  at::Tensor dx = at::empty({n, p.pb.k}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor dy = at::empty({m, p.pb.k}, y.options().memory_format(at::MemoryFormat::Contiguous));
-  const auto fopt = x.options().dtype(cd);
-  at::Tensor d_alpha = at::empty({n, r}, fopt), d_beta = at::empty({m, r}, fopt);
-  at::Tensor d_theta = at::empty({kNumTheta}, fopt);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(tile_backward_workspace_bytes(p.pb))},
-                                   x.options().dtype(at::kByte));
-  TileGrads grads;
-  grads.dx = dx.data_ptr();
-  grads.dy = dy.data_ptr();
-  grads.d_alpha = d_alpha.data_ptr();
-  grads.d_beta = d_beta.data_ptr();
-  grads.d_theta = d_theta.data_ptr();
+  GradOutputs o = grad_outputs(p, x, y, r);
   check_cuda(tile_backward(p.pb, rs.data_ptr(), cs.data_ptr(), gr.data_ptr(), gc.data_ptr(),
-                           grads, workspace.data_ptr(),
+                           o.grads, o.workspace.data_ptr(),
                            c10::cuda::getCurrentCUDAStream().stream()),
              "tile_bwd launch");
-  return {dx, dy, d_alpha, d_beta, d_theta};
+  return {o.dx, o.dy, o.d_alpha, o.d_beta, o.d_theta};
+}
+
+// tile_fwd's stats and tile_bwd's gradients for g_row = 1, g_col = 0, from the backward's two
+// walks, each also folding the statistic (tile_api.cuh tile_forward_grad): stats whose G is
+// local to the pair only (pair_sum).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+tile_fwd_grad_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& alpha,
+                   const at::Tensor& beta, const at::Tensor& theta, at::TensorList relation,
+                   at::IntArrayRef options, double kappa) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Prepared p = prepare(x, y, alpha, beta, theta, relation, options, kappa);
+  TORCH_CHECK(tile_stat_local_grad(p.pb.stat), "flashnce: statistic ", stat_name(p.pb.stat),
+              " has no one-pass gradient: its G is not local to the pair (tile_fwd_grad "
+              "serves pair_sum); use tile_fwd and tile_bwd");
+  const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
+  at::Tensor row_stat = at::empty({p.pb.n}, fopt);
+  at::Tensor col_stat = at::empty({p.pb.cols_both}, fopt);
+  GradOutputs o = grad_outputs(p, x, y, alpha.size(1));
+  check_cuda(tile_forward_grad(p.pb, row_stat.data_ptr(), col_stat.data_ptr(), o.grads,
+                               o.workspace.data_ptr(),
+                               c10::cuda::getCurrentCUDAStream().stream()),
+             "tile_fwd_grad launch");
+  return {row_stat, col_stat, o.dx, o.dy, o.d_alpha, o.d_beta, o.d_theta};
 }
 
 }  // namespace
@@ -219,6 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
 TORCH_LIBRARY_IMPL(flashnce, CUDA, m) {
   m.impl("tile_fwd", &flashnce::cuda::tile_fwd_cuda);
   m.impl("tile_bwd", &flashnce::cuda::tile_bwd_cuda);
+  m.impl("tile_fwd_grad", &flashnce::cuda::tile_fwd_grad_cuda);
 }
 
 FLASHNCE_PYTHON_MODULE(_C_cuda)

@@ -88,6 +88,9 @@ template <class T>
 cudaError_t backward_typed(const TileProblem& pb, const void* row_stat, const void* col_stat,
                            const void* g_row, const void* g_col, const TileGrads& out,
                            void* workspace, cudaStream_t stream);
+template <class T>
+cudaError_t forward_grad_typed(const TileProblem& pb, void* row_stat, void* col_stat,
+                               const TileGrads& out, void* workspace, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace cuda

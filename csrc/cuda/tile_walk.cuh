@@ -16,6 +16,11 @@
 //   sum G); <true> gives dy and d_beta for all M columns (row-only columns j >= M0 get G from
 //   the row term alone). Each block owns its output rows, so dx/dy accumulate with plain
 //   read-modify-writes and no atomics: results are bitwise reproducible.
+// Forward + gradient (tile_fwd_grad, stats with Stat::kLocalGrad only): the backward kernels
+//   with kFwdGrad = true take g_row = 1, g_col = 0 as constants (G_ij = f'(l_ij) in both
+//   directions, no saved statistic) and also fold the pair into the outer row's state, so the
+//   row pass gives row_stat with dx, the column pass col_stat with dy: two launches instead of
+//   tile_fwd's two plus tile_bwd's two. The folds are tile_fwd_kernel's, in the same order.
 //
 // Per tile: p = X_o X_i^T in shared memory; each warp then owns BM/8 outer rows and its lanes
 // cover the BN inner columns, reading each entry's role (skip / positive / negative) from the
@@ -212,7 +217,11 @@ __global__ void __launch_bounds__(kThreads, 4)
 // += g_p X_inner, d_scalars = finalized row sums of G dl/d(outer scalars), and, when
 // theta_partials is set, this block's (sum G h, sum G) at [blockIdx.x] and
 // [gridDim.x + blockIdx.x].
-template <class T, int KIND, int STAT, bool kCols>
+// kFwdGrad (tile_fwd_grad): g_row = 1, g_col = 0 and no saved statistics (saved_* and g_* are
+// not read), and stat_out[o] = the outer row's statistic for the rows that have one
+// (o < outer.stat_count). Without kFwdGrad, stat_out is not read and the code is the plain
+// backward's.
+template <class T, int KIND, int STAT, bool kCols, bool kFwdGrad>
 __global__ void __launch_bounds__(kThreads)
     tile_bwd_kernel(WalkParams<T> pr, const typename Convert<T>::Acc* __restrict__ saved_outer,
                     const typename Convert<T>::Acc* __restrict__ saved_inner,
@@ -220,7 +229,8 @@ __global__ void __launch_bounds__(kThreads)
                     const typename Convert<T>::Acc* __restrict__ g_inner,
                     typename Convert<T>::Acc* __restrict__ d_outer,
                     typename Convert<T>::Acc* __restrict__ d_scalars,
-                    typename Convert<T>::Acc* __restrict__ theta_partials) {
+                    typename Convert<T>::Acc* __restrict__ theta_partials,
+                    typename Convert<T>::Acc* __restrict__ stat_out) {
   using TT = TileTraits<T>;
   using Acc = typename Convert<T>::Acc;
   using E = Epilogue<KIND, Acc>;
@@ -230,6 +240,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int RPW = TT::BM / kWarps;
   constexpr int P = kThreads / TT::BK;  // outer rows per pass of the gradient GEMM
   static_assert(kThreads % TT::BK == 0 && TT::BM % P == 0, "gradient GEMM mapping");
+  static_assert(!kFwdGrad || S::kLocalGrad, "a one-pass gradient needs a pair-local G");
 
   __shared__ __align__(128) unsigned char smem_raw[sizeof(SharedTiles<T>)];
   SharedTiles<T>& sm = *reinterpret_cast<SharedTiles<T>*>(smem_raw);
@@ -242,12 +253,17 @@ __global__ void __launch_bounds__(kThreads)
   CsrCursor cs = begin_outer<R>(sm, pr, o0);
   // Outer rows without a statistic (row-only columns) get g = 0: no term of their own.
   Acc saved_o[RPW], g_o[RPW], gsum[RPW][RS];
+  typename S::State st[kFwdGrad ? RPW : 1];  // kFwdGrad: the outer rows' statistics
 #pragma unroll
   for (int q = 0; q < RPW; ++q) {
-    const int64_t go = o0 + warp * RPW + q;
-    const bool has = go < pr.outer.stat_count;
-    saved_o[q] = has ? saved_outer[go] : Acc(0);
-    g_o[q] = has ? g_outer[go] : Acc(0);
+    if constexpr (kFwdGrad) {
+      S::init(st[q]);
+    } else {
+      const int64_t go = o0 + warp * RPW + q;
+      const bool has = go < pr.outer.stat_count;
+      saved_o[q] = has ? saved_outer[go] : Acc(0);
+      g_o[q] = has ? g_outer[go] : Acc(0);
+    }
 #pragma unroll
     for (int t = 0; t < RS; ++t) gsum[q][t] = Acc(0);
   }
@@ -255,11 +271,13 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t i0 = 0; i0 < pr.inner.count; i0 += TT::BN) {
     begin_inner<R, kCols>(sm, pr, cs, o0, i0);
-    for (int c = threadIdx.x; c < TT::BN; c += kThreads) {
-      const int64_t gi = i0 + c;
-      const bool has = gi < pr.inner.stat_count;
-      sm.inner_saved[c] = has ? saved_inner[gi] : Acc(0);
-      sm.inner_g[c] = has ? g_inner[gi] : Acc(0);
+    if constexpr (!kFwdGrad) {
+      for (int c = threadIdx.x; c < TT::BN; c += kThreads) {
+        const int64_t gi = i0 + c;
+        const bool has = gi < pr.inner.stat_count;
+        sm.inner_saved[c] = has ? saved_inner[gi] : Acc(0);
+        sm.inner_g[c] = has ? g_inner[gi] : Acc(0);
+      }
     }
     compute_p_tile(sm.g, pr.outer.feat, pr.outer.count, pr.inner.feat, pr.inner.count, K, o0,
                    i0);  // ends with __syncthreads()
@@ -274,8 +292,14 @@ __global__ void __launch_bounds__(kThreads)
         const auto ev = E::eval(p, a, b, ksc, pr.kappa);
         const Acc l = scale * ev.h + bias;
         const bool pos = role == kEntryPositive;
-        const Acc g = S::grad(g_o[q], l, saved_o[q], pos) +
-                      S::grad(sm.inner_g[c], l, sm.inner_saved[c], pos);
+        Acc g;  // G_ij (tile_stat.cuh)
+        if constexpr (kFwdGrad)
+          g = S::fold_slope(st[q], l, pos);  // g_row = 1, g_col = 0
+        else if constexpr (S::kLocalGrad)
+          g = (g_o[q] + sm.inner_g[c]) * S::slope(l, pos);
+        else
+          g = S::grad(g_o[q], l, saved_o[q], pos) +
+              S::grad(sm.inner_g[c], l, sm.inner_saved[c], pos);
         RowScalars<Acc> ga = scalars_at<Acc, 0>(sm.outer_scalars, 0);  // zeros
         RowScalars<Acc> gb = ga;
         gp = E::grad(ev, p, a, b, ksc, g * scale, ga, gb);
@@ -313,6 +337,15 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
       __syncthreads();  // sm.g.inner is reloaded by the next chunk
+    }
+  }
+
+  if constexpr (kFwdGrad) {  // as tile_fwd_kernel's end
+#pragma unroll
+    for (int q = 0; q < RPW; ++q) {
+      warp_merge<STAT, Acc>(st[q]);
+      const int64_t go = o0 + warp * RPW + q;
+      if (lane == 0 && go < pr.outer.stat_count) stat_out[go] = S::value(st[q]);
     }
   }
 

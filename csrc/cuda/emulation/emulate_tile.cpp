@@ -1,15 +1,19 @@
 // Executes the CUDA tile core (tile_api.cu, tile_launch.cuh, tile_walk.cuh) on the CPU through
 // cuda_emulation.h and compares it with a naive float64 evaluation of the contract
 // (python/flashnce/core/spec.py): the shared epilogue and plain loops over the materialised
-// N x M roles. Checked: row / column stats (and their -inf pattern), dx, dy, d_alpha, d_beta,
-// d_theta, exact zeros for fully skipped rows / columns, for every relation (none, diagonal with
-// offsets, targets, labels, csr with skip and positive roles), both flags, row-only columns
-// (cols_both < M), a bias, every epilogue kind and dtype, shapes that are not tile multiples.
-// It checks the walk and the launchers (indices, roles, shared-memory phases, reductions,
-// workspace, finalize), not the GPU itself. Build and run (tests/test_cuda_backend.py does this
-// when g++ and the CUDA headers are present):
+// N x M roles. Checked, for each statistic (lse, pair_sum): row / column stats (and their
+// empty values: -inf for lse, exactly 0 for pair_sum), dx, dy, d_alpha, d_beta, d_theta, exact
+// zeros for fully skipped rows / columns, for every relation (none, diagonal with offsets,
+// targets, labels, csr with skip and positive roles), both flags, row-only columns
+// (cols_both < M), a bias, large logits, every epilogue kind and dtype, shapes that are not tile
+// multiples (N = 1 and N = 0 included). For pair_sum also tile_forward_grad: its stats bitwise
+// equal to tile_forward's (same folds, same order), its gradients against the float64 backward
+// with g_row = 1, g_col = 0; for lse its refusal. It checks the walk and the launchers
+// (indices, roles, shared-memory phases, reductions, workspace, finalize), not the GPU itself.
+// Build and run (tests/test_cuda_backend.py does this when g++ and the CUDA headers are present):
 //   g++ -std=c++20 -O1 -pthread -Icsrc -Icsrc/cuda -I$CUDA_HOME/include \
-//       csrc/cuda/emulation/emulate_tile.cpp -o emulate && ./emulate [quick]
+//       csrc/cuda/emulation/emulate_tile.cpp -o emulate && ./emulate [quick] [lse|pair_sum]
+// (no stat argument: both).
 #include "cuda_emulation.h"
 // (the emulation header must come first)
 #include "tile_api.cu"
@@ -48,6 +52,7 @@ struct Case {
   int64_t cols_both;  // -1: all m columns
   bool skip_row1 = false;  // csr: row 1 lists every column as skip (a fully skipped row)
   bool skip_col2 = false;  // csr: every row lists column 2 as skip (a fully skipped column)
+  double scale = 1.7;      // theta's scale (large: logits far into the softplus / exp tails)
 };
 
 template <class T>
@@ -172,8 +177,21 @@ double lse(const std::vector<double>& v) {
   return s > 0 ? mx + std::log(s) : -INFINITY;
 }
 
+// pair_sum in float64, straight from the contract: f(l, z) = softplus(-z l) = log(1 + exp(-z l))
+// and f'(l, z) = -z sigmoid(-z l) = -z / (1 + exp(z l)), z = +1 for positives, -1 otherwise.
+double pair_f(double l, bool positive) {
+  const double u = positive ? -l : l;
+  return u > 30 ? u + std::log1p(std::exp(-u)) : std::log1p(std::exp(u));
+}
+double pair_slope(double l, bool positive) {
+  const double z = positive ? 1.0 : -1.0;
+  return -z / (1.0 + std::exp(z * l));
+}
+
+const char* stat_name(int stat) { return stat == kStatLse ? "lse" : "pair_sum"; }
+
 template <class T, int KIND>
-int run_case(const Case& cs, double tol, std::mt19937_64& rng) {
+int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
   using Acc = typename Convert<T>::Acc;
   using E64 = Epilogue<KIND, double>;
   constexpr int R = E64::kR;
@@ -211,7 +229,7 @@ int run_case(const Case& cs, double tol, std::mt19937_64& rng) {
   std::vector<Acc> a(ad.begin(), ad.end()), b(bd.begin(), bd.end());
   for (size_t i = 0; i < a.size(); ++i) ad[i] = a[i];  // the kernels see the rounded scalars
   for (size_t i = 0; i < b.size(); ++i) bd[i] = b[i];
-  const Acc theta[3] = {Acc(1.7), Acc(0.9), Acc(0.3)};  // scale, inv_sqrt_c, bias
+  const Acc theta[3] = {Acc(cs.scale), Acc(0.9), Acc(0.3)};  // scale, inv_sqrt_c, bias
   const double scale = theta[0], ksc = theta[1], bias = theta[2];
   const double kappa = std::is_same<T, double>::value ? 1e-14 : 1e-6;
   std::vector<Acc> g_row(n), g_col(m0);
@@ -238,103 +256,200 @@ int run_case(const Case& cs, double tol, std::mt19937_64& rng) {
       if (role[i * m + j] != 0)
         L[i * m + j] = scale * E64::eval(p, sc(ad, i), sc(bd, j), ksc, kappa).h + bias;
     }
+  const bool sum = stat == kStatPairSum;
   std::vector<double> rs(n), cst(m0);
-  for (int64_t i = 0; i < n; ++i)
-    rs[i] = lse(std::vector<double>(L.begin() + i * m, L.begin() + (i + 1) * m));
+  for (int64_t i = 0; i < n; ++i) {
+    if (sum) {
+      rs[i] = 0;
+      for (int64_t j = 0; j < m; ++j)
+        if (role[i * m + j] != 0) rs[i] += pair_f(L[i * m + j], role[i * m + j] == 1);
+    } else {
+      rs[i] = lse(std::vector<double>(L.begin() + i * m, L.begin() + (i + 1) * m));
+    }
+  }
   for (int64_t j = 0; j < m0; ++j) {
     std::vector<double> colv(n);
     for (int64_t i = 0; i < n; ++i) colv[i] = L[i * m + j];
-    cst[j] = lse(colv);
+    if (sum) {
+      cst[j] = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (role[i * m + j] != 0) cst[j] += pair_f(L[i * m + j], role[i * m + j] == 1);
+    } else {
+      cst[j] = lse(colv);
+    }
   }
-  std::vector<double> dx(n * K, 0), dy(m * K, 0), da(n * R, 0), db(m * R, 0), dth(3, 0);
   std::vector<bool> row_live(n, false), col_live(m, false);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) {
-      if (role[i * m + j] == 0) continue;
-      row_live[i] = col_live[j] = true;
-      const auto ai = sc(ad, i), bj = sc(bd, j);
-      const auto ev = E64::eval(P[i * m + j], ai, bj, ksc, kappa);
-      const double l = scale * ev.h + bias;
-      double g = g_row[i] * std::exp(l - rs[i]);
-      if (j < m0) g += g_col[j] * std::exp(l - cst[j]);
-      RowScalars<double> ga{}, gb{};
-      const double gp = E64::grad(ev, P[i * m + j], ai, bj, ksc, g * scale, ga, gb);
-      dth[0] += g * ev.h;
-      dth[2] += g;
-      for (int t = 0; t < R; ++t) { da[i * R + t] += ga.v[t]; db[j * R + t] += gb.v[t]; }
-      for (int64_t k = 0; k < K; ++k) {
-        dx[i * K + k] += gp * yd[j * K + k];
-        dy[j * K + k] += gp * xd[i * K + k];
-      }
-    }
-  dth[1] = KIND == kHyperbolic ? scale * dth[0] / ksc : 0.0;
-  auto finalize = [&](std::vector<double>& d, const std::vector<double>& s, int64_t rows) {
-    for (int64_t i = 0; i < rows; ++i) {
-      RowScalars<double> g{};
-      for (int t = 0; t < R; ++t) g.v[t] = d[i * R + t];
-      E64::finalize(sc(s, i), g);
-      for (int t = 0; t < R; ++t) d[i * R + t] = g.v[t];
-    }
+    for (int64_t j = 0; j < m; ++j)
+      if (role[i * m + j] != 0) row_live[i] = col_live[j] = true;
+
+  // The float64 backward for upstream gradients (gr [n], gc [m0]).
+  struct Grads {
+    std::vector<double> dx, dy, da, db, dth;
   };
-  finalize(da, ad, n);
-  finalize(db, bd, m);
+  auto reference_grads = [&](const auto& gr, const auto& gc) {
+    Grads o{std::vector<double>(n * K, 0), std::vector<double>(m * K, 0),
+            std::vector<double>(n * R, 0), std::vector<double>(m * R, 0),
+            std::vector<double>(3, 0)};
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < m; ++j) {
+        if (role[i * m + j] == 0) continue;
+        const auto ai = sc(ad, i), bj = sc(bd, j);
+        const auto ev = E64::eval(P[i * m + j], ai, bj, ksc, kappa);
+        const double l = scale * ev.h + bias;
+        double g;
+        if (sum) {
+          g = (double(gr[i]) + (j < m0 ? double(gc[j]) : 0.0)) *
+              pair_slope(l, role[i * m + j] == 1);
+        } else {
+          g = gr[i] * std::exp(l - rs[i]);
+          if (j < m0) g += gc[j] * std::exp(l - cst[j]);
+        }
+        RowScalars<double> ga{}, gb{};
+        const double gp = E64::grad(ev, P[i * m + j], ai, bj, ksc, g * scale, ga, gb);
+        o.dth[0] += g * ev.h;
+        o.dth[2] += g;
+        for (int t = 0; t < R; ++t) { o.da[i * R + t] += ga.v[t]; o.db[j * R + t] += gb.v[t]; }
+        for (int64_t k = 0; k < K; ++k) {
+          o.dx[i * K + k] += gp * yd[j * K + k];
+          o.dy[j * K + k] += gp * xd[i * K + k];
+        }
+      }
+    o.dth[1] = KIND == kHyperbolic ? scale * o.dth[0] / ksc : 0.0;
+    auto finalize = [&](std::vector<double>& d, const std::vector<double>& s, int64_t rows) {
+      for (int64_t i = 0; i < rows; ++i) {
+        RowScalars<double> g{};
+        for (int t = 0; t < R; ++t) g.v[t] = d[i * R + t];
+        E64::finalize(sc(s, i), g);
+        for (int t = 0; t < R; ++t) d[i * R + t] = g.v[t];
+      }
+    };
+    finalize(o.da, ad, n);
+    finalize(o.db, bd, m);
+    return o;
+  };
 
   // The core, emulated, through its public entry points.
   TileProblem pb;
   pb.dtype = dtype_of<T>();
   pb.x = x.data(); pb.y = y.data(); pb.alpha = a.data(); pb.beta = b.data(); pb.theta = theta;
   pb.n = n; pb.m = m; pb.k = K; pb.cols_both = m0;
-  pb.kind = KIND; pb.stat = kStatLse; pb.relation = cs.relation; pb.flags = cs.flags;
+  pb.kind = KIND; pb.stat = stat; pb.relation = cs.relation; pb.flags = cs.flags;
   pb.diag_offset = cs.diag_offset; pb.index = rel.index(); pb.kappa = kappa;
-  std::vector<Acc> row_stat(n + 1), col_stat(m0 + 1);
   int failures = 0;
   auto fail = [&](const char* what, double err) {
-    std::printf("FAIL %s dtype=%d kind=%d n=%lld m=%lld k=%lld: %s rel err %.3e > %.1e\n", cs.name,
-                int(pb.dtype), KIND, (long long)n, (long long)m, (long long)K, what, err, tol);
+    std::printf("FAIL %s stat=%s dtype=%d kind=%d n=%lld m=%lld k=%lld: %s rel err %.3e > %.1e\n",
+                cs.name, stat_name(stat), int(pb.dtype), KIND, (long long)n, (long long)m,
+                (long long)K, what, err, tol);
     ++failures;
   };
-  if (tile_forward(pb, row_stat.data(), col_stat.data(), nullptr) != cudaSuccess)
-    fail("tile_forward status", INFINITY);
-  // The backward gets the float64 stats rounded to Acc, so that it is checked on its own.
-  std::vector<Acc> rsa(rs.begin(), rs.end()), csa(cst.begin(), cst.end());
-  rsa.push_back(0); csa.push_back(0);
-  std::vector<T> dxa(n * K + 1), dya(m * K + 1);
-  std::vector<Acc> daa(n * R + 1, Acc(7)), dba(m * R + 1, Acc(7)), dtha(3, Acc(7));
-  std::vector<unsigned char> ws(tile_backward_workspace_bytes(pb) + 256);
-  void* wsp = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
-  std::memset(wsp, 0x7f, tile_backward_workspace_bytes(pb));  // contents must be ignored
-  TileGrads grads{dxa.data(), dya.data(), daa.data(), dba.data(), dtha.data()};
-  if (tile_backward(pb, rsa.data(), csa.data(), g_row.data(), g_col.data(), grads, wsp,
-                    nullptr) != cudaSuccess)
-    fail("tile_backward status", INFINITY);
-
   auto dbl = [](const auto& v, size_t count) {
     std::vector<double> out(count);
     for (size_t i = 0; i < count; ++i) out[i] = to_double(v[i]);
     return out;
   };
-  const double errs[] = {rel_err(dbl(row_stat, n), rs), rel_err(dbl(col_stat, m0), cst),
-                         rel_err(dbl(dxa, n * K), dx), rel_err(dbl(dya, m * K), dy),
-                         rel_err(dbl(daa, n * R), da), rel_err(dbl(dba, m * R), db),
-                         rel_err(dbl(dtha, 3), dth)};
-  const char* names[] = {"row_stat", "col_stat", "dx", "dy", "d_alpha", "d_beta", "d_theta"};
-  for (int q = 0; q < 7; ++q)
-    if (!(errs[q] <= tol)) fail(names[q], errs[q]);
-  // Fully skipped rows / columns: gradient exactly zero (never NaN, never a stray term).
-  for (int64_t i = 0; i < n; ++i) {
-    if (row_live[i]) continue;
-    bool zero = true;
-    for (int64_t k = 0; k < K; ++k) zero = zero && to_double(dxa[i * K + k]) == 0.0;
-    for (int t = 0; t < R; ++t) zero = zero && daa[i * R + t] == Acc(0);
-    if (!zero) fail("dx / d_alpha of a fully skipped row", 1);
+  // Outputs of one call; one spare element each (nothing may be written past the end) and
+  // non-zero fill (every element must be written).
+  struct Out {
+    std::vector<Acc> row_stat, col_stat;
+    std::vector<T> dx, dy;
+    std::vector<Acc> da, db, dth;
+    TileGrads grads() {
+      return TileGrads{dx.data(), dy.data(), da.data(), db.data(), dth.data()};
+    }
+  };
+  auto make_out = [&] {
+    return Out{std::vector<Acc>(n + 1, Acc(7)), std::vector<Acc>(m0 + 1, Acc(7)),
+               std::vector<T>(n * K + 1, from_double<T>(7)),
+               std::vector<T>(m * K + 1, from_double<T>(7)), std::vector<Acc>(n * R + 1, Acc(7)),
+               std::vector<Acc>(m * R + 1, Acc(7)), std::vector<Acc>(3, Acc(7))};
+  };
+  const size_t ws_bytes = tile_backward_workspace_bytes(pb);
+  std::vector<unsigned char> ws(ws_bytes + 256);
+  void* wsp = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
+  auto poison_workspace = [&] { std::memset(wsp, 0x7f, ws_bytes); };  // contents are ignored
+
+  auto check_stats = [&](const char* tag, const Out& o) {
+    const std::string t = tag;
+    const double e_row = rel_err(dbl(o.row_stat, n), rs), e_col = rel_err(dbl(o.col_stat, m0), cst);
+    if (!(e_row <= tol)) fail((t + "row_stat").c_str(), e_row);
+    if (!(e_col <= tol)) fail((t + "col_stat").c_str(), e_col);
+    if (to_double(o.row_stat[n]) != 7 || to_double(o.col_stat[m0]) != 7)
+      fail((t + "stat written past the end").c_str(), 1);
+    // Empty rows / columns: exactly the stat's empty value (lse's -inf is exact in rel_err).
+    for (int64_t i = 0; i < n; ++i)
+      if (sum && !row_live[i] && o.row_stat[i] != Acc(0))
+        fail((t + "row_stat of a fully skipped row != 0").c_str(), 1);
+    for (int64_t j = 0; j < m0; ++j)
+      if (sum && !col_live[j] && o.col_stat[j] != Acc(0))
+        fail((t + "col_stat of a fully skipped column != 0").c_str(), 1);
+  };
+  auto check_grads = [&](const char* tag, const Out& o, const Grads& e) {
+    const std::string t = tag;
+    const double errs[] = {rel_err(dbl(o.dx, n * K), e.dx), rel_err(dbl(o.dy, m * K), e.dy),
+                           rel_err(dbl(o.da, n * R), e.da), rel_err(dbl(o.db, m * R), e.db),
+                           rel_err(dbl(o.dth, 3), e.dth)};
+    const char* names[] = {"dx", "dy", "d_alpha", "d_beta", "d_theta"};
+    for (int q = 0; q < 5; ++q)
+      if (!(errs[q] <= tol)) fail((t + names[q]).c_str(), errs[q]);
+    if (to_double(o.dx[n * K]) != 7 || to_double(o.dy[m * K]) != 7 || o.da[n * R] != Acc(7) ||
+        o.db[m * R] != Acc(7))
+      fail((t + "gradient written past the end").c_str(), 1);
+    // Fully skipped rows / columns: gradient exactly zero (never NaN, never a stray term).
+    for (int64_t i = 0; i < n; ++i) {
+      if (row_live[i]) continue;
+      bool zero = true;
+      for (int64_t k = 0; k < K; ++k) zero = zero && to_double(o.dx[i * K + k]) == 0.0;
+      for (int t2 = 0; t2 < R; ++t2) zero = zero && o.da[i * R + t2] == Acc(0);
+      if (!zero) fail((t + "dx / d_alpha of a fully skipped row").c_str(), 1);
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      if (col_live[j]) continue;
+      bool zero = true;
+      for (int64_t k = 0; k < K; ++k) zero = zero && to_double(o.dy[j * K + k]) == 0.0;
+      for (int t2 = 0; t2 < R; ++t2) zero = zero && o.db[j * R + t2] == Acc(0);
+      if (!zero) fail((t + "dy / d_beta of a fully skipped column").c_str(), 1);
+    }
+  };
+
+  Out fwd = make_out();
+  if (tile_forward(pb, fwd.row_stat.data(), fwd.col_stat.data(), nullptr) != cudaSuccess)
+    fail("tile_forward status", INFINITY);
+  check_stats("", fwd);
+
+  // The backward gets the float64 stats rounded to Acc, so that it is checked on its own.
+  std::vector<Acc> rsa(rs.begin(), rs.end()), csa(cst.begin(), cst.end());
+  rsa.push_back(0); csa.push_back(0);
+  Out bwd = make_out();
+  poison_workspace();
+  if (tile_backward(pb, rsa.data(), csa.data(), g_row.data(), g_col.data(), bwd.grads(), wsp,
+                    nullptr) != cudaSuccess)
+    fail("tile_backward status", INFINITY);
+  check_grads("", bwd, reference_grads(g_row, g_col));
+
+  // One-pass forward + gradient (g_row = 1, g_col = 0): pair_sum only, lse refused.
+  Out fg = make_out();
+  poison_workspace();
+  const cudaError_t st = tile_forward_grad(pb, fg.row_stat.data(), fg.col_stat.data(),
+                                           fg.grads(), wsp, nullptr);
+  if (!sum) {
+    if (st != cudaErrorNotSupported) fail("tile_forward_grad of lse not refused", INFINITY);
+    return failures;
   }
-  for (int64_t j = 0; j < m; ++j) {
-    if (col_live[j]) continue;
-    bool zero = true;
-    for (int64_t k = 0; k < K; ++k) zero = zero && to_double(dya[j * K + k]) == 0.0;
-    for (int t = 0; t < R; ++t) zero = zero && dba[j * R + t] == Acc(0);
-    if (!zero) fail("dy / d_beta of a fully skipped column", 1);
-  }
+  if (st != cudaSuccess) fail("tile_forward_grad status", INFINITY);
+  check_stats("fwd_grad ", fg);
+  for (int64_t i = 0; i < n; ++i)
+    if (std::memcmp(&fg.row_stat[i], &fwd.row_stat[i], sizeof(Acc)) != 0) {
+      fail("fwd_grad row_stat not bitwise tile_forward's", 1);
+      break;
+    }
+  for (int64_t j = 0; j < m0; ++j)
+    if (std::memcmp(&fg.col_stat[j], &fwd.col_stat[j], sizeof(Acc)) != 0) {
+      fail("fwd_grad col_stat not bitwise tile_forward's", 1);
+      break;
+    }
+  check_grads("fwd_grad ", fg,
+              reference_grads(std::vector<double>(n, 1.0), std::vector<double>(m0, 0.0)));
   return failures;
 }
 
@@ -353,6 +468,8 @@ const Case kRelationCases[] = {
     {"csr_full_skips", 70, 39, 6, kRelCsr, 0, 0, -1, true, true},
     {"csr_skip_positives_rowonly", 39, 70, 5, kRelCsr, kFlagSkipPositives, 0, 35, true, false},
     {"csr_skip_self_no_col_stats", 34, 34, 4, kRelCsr, kFlagSkipSelf, 0, 0, false, true},
+    {"targets_one_row", 1, 67, 5, kRelTargets, 0, 0, -1},
+    {"labels_large_logits", 41, 29, 6, kRelLabels, kFlagSkipSelf, 2, 20, false, false, 30.0},
 };
 const Case kPlainCases[] = {
     {"none", 70, 130, 37, kRelNone, 0, 0, -1},
@@ -360,27 +477,28 @@ const Case kPlainCases[] = {
     {"none_tiny", 1, 5, 3, kRelNone, 0, 0, -1},
     {"none_k0", 9, 9, 0, kRelNone, 0, 0, -1},
     {"none_no_rows", 0, 5, 3, kRelNone, 0, 0, -1},
+    {"none_no_cols", 5, 0, 3, kRelNone, 0, 0, -1},
 };
 
 template <class T, int KIND>
-int run_kind(double tol, bool relations, std::mt19937_64& rng) {
+int run_kind(int stat, double tol, bool relations, std::mt19937_64& rng) {
   int f = 0;
-  for (const Case& c : kPlainCases) f += run_case<T, KIND>(c, tol, rng);
+  for (const Case& c : kPlainCases) f += run_case<T, KIND>(c, stat, tol, rng);
   if (relations)
-    for (const Case& c : kRelationCases) f += run_case<T, KIND>(c, tol, rng);
+    for (const Case& c : kRelationCases) f += run_case<T, KIND>(c, stat, tol, rng);
   return f;
 }
 
 // Every kind sees the plain cases; the relation cases run on every kind for fp64 / fp32 and on
 // two kinds for the 16-bit types (the roles do not depend on the dtype; the rounding does).
 template <class T>
-int run_dtype(double tol, bool all_relations, std::mt19937_64& rng) {
+int run_dtype(int stat, double tol, bool all_relations, std::mt19937_64& rng) {
   int f = 0;
-  f += run_kind<T, kDot>(tol, true, rng);
-  f += run_kind<T, kSqEuclidean>(tol, all_relations, rng);
-  f += run_kind<T, kEuclidean>(tol, all_relations, rng);
-  f += run_kind<T, kHyperbolic>(tol, true, rng);
-  f += run_kind<T, kCosine>(tol, all_relations, rng);
+  f += run_kind<T, kDot>(stat, tol, true, rng);
+  f += run_kind<T, kSqEuclidean>(stat, tol, all_relations, rng);
+  f += run_kind<T, kEuclidean>(stat, tol, all_relations, rng);
+  f += run_kind<T, kHyperbolic>(stat, tol, true, rng);
+  f += run_kind<T, kCosine>(stat, tol, all_relations, rng);
   return f;
 }
 
@@ -404,20 +522,57 @@ int check_refusals() {
   pb = base; pb.cols_both = 3; refused("cols_both > m", pb);
   pb = base; pb.relation = kRelTargets; refused("targets without a tensor", pb);
   pb = base; pb.relation = kRelCsr; refused("csr without indptr", pb);
+  // tile_forward_grad: invalid problems as above, and a stat without a pair-local G.
+  std::vector<double> out(8);
+  TileGrads g{out.data(), out.data(), out.data(), out.data(), out.data()};
+  pb = base; pb.stat = kStatLse;
+  if (tile_forward_grad(pb, out.data(), out.data(), g, out.data(), nullptr) !=
+      cudaErrorNotSupported) {
+    std::printf("FAIL: tile_forward_grad of lse was not refused\n");
+    ++f;
+  }
+  pb = base; pb.stat = kNumStats;
+  if (tile_forward_grad(pb, out.data(), out.data(), g, out.data(), nullptr) !=
+      cudaErrorInvalidValue) {
+    std::printf("FAIL: tile_forward_grad of an unknown stat was not refused\n");
+    ++f;
+  }
+  if (tile_stat_local_grad(kStatLse) || !tile_stat_local_grad(kStatPairSum) ||
+      tile_stat_local_grad(kNumStats)) {
+    std::printf("FAIL: tile_stat_local_grad\n");
+    ++f;
+  }
   return f;
 }
 
 }  // namespace
 
+// ./emulate [quick] [lse|pair_sum]: quick runs fp64 only; a stat name restricts to that stat.
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "quick";
-  std::mt19937_64 rng(1234);
+  bool quick = false;
+  std::vector<int> stats;
+  for (int a = 1; a < argc; ++a) {
+    const std::string arg = argv[a];
+    if (arg == "quick") quick = true;
+    else if (arg == "lse") stats.push_back(kStatLse);
+    else if (arg == "pair_sum") stats.push_back(kStatPairSum);
+    else {
+      std::printf("usage: %s [quick] [lse|pair_sum]...\n", argv[0]);
+      return 2;
+    }
+  }
+  if (stats.empty()) stats = {kStatLse, kStatPairSum};
   int failures = check_refusals();
-  failures += run_dtype<double>(1e-10, true, rng);
-  if (!quick) {
-    failures += run_dtype<float>(2e-4, true, rng);
-    failures += run_dtype<__nv_bfloat16>(2e-2, false, rng);
-    failures += run_dtype<__half>(5e-3, false, rng);
+  for (int stat : stats) {
+    std::mt19937_64 rng(1234 + stat);
+    int f = run_dtype<double>(stat, 1e-10, true, rng);
+    if (!quick) {
+      f += run_dtype<float>(stat, 2e-4, true, rng);
+      f += run_dtype<__nv_bfloat16>(stat, 2e-2, false, rng);
+      f += run_dtype<__half>(stat, 5e-3, false, rng);
+    }
+    std::printf("%s: %d failure(s)\n", stat_name(stat), f);
+    failures += f;
   }
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
   return failures ? 1 : 0;
