@@ -1,11 +1,16 @@
-"""The compiled CPU ops ``flashnce::tile_fwd`` / ``tile_bwd``: what is particular to the CPU walk.
+"""The compiled CPU ops ``flashnce::tile_fwd`` / ``tile_bwd`` / ``tile_fwd_grad``: what is
+particular to the CPU walk.
 
 The generated matrix (test_tile_ops.py) compares every backend with the float64 oracle over
 kinds x relation cases x dtypes x shapes. Here, called directly (no autograd) against
 ``flashnce.backends.dense.dense_tile_stat``: float64 shapes that cross the 256 x 512 tile
 borders and the per-thread row split with row-only columns, degenerate shapes (1 x 1, 1 x 700,
 257 x 513, ...), a logit range wide enough to leave the shared-max fast path, everything
-skipped, empty sides, determinism, fresh output tensors, and the op's argument checks.
+skipped, empty sides, determinism, fresh output tensors, and the op's argument checks. For
+``pair_sum``: every relation case of tests/_tile_cases.py and the positive-carrying cases here
+x every kind, odd / tile-spanning shapes, fp32 / bf16 / fp16 inputs, a wide logit range,
+exact zeros for skipped pairs and empty sides, and ``tile_fwd_grad`` against both the two-pass
+ops (g_row = 1, g_col = 0) and the oracle; lse refused by it; determinism and 1 vs 2 threads.
 
 The oracle gets the per-row scalars alpha / beta as leaves, so its d_alpha is the op's d_alpha
 (the op never differentiates the prologue q = |x|^2 -> alpha; flashnce.features does).
@@ -23,6 +28,8 @@ from flashnce.backends.dense import dense_tile_stat
 from flashnce.core import spec
 from flashnce.core.relation import Relation
 from flashnce.geometry import GEOMETRIES
+
+from _tile_cases import RELATION_CASES, TOL, make_problem
 
 _extension.load()
 pytestmark = pytest.mark.skipif(
@@ -114,8 +121,8 @@ CASES = {
 KINDS = spec.KINDS
 
 
-def run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col):
-    opts = rel.options(kind, "lse", y.shape[0])
+def run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col, stat="lse"):
+    opts = rel.options(kind, stat, y.shape[0])
     row, col = torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, list(rel.tensors), opts,
                                            kappa)
     grads = torch.ops.flashnce.tile_bwd(x, y, alpha, beta, theta, list(rel.tensors), opts,
@@ -123,14 +130,14 @@ def run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col):
     return row, col, grads
 
 
-def run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col):
+def run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col, stat="lse"):
     leaves = [t.detach().to(torch.float64).requires_grad_() for t in (x, y, alpha, beta, theta)]
     # One thread: the oracle's many small elementwise ops gain nothing from more, and lose a
     # lot on a shared machine. The op under test keeps every thread (its per-thread row split).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        row, col = dense_tile_stat(*leaves, rel, kind, "lse", kappa)
+        row, col = dense_tile_stat(*leaves, rel, kind, stat, kappa)
         # -inf statistics (fully skipped rows / columns) carry no gradient.
         loss = (torch.where(row.isfinite(), row, 0) * g_row.double()).sum() + (
             torch.where(col.isfinite(), col, 0) * g_col.double()).sum()
@@ -160,7 +167,8 @@ def assert_close(got, ref, rtol, what):
                                   f"{worst} (ref magnitude {float(scale):.3e}, rtol {rtol})")
 
 
-def check(kind, case, n, m, d, dtype, m0=None, seed=0, stat_rtol=None, grad_rtol=None):
+def check(kind, case, n, m, d, dtype, m0=None, seed=0, stat_rtol=None, grad_rtol=None,
+          stat="lse"):
     x, y, alpha, beta, theta = make_inputs(kind, n, m, d, dtype, seed)
     g = torch.Generator().manual_seed(seed + 1)
     rel = CASES[case](n, m, g)
@@ -168,9 +176,17 @@ def check(kind, case, n, m, d, dtype, m0=None, seed=0, stat_rtol=None, grad_rtol
     cd = alpha.dtype
     g_row = torch.rand(n, generator=g, dtype=torch.float64).to(cd)
     g_col = torch.rand(rel.cols_both, generator=g, dtype=torch.float64).to(cd)
-    kappa = kappa_for(dtype)
-    row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col)
-    row_r, col_r, grads_r = run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col)
+    return compare(x, y, alpha, beta, theta, rel, kind, kappa_for(dtype), g_row, g_col, stat,
+                   stat_rtol, grad_rtol)
+
+
+def compare(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col, stat="lse",
+            stat_rtol=None, grad_rtol=None):
+    """tile_fwd + tile_bwd against the float64 oracle; returns the op's outputs."""
+    dtype, cd = x.dtype, alpha.dtype
+    row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col, stat)
+    row_r, col_r, grads_r = run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, g_row, g_col,
+                                       stat)
     tight = dtype == torch.float64
     stat_rtol = stat_rtol or (1e-11 if tight else 1e-5)
     grad_rtol = grad_rtol or (1e-9 if tight else 1e-4)
@@ -280,7 +296,8 @@ def _opts(**changes):
     ([4, 0, 0, 0, 0, 5, 0], [], "options must have 6"),
     (_opts(kind=5), [], "unknown epilogue kind"),
     (_opts(kind=-1), [], "unknown epilogue kind"),
-    (_opts(stat=1), [], "unknown statistic"),
+    (_opts(stat=len(spec.STATS)), [], "unknown statistic"),
+    (_opts(stat=-1), [], "unknown statistic"),
     (_opts(relation=5), [], "unknown relation"),
     (_opts(flags=4), [], "unknown relation flags"),
     (_opts(cols_both=6), [], "cols_both"),
@@ -298,10 +315,15 @@ def _opts(**changes):
      [torch.zeros(6, dtype=torch.int64), torch.zeros(6, dtype=torch.int64)],
      "must have 5 elements"),
 ])
-def test_bad_options(opts, tensors, match):
+@pytest.mark.parametrize("op", ["tile_fwd", "tile_fwd_grad"])
+def test_bad_options(opts, tensors, match, op):
+    """tile_fwd_grad shares tile_fwd's checks (with stat = pair_sum where the stat is valid)."""
     x, y, alpha, beta, theta, _ = _args()
+    if op == "tile_fwd_grad" and opts[spec.OPT_STAT:spec.OPT_STAT + 1] == [0]:
+        opts = list(opts)
+        opts[spec.OPT_STAT] = spec.stat_id("pair_sum")
     with pytest.raises(RuntimeError, match="flashnce: .*" + match):
-        torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, tensors, opts, 1e-6)
+        getattr(torch.ops.flashnce, op)(x, y, alpha, beta, theta, tensors, opts, 1e-6)
 
 
 def _csr_tensors(indptr, indices, roles, m=5):
@@ -348,3 +370,194 @@ def test_bad_tensors():
         bwd(x, y, alpha, beta, theta, [], opts, 1e-6, row, col, torch.ones(6), torch.ones(5))
     with pytest.raises(RuntimeError, match="flashnce: row_stat and g_row"):
         bwd(x, y, alpha, beta, theta, [], opts, 1e-6, row[:5], col, torch.ones(6), torch.ones(3))
+
+
+# ---- pair_sum (the sigmoid family) and the one-pass tile_fwd_grad ------------------------------
+PS = "pair_sum"
+# Relations with positive pairs (z = +1) that are not all skipped, from this file's cases.
+PS_LOCAL_CASES = ["diagonal", "diagonal_pos_and_self", "targets", "targets_skip_pos_self+3",
+                  "labels", "csr", "csr_full_skip"]
+
+
+def _problem(kind, case, dtype, shape, seed=0):
+    """tests/_tile_cases.py's problem: operands, relation and upstream gradients."""
+    x, y, alpha, beta, theta, tspec, g_row, g_col = make_problem(kind, case, dtype, shape,
+                                                                 seed=seed)
+    rel = tspec.relation.resolved(y.shape[0])
+    kappa = 1e-14 if dtype == torch.float64 else tspec.kappa
+    return x, y, alpha, beta, theta, rel, kappa, g_row, g_col
+
+
+def run_fwd_grad(x, y, alpha, beta, theta, rel, kind, kappa, stat=PS):
+    return torch.ops.flashnce.tile_fwd_grad(x, y, alpha, beta, theta, list(rel.tensors),
+                                            rel.options(kind, stat, y.shape[0]), kappa)
+
+
+def check_fwd_grad(x, y, alpha, beta, theta, rel, kind, kappa, rtol=None, oracle_rtol=None):
+    """tile_fwd_grad == (tile_fwd, tile_bwd with g_row = 1, g_col = 0) to a tight tolerance,
+    with tile_bwd's dtypes and shapes, and against the oracle."""
+    dtype, cd = x.dtype, alpha.dtype
+    n, m0 = x.shape[0], rel.cols_both
+    ones, zeros = torch.ones(n, dtype=cd), torch.zeros(m0, dtype=cd)
+    got = run_fwd_grad(x, y, alpha, beta, theta, rel, kind, kappa)
+    assert len(got) == 7
+    row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, kappa, ones, zeros, PS)
+    tight = dtype == torch.float64
+    rtol = rtol or (1e-12 if tight else 1e-6)
+    names = ("row_stat", "col_stat", "dx", "dy", "d_alpha", "d_beta", "d_theta")
+    for name, a, b in zip(names, got, (row, col, *grads)):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert_close(a, b.to(torch.float64), rtol, f"fwd_grad vs two-pass {name}")
+    ref_row, ref_col, ref_grads = run_oracle(x, y, alpha, beta, theta, rel, kind, kappa, ones,
+                                             zeros, PS)
+    s_rtol, g_rtol = oracle_rtol or ((1e-11, 1e-9) if tight else (1e-5, 1e-4))
+    assert_close(got[0], ref_row, s_rtol, "fwd_grad row_stat")
+    assert_close(got[1], ref_col, s_rtol, "fwd_grad col_stat")
+    for name, a, b in zip(names[2:], got[2:], ref_grads):
+        assert_close(a, b, g_rtol, f"fwd_grad {name}")
+    return got
+
+
+@pytest.mark.parametrize("case", RELATION_CASES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_pair_sum_relations(kind, case):
+    """Every relation case of the generated matrix; 600 columns cross a column tile."""
+    prob = _problem(kind, case, torch.float64, (37, 600, 8), seed=5)
+    compare(*prob[:6], kind, *prob[6:], stat=PS)
+    check_fwd_grad(*prob[:6], kind, prob[6])
+
+
+@pytest.mark.parametrize("case", PS_LOCAL_CASES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_pair_sum_positives(kind, case):
+    """Relations whose positives are not skipped (diagonal, targets, labels, csr), across the
+    256 x 512 tile borders, the per-thread row split and row-only columns."""
+    row, col, _ = check(kind, case, 300, 700, 6, torch.float64, m0=600, seed=7, stat=PS)
+    assert (row >= 0).all() and (col >= 0).all()
+    x, y, alpha, beta, theta = make_inputs(kind, 300, 700, 6, torch.float64, 7)
+    rel = CASES[case](300, 700, torch.Generator().manual_seed(8)).resolved(600)
+    check_fwd_grad(x, y, alpha, beta, theta, rel, kind, 1e-14)
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 700), (300, 1), (5, 3), (3, 5), (257, 513),
+                                 (513, 1030)])
+@pytest.mark.parametrize("case", ["labels_self", "csr", "row_only_self", "targets_skip"])
+@pytest.mark.parametrize("kind", ["cosine", "hyperbolic"])
+def test_pair_sum_shapes(kind, case, n, m):
+    prob = _problem(kind, case, torch.float64, (n, m, 5), seed=11)
+    compare(*prob[:6], kind, *prob[6:], stat=PS)
+    check_fwd_grad(*prob[:6], kind, prob[6])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_pair_sum_dtypes(kind, dtype):
+    """fp32 / bf16 / fp16 inputs (fp32 compute) against the float64 oracle on the rounded
+    inputs; 16-bit dX / dY carry their own rounding."""
+    t_stat, t_grad = TOL[dtype]
+    for case in ("labels_self", "csr", "row_only"):
+        prob = _problem(kind, case, dtype, (70, 530, 16), seed=3)
+        compare(*prob[:6], kind, *prob[6:], stat=PS, stat_rtol=t_stat, grad_rtol=t_grad)
+        check_fwd_grad(*prob[:6], kind, prob[6], rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                       oracle_rtol=(t_stat, t_grad))
+
+
+def test_pair_sum_wide_logit_range():
+    """|l| up to ~1e3: f = max(u, 0) + log1p(exp(-|u|)) neither overflows nor cancels, and
+    f' saturates at exactly 0 / -1 without NaN."""
+    for case in ("none", "labels", "csr_full_skip"):
+        x, y, alpha, beta, theta = make_inputs("dot", 300, 700, 8, torch.float64, 13)
+        x = x * torch.linspace(0.1, 300.0, 300, dtype=torch.float64)[:, None]
+        rel = CASES[case](300, 700, torch.Generator().manual_seed(2)).resolved(700)
+        g_row, g_col = torch.rand(300, dtype=torch.float64), torch.rand(700, dtype=torch.float64)
+        compare(x, y, alpha, beta, theta * 8, rel, "dot", 1e-14, g_row, g_col, PS, 1e-11, 1e-9)
+        check_fwd_grad(x, y, alpha, beta, theta * 8, rel, "dot", 1e-14)
+        for dt in (torch.float32,):
+            got = run_fwd_grad(x.to(dt), y.to(dt), alpha.float(), beta.float(),
+                               (theta * 8).float(), rel, "dot", 1e-6)
+            assert all(not t.isnan().any() and not t.isinf().any() for t in got)
+
+
+def test_pair_sum_everything_skipped():
+    """N = M = 1 with its only pair skipped: statistics exactly 0 (not -inf), gradients 0."""
+    for kind in KINDS:
+        x, y, alpha, beta, theta = make_inputs(kind, 1, 1, 4, torch.float32, 0)
+        rel = Relation.diagonal(skip_self=True).resolved(1)
+        g = torch.ones(1)
+        row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, 1e-6, g, g, PS)
+        assert row.item() == 0 and col.item() == 0
+        out = run_fwd_grad(x, y, alpha, beta, theta, rel, kind, 1e-6)
+        for t in (*grads, *out):
+            assert not t.isnan().any() and (t == 0).all()
+
+
+def test_pair_sum_skipped_rows_exact_zero():
+    """A fully skipped row / column has statistic exactly 0 and contributes exactly 0."""
+    x, y, alpha, beta, theta = make_inputs("cosine", 300, 700, 6, torch.float64, 1)
+    rel = CASES["csr_full_skip"](300, 700, torch.Generator().manual_seed(0)).resolved(700)
+    row, col, dx, *_ = run_fwd_grad(x, y, alpha, beta, theta, rel, "cosine", 1e-14)
+    assert row[0].item() == 0 and col[1].item() == 0 and (dx[0] == 0).all()
+
+
+def test_pair_sum_empty_sides():
+    x, y, alpha, beta, theta = make_inputs("cosine", 4, 3, 5, torch.float32, 0)
+    rel = Relation.diagonal()
+    for n, m in ((0, 3), (4, 0), (0, 0)):
+        args = (x[:n], y[:m], alpha[:n], beta[:m], theta, [], rel.options("cosine", PS, m), 1e-6)
+        row, col = torch.ops.flashnce.tile_fwd(*args)
+        assert row.shape == (n,) and col.shape == (m,)
+        assert (row == 0).all() and (col == 0).all()
+        out = torch.ops.flashnce.tile_fwd_grad(*args)
+        shapes = [(n,), (m,), (n, 5), (m, 5), (n, 1), (m, 1), (3,)]
+        assert [tuple(t.shape) for t in out] == shapes
+        assert all((t == 0).all() for t in out)
+        grads = torch.ops.flashnce.tile_bwd(*args, row, col, torch.ones(n), torch.ones(m))
+        assert all((t == 0).all() for t in grads)
+
+
+def test_fwd_grad_refuses_lse():
+    x, y, alpha, beta, theta, opts = _args()
+    with pytest.raises(RuntimeError, match="flashnce: statistic lse has no one-pass gradient"):
+        torch.ops.flashnce.tile_fwd_grad(x, y, alpha, beta, theta, [], opts, 1e-6)
+
+
+def test_fwd_grad_fresh_outputs():
+    x, y, alpha, beta, theta = make_inputs("dot", 8, 8, 4, torch.float32, 0)
+    out = run_fwd_grad(x, y, alpha, beta, theta, Relation.diagonal().resolved(8), "dot", 1e-6)
+    ptrs = [t.data_ptr() for t in out if t.numel()]
+    assert len(set(ptrs)) == len(ptrs) and not {x.data_ptr(), y.data_ptr()} & set(ptrs)
+    assert out[2].dtype == torch.float32 and out[0].dtype == torch.float32
+
+
+def _ps_all(x, y, alpha, beta, theta, rel, kind, g_row, g_col):
+    row, col, grads = run_op(x, y, alpha, beta, theta, rel, kind, 1e-6, g_row, g_col, PS)
+    return (row, col, *grads, *run_fwd_grad(x, y, alpha, beta, theta, rel, kind, 1e-6))
+
+
+def test_pair_sum_deterministic():
+    """Bitwise equal outputs for the same inputs and thread count (no atomics)."""
+    x, y, alpha, beta, theta = make_inputs("hyperbolic", 600, 900, 16, torch.float32, 1)
+    rel = CASES["labels"](600, 900, torch.Generator().manual_seed(0)).resolved(800)
+    g_row, g_col = torch.rand(600), torch.rand(800)
+    a = _ps_all(x, y, alpha, beta, theta, rel, "hyperbolic", g_row, g_col)
+    b = _ps_all(x, y, alpha, beta, theta, rel, "hyperbolic", g_row, g_col)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_pair_sum_threads_agree():
+    """1 and 2 threads (a different row split and column-state merge) agree closely."""
+    x, y, alpha, beta, theta = make_inputs("cosine", 600, 1100, 16, torch.float32, 2)
+    rel = CASES["targets_skip_pos_self+3"](600, 1100, torch.Generator().manual_seed(1))
+    rel = rel.resolved(900)
+    g_row, g_col = torch.rand(600), torch.rand(900)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _ps_all(x, y, alpha, beta, theta, rel, "cosine", g_row, g_col)
+        torch.set_num_threads(2)
+        two = _ps_all(x, y, alpha, beta, theta, rel, "cosine", g_row, g_col)
+    finally:
+        torch.set_num_threads(threads)
+    for i, (u, v) in enumerate(zip(one, two)):
+        assert_close(u, v.to(torch.float64), 1e-5, f"output {i}")

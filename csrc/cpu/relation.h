@@ -7,8 +7,9 @@
 //   none / diagonal / targets   O(1): at most one self pair and one positive per row,
 //   labels                      O(bm): a_i compared with b[j0 : j0 + bm],
 //   csr                         O(log nnz_i + entries in the tile): row i's sorted entries.
-// Only the `lse` statistic exists, and it needs the skips alone; positives matter once a stat
-// that reads them (masked_sum, count) is added, through the same per-row walk.
+// A stat that reads the positive role (pair_sum: z = +1 / -1) also gets the row's positive
+// columns of the tile, built the same way (row_positives; skip > positive, so a positive that is
+// also skipped is left out); the lse stat never asks for them.
 //
 // Host only: the view holds raw pointers into the op's (int64, contiguous) relation tensors.
 // Column indices read from them are only ever compared with tile ranges, never used as
@@ -27,6 +28,22 @@ namespace flashnce {
 namespace cpu {
 namespace FLASHNCE_ISA {
 
+// Sorted tile-local columns of one tile row (its skips or its positives), consumed left to
+// right by the row's chunks.
+struct RowMarks {
+  const int32_t* cols = nullptr;
+  int64_t count = 0;
+  int64_t next = 0;
+  // The marked lanes of the chunk [j, j + width) as a bit mask (width <= 64); chunks must come
+  // in increasing, contiguous order.
+  uint64_t take(int64_t j, int64_t width) {
+    uint64_t bits = 0;
+    while (next < count && cols[next] < j + width) bits |= uint64_t(1) << (cols[next++] - j);
+    return bits;
+  }
+  bool done() const { return next >= count; }
+};
+
 struct RelationView {
   int64_t relation = kRelNone;
   int64_t flags = 0;
@@ -38,6 +55,7 @@ struct RelationView {
   const int64_t* indices = nullptr;      // [nnz], strictly increasing within a row
   const int64_t* roles = nullptr;        // [nnz], kRoleSkip or kRolePositive
   bool any_skips = false;                // false: no row ever has a skipped pair (fast path)
+  bool any_positives = false;            // false: no row ever has a positive pair
 
   bool skip_self() const { return (flags & kFlagSkipSelf) != 0; }
   bool skip_positives() const { return (flags & kFlagSkipPositives) != 0; }
@@ -76,6 +94,52 @@ struct RelationView {
       ns = insert(out, ns, t >= j0 && t < j0 + bm ? t - j0 : -1);
     }
     return ns;
+  }
+
+  // Writes the positive (not skipped) tile-local columns of row i in [j0, j0 + bm) to out (room
+  // for bm), strictly increasing; returns their number. skips[0:ns] is row_skips' list for the
+  // same row and tile (empty when the relation has no skips).
+  int64_t row_positives(int64_t i, int64_t j0, int64_t bm, const int32_t* skips, int64_t ns,
+                        int32_t* out) const {
+    if (skip_positives()) return 0;  // every positive is a skip
+    int64_t np = 0;
+    switch (relation) {
+      case kRelDiagonal: {
+        const int64_t c = self_col(i, j0, bm);
+        if (c >= 0) out[np++] = static_cast<int32_t>(c);
+        break;
+      }
+      case kRelTargets: {
+        const int64_t t = targets[i];
+        if (t >= j0 && t < j0 + bm) out[np++] = static_cast<int32_t>(t - j0);
+        break;
+      }
+      case kRelLabels: {
+        const int64_t a = row_labels[i];
+        const int64_t* b = col_labels + j0;
+        for (int64_t c = 0; c < bm; ++c)
+          if (b[c] == a) out[np++] = static_cast<int32_t>(c);
+        break;
+      }
+      case kRelCsr: {
+        const int64_t* first = indices + indptr[i];
+        const int64_t* last = indices + indptr[i + 1];
+        for (const int64_t* e = std::lower_bound(first, last, j0); e != last && *e < j0 + bm; ++e)
+          if (roles[e - indices] == kRolePositive) out[np++] = static_cast<int32_t>(*e - j0);
+        break;
+      }
+      default:
+        break;
+    }
+    if (ns == 0 || np == 0) return np;
+    // Drop the skipped ones (skip > positive): both lists are sorted.
+    int64_t w = 0, q = 0;
+    for (int64_t r = 0; r < np; ++r) {
+      while (q < ns && skips[q] < out[r]) ++q;
+      if (q < ns && skips[q] == out[r]) continue;
+      out[w++] = out[r];
+    }
+    return w;
   }
 
  private:
@@ -124,11 +188,13 @@ inline RelationView make_relation(int64_t relation, int64_t flags, int64_t offse
       break;
     case kRelDiagonal:
       rel.any_skips = rel.skip_self() || skip_pos;
+      rel.any_positives = !skip_pos;
       break;
     case kRelTargets:
       check_size(0, n, "targets [N]");
       rel.targets = tensors[0].data_ptr<int64_t>();
       rel.any_skips = rel.skip_self() || skip_pos;
+      rel.any_positives = !skip_pos;
       break;
     case kRelLabels:
       check_size(0, n, "row_labels [N]");
@@ -136,6 +202,7 @@ inline RelationView make_relation(int64_t relation, int64_t flags, int64_t offse
       rel.row_labels = tensors[0].data_ptr<int64_t>();
       rel.col_labels = tensors[1].data_ptr<int64_t>();
       rel.any_skips = rel.skip_self() || skip_pos;
+      rel.any_positives = !skip_pos;
       break;
     case kRelCsr: {
       check_size(0, n + 1, "indptr [N+1]");
@@ -150,7 +217,7 @@ inline RelationView make_relation(int64_t relation, int64_t flags, int64_t offse
       // O(N + nnz) host checks: every later read of indices / roles is in bounds.
       TORCH_CHECK(rel.indptr[0] == 0 && rel.indptr[n] == nnz,
                   "flashnce: csr indptr must start at 0 and end at nnz = ", nnz);
-      bool any_skip_role = false;
+      bool any_skip_role = false, any_positive_role = false;
       for (int64_t i = 0; i < n; ++i) {
         TORCH_CHECK(rel.indptr[i] <= rel.indptr[i + 1], "flashnce: csr indptr decreases at row ",
                     i);
@@ -163,9 +230,11 @@ inline RelationView make_relation(int64_t relation, int64_t flags, int64_t offse
                       "flashnce: csr roles must be ", kRoleSkip, " (skip) or ", kRolePositive,
                       " (positive), got ", rel.roles[e]);
           any_skip_role |= rel.roles[e] == kRoleSkip || skip_pos;
+          any_positive_role |= rel.roles[e] == kRolePositive;
         }
       }
       rel.any_skips = rel.skip_self() || any_skip_role;
+      rel.any_positives = any_positive_role && !skip_pos;
       break;
     }
     default:

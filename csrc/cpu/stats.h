@@ -5,6 +5,15 @@
 // specialisation here plus a case in the binding's dispatch_stat.
 //
 // TileStat<STAT, T> provides
+//   traits
+//     kNeedsPositives           the stat reads the pairs' positive role (z): the walks then
+//                               build each row's positive columns per tile and pass them on
+//                               (observe_row's RowMarks, g's PairBits); false (lse): the walks
+//                               do no per-entry role work beyond the skips
+//     kLocalGrad                G_ij depends on the pair alone: OnePass<STAT, T> exists and
+//                               tile_fwd_grad serves the stat
+//     kForwardSums              false (see OnePass)
+//     kEmpty                    the statistic of a row / column with no pair
 //   forward
 //     kSkipped                  the value the walk writes over a skipped pair's logit, so
 //                               that the fold ignores it without a mask
@@ -25,8 +34,17 @@
 //     TileG prepare_tile(io, i0, bn, j0, bm, col_factor_scratch)
 //     RowG prepare_row(io, tg, i)
 //     VT g(io, tg, rg, l, c, j)  G of the entries at tile column c.. / global column j..
+//     VT g(io, tg, rg, l, c, j, PairBits, Cols*)
+//                               the same for a stat with kNeedsPositives: the chunk's skipped
+//                               and positive lanes (Cols: see OnePass; null in tile_bwd)
 //   The walk replaces G by exactly 0 on skipped pairs (a select, so an inf or nan in a
 //   skipped lane never leaks into a gradient).
+//
+// OnePass<STAT, T> (stats with kLocalGrad; tile_fwd_grad): the backward hooks above for
+// g_row = 1, g_col = 0 with no saved statistics, kForwardSums = true, and the forward sums
+// from the same per-entry work: g also folds the pair's value into the row (RowG) and into the
+// part's column states (Cols, sized M by the walk; the row-only columns are dropped at the
+// end), end_row(rg, row_stat[i]) adds the row's tile sum, finish_cols as in the forward.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -35,9 +53,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/problem.h"
+#include "cpu/relation.h"
 #include "cpu/simd.h"
 #include "flashnce/spec.h"
 
@@ -47,6 +67,14 @@ namespace FLASHNCE_ISA {
 
 template <int STAT, class T>
 struct TileStat;
+template <int STAT, class T>
+struct OnePass;
+
+// The skipped and the positive lanes of one chunk (bit l = lane l).
+struct PairBits {
+  uint64_t skip = 0;
+  uint64_t pos = 0;
+};
 
 // What the backward reads besides the operands; every pointer has N (row_*) or M (col_*)
 // entries.
@@ -87,6 +115,10 @@ template <class T>
 struct TileStat<kStatLse, T> {
   using V = Vectorized<T>;
   static constexpr int64_t L = V::size();
+  static constexpr bool kNeedsPositives = false;
+  static constexpr bool kLocalGrad = false;
+  static constexpr bool kForwardSums = false;
+  static constexpr T kEmpty = neg_inf<T>();
   static constexpr T kSkipped = neg_inf<T>();  // exp(-inf - ref) = 0: out of both sums
 
   struct Cols {
@@ -267,6 +299,178 @@ struct TileStat<kStatLse, T> {
       return Mo::exp(l - VT(tg.ref)) * (VT(rg.coef) + Lanes<VT>::load(tg.col_factor + c));
     return VT(rg.coef) * Mo::exp(l - VT(rg.stat)) +
            Lanes<VT>::load(io.g_col + j) * Mo::exp(l - Lanes<VT>::load(io.col_stat + j));
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// pair_sum: row_stat[i] = sum_j f(l_ij, z_ij), col_stat[j] = sum_i f(l_ij, z_ij) over pairs
+// not skipped (0 when all are), f(l, z) = softplus(-z l); G_ij = (g_row[i] + g_col[j]) f'(l_ij,
+// z_ij), f'(l, z) = -z sigmoid(-z l). With s = -z (+1 negative, -1 positive) and u = s l:
+// e = exp(-|l|) (|u| = |l|) gives f = max(u, 0) + log1p(e) and f' = s sigmoid(u) with
+// sigmoid(u) = (u >= 0 ? 1 : e) / (1 + e): one exp per pair for both (log1p of e in [0, 1]:
+// PairOps::log1p_unit).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct TileStat<kStatPairSum, T> {
+  using V = Vectorized<T>;
+  static constexpr int64_t L = V::size();
+  static constexpr bool kNeedsPositives = true;
+  static constexpr bool kLocalGrad = true;
+  static constexpr bool kForwardSums = false;
+  static constexpr T kEmpty = T(0);
+  // A skipped pair is never a positive (skip > positive), so its f is that of a negative at
+  // l = -inf: max(-inf, 0) + log1p(exp(-inf)) = 0 exactly.
+  static constexpr T kSkipped = neg_inf<T>();
+
+  // u = -z l: l with the positive lanes' sign flipped (exact).
+  template <class VT>
+  static VT signed_logit(VT l, uint64_t pos) {
+    return pos ? lanes_from_bits<VT>(pos, T(-1), T(1)) * l : l;
+  }
+  template <class VT>
+  static VT neg_abs_exp(VT l) {  // e = exp(-|l|)
+    return MathOps<VT>::exp(VT(T(0)) - PairOps<VT>::abs(l));
+  }
+  template <class VT>
+  static VT value(VT l, uint64_t pos) {
+    return PairOps<VT>::relu(signed_logit(l, pos)) + PairOps<VT>::log1p_unit(neg_abs_exp(l));
+  }
+  template <class VT>
+  static VT slope(VT l, uint64_t pos) {
+    const VT e = neg_abs_exp(l);
+    if (!pos) return PairOps<VT>::sigmoid(l, e);
+    const VT s = lanes_from_bits<VT>(pos, T(-1), T(1));
+    return s * PairOps<VT>::sigmoid(s * l, e);
+  }
+  // f' returned, f into `f`, from one exp.
+  template <class VT>
+  static VT value_slope(VT l, uint64_t pos, VT& f) {
+    const VT e = neg_abs_exp(l);
+    if (!pos) {
+      f = PairOps<VT>::relu(l) + PairOps<VT>::log1p_unit(e);
+      return PairOps<VT>::sigmoid(l, e);
+    }
+    const VT s = lanes_from_bits<VT>(pos, T(-1), T(1));
+    const VT u = s * l;
+    f = PairOps<VT>::relu(u) + PairOps<VT>::log1p_unit(e);
+    return s * PairOps<VT>::sigmoid(u, e);
+  }
+
+  struct Cols {
+    std::vector<T> sum;
+    explicit Cols(int64_t m0) : sum(m0, T(0)) {}
+  };
+  struct Rows {
+    std::vector<T> run;        // [kBlockN] running row sums
+    std::vector<T> tile_csum;  // [kBlockM] this tile's column sums
+    Rows() : run(kBlockN), tile_csum(kBlockM) {}
+    void start() { std::fill(run.begin(), run.end(), T(0)); }
+  };
+
+  static void begin_tile(Rows& rs, int64_t bc) {
+    std::fill(rs.tile_csum.data(), rs.tile_csum.data() + bc, T(0));
+  }
+
+  // f of the chunk at column j into acc and, when COLS, into the tile's column sums.
+  template <bool COLS, class VT>
+  static void fold_chunk(const T* row, int64_t j, RowMarks& pos, VT& acc, T* csum) {
+    constexpr int64_t W = Lanes<VT>::kSize;
+    const uint64_t bits = pos.done() ? 0 : pos.take(j, W);
+    const VT f = value(Lanes<VT>::load(row + j), bits);
+    acc = acc + f;
+    if (COLS) Lanes<VT>::store(Lanes<VT>::load(csum + j) + f, csum + j);
+  }
+
+  // One finished row of logits (skipped pairs at -inf), while it is in L1: its f summed into
+  // the row's running sum (all bm columns) and the tile's column sums (the first bc).
+  static void observe_row(Rows& rs, const T* row, int64_t r, int64_t bm, int64_t bc,
+                          RowMarks pos) {
+    T* csum = rs.tile_csum.data();
+    V acc(T(0));
+    T sacc = 0;
+    int64_t j = 0;
+    for (; j + L <= bc; j += L) fold_chunk<true>(row, j, pos, acc, csum);
+    for (; j < bc; ++j) fold_chunk<true>(row, j, pos, sacc, csum);
+    for (; j + L <= bm; j += L) fold_chunk<false>(row, j, pos, acc, csum);
+    for (; j < bm; ++j) fold_chunk<false>(row, j, pos, sacc, csum);
+    rs.run[r] += sacc + Lanes<V>::sum(acc);
+  }
+
+  static void fold_tile(Rows& rs, Cols& cs, const T*, int64_t, int64_t, int64_t bc,
+                        int64_t j0) {
+    for (int64_t c = 0; c < bc; ++c) cs.sum[j0 + c] += rs.tile_csum[c];
+  }
+
+  static void finish_rows(const Rows& rs, int64_t bn, T* out) {
+    std::copy(rs.run.begin(), rs.run.begin() + bn, out);
+  }
+
+  static void finish_cols(const std::vector<Cols>& parts, int64_t m0, T* out) {
+    at::parallel_for(0, m0, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        T s = T(0);
+        for (const Cols& p : parts) s += p.sum[j];
+        out[j] = s;
+      }
+    });
+  }
+
+  // Backward: no saved statistic is needed (G is local to the pair).
+  struct TileG {};
+  struct RowG {
+    T coef;  // g_row[i]
+  };
+  static TileG prepare_tile(const BackwardIO<T>&, int64_t, int64_t, int64_t, int64_t, T*) {
+    return {};
+  }
+  static RowG prepare_row(const BackwardIO<T>& io, const TileG&, int64_t i) {
+    return {io.g_row[i]};
+  }
+  template <class VT>
+  static VT g(const BackwardIO<T>& io, const TileG&, const RowG& rg, VT l, int64_t, int64_t j,
+              PairBits bits, Cols*) {
+    return (VT(rg.coef) + Lanes<VT>::load(io.g_col + j)) * slope(l, bits.pos);
+  }
+};
+
+// tile_fwd_grad of pair_sum: G = f' (g_row = 1, g_col = 0) and the forward sums of f, both
+// from value_slope's one exp.
+template <class T>
+struct OnePass<kStatPairSum, T> {
+  using Base = TileStat<kStatPairSum, T>;
+  using V = Vectorized<T>;
+  static constexpr bool kNeedsPositives = true;
+  static constexpr bool kForwardSums = true;
+  using Cols = typename Base::Cols;
+
+  struct TileG {};
+  struct RowG {
+    V fv;  // the row's f over this tile: vector chunks
+    T fs;  // and the scalar tail
+  };
+  static TileG prepare_tile(const BackwardIO<T>&, int64_t, int64_t, int64_t, int64_t, T*) {
+    return {};
+  }
+  static RowG prepare_row(const BackwardIO<T>&, const TileG&, int64_t) {
+    return {V(T(0)), T(0)};
+  }
+  template <class VT>
+  static VT g(const BackwardIO<T>&, const TileG&, RowG& rg, VT l, int64_t, int64_t j,
+              PairBits bits, Cols* cols) {
+    VT f;
+    const VT d = Base::value_slope(l, bits.pos, f);
+    if (bits.skip) f = zero_lanes(f, bits.skip);  // G is zeroed there by the walk
+    if constexpr (std::is_same<VT, T>::value)
+      rg.fs += f;
+    else
+      rg.fv = rg.fv + f;
+    T* cs = cols->sum.data() + j;
+    Lanes<VT>::store(Lanes<VT>::load(cs) + f, cs);
+    return d;
+  }
+  static void end_row(const RowG& rg, T& row_stat) { row_stat += rg.fs + Lanes<V>::sum(rg.fv); }
+  static void finish_cols(const std::vector<Cols>& parts, int64_t m0, T* out) {
+    Base::finish_cols(parts, m0, out);
   }
 };
 

@@ -1,7 +1,8 @@
-// CPU impl of flashnce::tile_fwd / tile_bwd (schemas in csrc/ops.cpp, semantics in
-// python/flashnce/core/spec.py): argument checks, the options vector, the kind and stat
-// dispatch, and the registration. The walks are cpu/walk_forward.h and cpu/walk_backward.h,
-// the statistics cpu/stats.h, the pair roles cpu/relation.h.
+// CPU impl of flashnce::tile_fwd / tile_bwd / tile_fwd_grad (schemas in csrc/ops.cpp,
+// semantics in python/flashnce/core/spec.py): argument checks, the options vector, the kind
+// and stat dispatch, and the registration. The walks are cpu/walk_forward.h and
+// cpu/walk_backward.h (tile_fwd_grad is the backward walk with the stat's OnePass hooks), the
+// statistics cpu/stats.h, the pair roles cpu/relation.h.
 //
 // This file is compiled once per ISA (csrc/cpu/isa/*.cpp set FLASHNCE_ISA = avx2 / avx512 and
 // setup.py / CMakeLists.txt the matching -m flags) into separate extension modules;
@@ -101,8 +102,21 @@ template <class F>
 void dispatch_stat(int64_t stat, const F& f) {
   switch (stat) {
     case kStatLse: f(std::integral_constant<int, kStatLse>{}); break;
+    case kStatPairSum: f(std::integral_constant<int, kStatPairSum>{}); break;
     default: TORCH_CHECK(false, "flashnce: unknown statistic ", stat);
   }
+}
+
+const char* stat_name(int64_t stat) {
+  static const char* const names[kNumStats] = {"lse", "pair_sum"};
+  return stat >= 0 && stat < kNumStats ? names[stat] : "?";
+}
+
+// The statistic of a row / column that has seen no pair (N = 0 or M = 0).
+double stat_empty(int64_t stat) {
+  double v = 0;
+  dispatch_stat(stat, [&](auto sc) { v = TileStat<decltype(sc)::value, double>::kEmpty; });
+  return v;
 }
 
 // Operands widened to the compute dtype cd (bf16 / fp16 exactly, so the tile GEMM accumulates
@@ -159,8 +173,8 @@ std::tuple<at::Tensor, at::Tensor> tile_fwd_cpu(const at::Tensor& x, const at::T
   const int64_t n = x.size(0), m = y.size(0);
   const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
   at::Tensor row_stat = at::empty({n}, fopt), col_stat = at::empty({p.opt.m0}, fopt);
-  if (m == 0) row_stat.fill_(-std::numeric_limits<double>::infinity());
-  if (n == 0) col_stat.fill_(-std::numeric_limits<double>::infinity());
+  if (m == 0) row_stat.fill_(stat_empty(p.opt.stat));
+  if (n == 0) col_stat.fill_(stat_empty(p.opt.stat));
   if (n == 0 || m == 0) return {row_stat, col_stat};
   AT_DISPATCH_FLOATING_TYPES(row_stat.scalar_type(), "tile_fwd_cpu", [&] {
     const auto pb = make_problem<scalar_t>(p, kappa);
@@ -173,6 +187,44 @@ std::tuple<at::Tensor, at::Tensor> tile_fwd_cpu(const at::Tensor& x, const at::T
   });
   return {row_stat, col_stat};
 }
+
+// The gradients of one backward walk: zero-initialised in the compute dtype (dX, dY widened
+// back to the input dtype by finish()), d_theta written from the walk's sums.
+struct Grads {
+  at::Tensor dx, dy, d_alpha, d_betaT, d_theta;
+
+  Grads(const Prepared& p, int64_t n, int64_t m, int64_t r)
+      : dx(at::zeros_like(p.xc)),
+        dy(at::zeros_like(p.yc)),
+        d_alpha(at::zeros({n, r}, p.xc.options())),
+        d_betaT(at::zeros({r, m}, p.xc.options())),
+        d_theta(at::zeros({kNumTheta}, p.xc.options())) {}
+
+  template <class T>
+  BackwardOut<T> out() {
+    return BackwardOut<T>{dx.data_ptr<T>(), dy.data_ptr<T>(), d_alpha.data_ptr<T>(),
+                          d_betaT.data_ptr<T>()};
+  }
+
+  // d_theta = (d scale, d inv_sqrt_c, d bias): l = scale h + bias and, for the hyperbolic
+  // kind, h is linear in k = inv_sqrt_c, so dl/dk = scale h / k.
+  template <class T>
+  void write_d_theta(const Prepared& p, const BackwardOut<T>& o) {
+    T* dt = d_theta.data_ptr<T>();
+    dt[kThetaScale] = static_cast<T>(o.sum_gh);
+    dt[kThetaInvSqrtC] =
+        p.opt.kind == kHyperbolic
+            ? static_cast<T>(p.theta[kThetaScale] * o.sum_gh / p.theta[kThetaInvSqrtC])
+            : T(0);
+    dt[kThetaBias] = static_cast<T>(o.sum_g);
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(
+      const at::Tensor& x, const at::Tensor& y) const {
+    return {dx.to(x.scalar_type()), dy.to(y.scalar_type()), d_alpha, d_betaT.t().contiguous(),
+            d_theta};
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& alpha, const at::Tensor& beta,
@@ -190,7 +242,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
               " elements, got ", col_stat.numel(), " and ", g_col.numel());
   const at::Tensor rs = row_stat.to(cd).contiguous(), gr = g_row.to(cd).contiguous();
   // Column arrays padded to M: a row-only column (j >= M0) has col_stat = +inf and g_col = 0,
-  // so its column term g_col exp(l - col_stat) is exactly 0 and the walk needs no M0 test.
+  // so its column term (lse: g_col exp(l - col_stat), pair_sum: g_col f') is exactly 0 and
+  // the walk needs no M0 test.
   at::Tensor cs = col_stat.to(cd).contiguous(), gc = g_col.to(cd).contiguous();
   if (m0 < m) {
     at::Tensor cs_full = at::full({m}, std::numeric_limits<double>::infinity(), rs.options());
@@ -200,35 +253,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
     cs = cs_full;
     gc = gc_full;
   }
-  at::Tensor dx = at::zeros_like(p.xc), dy = at::zeros_like(p.yc);
-  at::Tensor d_alpha = at::zeros({n, r}, p.xc.options());
-  at::Tensor d_betaT = at::zeros({r, m}, p.xc.options());
-  at::Tensor d_theta = at::zeros({kNumTheta}, p.xc.options());
+  Grads grads(p, n, m, r);
   if (n > 0 && m > 0) {
     AT_DISPATCH_FLOATING_TYPES(cd, "tile_bwd_cpu", [&] {
       const auto pb = make_problem<scalar_t>(p, kappa);
       const BackwardIO<scalar_t> io{rs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
                                     gr.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>()};
-      BackwardOut<scalar_t> out{dx.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
-                                d_alpha.data_ptr<scalar_t>(), d_betaT.data_ptr<scalar_t>()};
+      BackwardOut<scalar_t> out = grads.out<scalar_t>();
       dispatch_kind(p.opt.kind, [&](auto kc) {
         dispatch_stat(p.opt.stat, [&](auto sc) {
-          backward_walk<decltype(kc)::value, decltype(sc)::value, scalar_t>(pb, p.rel, io, out);
+          backward_walk<decltype(kc)::value, TileStat<decltype(sc)::value, scalar_t>, scalar_t>(
+              pb, p.rel, io, out);
         });
       });
-      // d_theta = (d scale, d inv_sqrt_c, d bias): l = scale h + bias and, for the hyperbolic
-      // kind, h is linear in k = inv_sqrt_c, so dl/dk = scale h / k.
-      scalar_t* dt = d_theta.data_ptr<scalar_t>();
-      dt[kThetaScale] = static_cast<scalar_t>(out.sum_gh);
-      dt[kThetaInvSqrtC] =
-          p.opt.kind == kHyperbolic
-              ? static_cast<scalar_t>(p.theta[kThetaScale] * out.sum_gh / p.theta[kThetaInvSqrtC])
-              : scalar_t(0);
-      dt[kThetaBias] = static_cast<scalar_t>(out.sum_g);
+      grads.write_d_theta(p, out);
     });
   }
-  return {dx.to(x.scalar_type()), dy.to(y.scalar_type()), d_alpha, d_betaT.t().contiguous(),
-          d_theta};
+  return grads.finish(x, y);
+}
+
+// tile_fwd's statistics and tile_bwd's gradients for g_row = 1, g_col = 0 from one backward
+// walk (the stat's OnePass hooks); only for a stat whose G is local to the pair.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+tile_fwd_grad_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& alpha,
+                  const at::Tensor& beta, const at::Tensor& theta, at::TensorList relation,
+                  at::IntArrayRef options, double kappa) {
+  const Prepared p = prepare(x, y, alpha, beta, theta, relation, options);
+  bool local = false;
+  dispatch_stat(p.opt.stat,
+                [&](auto sc) { local = TileStat<decltype(sc)::value, double>::kLocalGrad; });
+  TORCH_CHECK(local, "flashnce: statistic ", stat_name(p.opt.stat),
+              " has no one-pass gradient: its G is not local to the pair (tile_fwd_grad "
+              "serves pair_sum); use tile_fwd and tile_bwd");
+  const int64_t n = x.size(0), m = y.size(0), r = alpha.size(1);
+  // Every stat with a local G merges by + from 0 (its empty value): the walk adds into these.
+  const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
+  at::Tensor row_stat = at::zeros({n}, fopt), col_stat = at::zeros({p.opt.m0}, fopt);
+  Grads grads(p, n, m, r);
+  if (n > 0 && m > 0) {
+    AT_DISPATCH_FLOATING_TYPES(row_stat.scalar_type(), "tile_fwd_grad_cpu", [&] {
+      const auto pb = make_problem<scalar_t>(p, kappa);
+      const BackwardIO<scalar_t> io{nullptr, nullptr, nullptr, nullptr};  // none needed
+      BackwardOut<scalar_t> out = grads.out<scalar_t>();
+      out.row_stat = row_stat.data_ptr<scalar_t>();
+      out.col_stat = col_stat.data_ptr<scalar_t>();
+      dispatch_kind(p.opt.kind, [&](auto kc) {
+        dispatch_stat(p.opt.stat, [&](auto sc) {
+          constexpr int STAT = decltype(sc)::value;
+          if constexpr (TileStat<STAT, scalar_t>::kLocalGrad)
+            backward_walk<decltype(kc)::value, OnePass<STAT, scalar_t>, scalar_t>(pb, p.rel, io,
+                                                                                  out);
+        });
+      });
+      grads.write_d_theta(p, out);
+    });
+  }
+  auto [dx, dy, d_alpha, d_beta, d_theta] = grads.finish(x, y);
+  return {row_stat, col_stat, dx, dy, d_alpha, d_beta, d_theta};
 }
 
 }  // namespace
@@ -239,6 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
 TORCH_LIBRARY_IMPL(flashnce, CPU, m) {
   m.impl("tile_fwd", &flashnce::cpu::FLASHNCE_ISA::tile_fwd_cpu);
   m.impl("tile_bwd", &flashnce::cpu::FLASHNCE_ISA::tile_bwd_cpu);
+  m.impl("tile_fwd_grad", &flashnce::cpu::FLASHNCE_ISA::tile_fwd_grad_cpu);
 }
 
 #ifdef FLASHNCE_MODULE_NAME

@@ -3,12 +3,16 @@
 //   dX = (G dl/dp) Y,  dY = (G dl/dp)^T X,  d_alpha / d_beta = row / column sums of
 //   G dl/dalpha_i / G dl/dbeta_j (geometry.h Epilogue::grad, finalize),
 //   sum_ij G_ij h_ij and sum_ij G_ij (for d_theta), with G = 0 exactly on skipped pairs.
+// The same walk is tile_fwd_grad's one pass: with S = OnePass<STAT, T> (S::kForwardSums) the
+// stat's G needs no saved statistic and its g hook also folds each pair into the forward sums
+// (row_stat / col_stat in BackwardOut), from the same per-entry work.
 //
 // Each tile is recomputed once (GEMM + epilogue), overwritten with G dl/dp and used by both
 // gradient GEMMs. Columns are walked in super-blocks of ~4 MiB of dY (super_block_cols): per
 // super-block the parts (row ranges) run in parallel, each accumulating that super-block's dY
 // privately, then the copies are reduced in part order; d_beta goes to per-part O(R M)
-// accumulators. Nothing is atomic, so a run is bitwise reproducible for a given thread count.
+// accumulators (and, for the one pass, the column sums to per-part O(M) states merged in part
+// order). Nothing is atomic, so a run is bitwise reproducible for a given thread count.
 // Workspace: (threads - 1) x ~4 MiB dY accumulators, O(threads R M) and one tile per thread.
 #pragma once
 
@@ -28,7 +32,8 @@ namespace flashnce {
 namespace cpu {
 namespace FLASHNCE_ISA {
 
-// The walk's outputs (zero-initialised by the binding; d_alpha [N, R], d_betaT [R, M]).
+// The walk's outputs (zero-initialised by the binding; d_alpha [N, R], d_betaT [R, M];
+// row_stat [N] and col_stat [M0] only for S::kForwardSums).
 template <class T>
 struct BackwardOut {
   T* dx;
@@ -37,30 +42,19 @@ struct BackwardOut {
   T* d_betaT;
   double sum_gh = 0;  // sum_ij G_ij h_ij
   double sum_g = 0;   // sum_ij G_ij
-};
-
-// The skipped pairs of one tile row, consumed left to right by its chunks.
-struct RowSkips {
-  const int32_t* cols;
-  int64_t count;
-  int64_t next = 0;
-  // Lanes of the chunk [j, j + width) that are skipped, as a bit mask (width <= 64).
-  uint64_t take(int64_t j, int64_t width) {
-    uint64_t bits = 0;
-    while (next < count && cols[next] < j + width) bits |= uint64_t(1) << (cols[next++] - j);
-    return bits;
-  }
+  T* row_stat = nullptr;
+  T* col_stat = nullptr;
 };
 
 // One chunk of a tile row: G, then G dl/dp in place of the dot products, row contributions
 // into ga_acc / gh_acc / g_acc, column contributions into dbeta (this part's [R, M]
-// accumulator).
-template <int KIND, int STAT, class VT, class T>
+// accumulator). positives and cols are read only by stats with kNeedsPositives.
+template <int KIND, class S, class VT, class T>
 inline void backward_chunk(const Problem<T>& pb, const BackwardIO<T>& io,
-                           const typename TileStat<STAT, T>::TileG& tg,
-                           const typename TileStat<STAT, T>::RowG& rg, T* row, int64_t j,
-                           int64_t j_global, const RowScalars<VT>& a, RowSkips& skips,
-                           RowScalars<VT>& ga_acc, VT& gh_acc, VT& g_acc, T* dbeta) {
+                           const typename S::TileG& tg, typename S::RowG& rg, T* row, int64_t j,
+                           int64_t j_global, const RowScalars<VT>& a, RowMarks& skips,
+                           RowMarks& positives, typename S::Cols* cols, RowScalars<VT>& ga_acc,
+                           VT& gh_acc, VT& g_acc, T* dbeta) {
   using E = Epilogue<KIND, VT>;
   constexpr int R = E::kR;
   constexpr int64_t L = Lanes<VT>::kSize;
@@ -68,18 +62,18 @@ inline void backward_chunk(const Problem<T>& pb, const BackwardIO<T>& io,
   const RowScalars<VT> b = col_scalars<VT, R>(pb.betaT, pb.m, j_global);
   const VT k(pb.inv_sqrt_c), s(pb.scale);
   const auto st = E::eval(p, a, b, k, VT(pb.kappa));
-  VT g = TileStat<STAT, T>::template g<VT>(io, tg, rg, s * st.h + VT(pb.bias), j, j_global);
-  if (skips.next < skips.count) {
-    if (const uint64_t bits = skips.take(j, L)) {
-      // Skipped pair: G = 0 exactly (overwritten, not multiplied), so every contribution below
-      // is 0 whatever the stat's formula gave there.
-      T buf[L];
-      Lanes<VT>::store(g, buf);
-      for (int64_t l = 0; l < L; ++l)
-        if (bits >> l & 1) buf[l] = T(0);
-      g = Lanes<VT>::load(buf);
-    }
+  const VT l = s * st.h + VT(pb.bias);
+  const uint64_t skip_bits = skips.done() ? 0 : skips.take(j, L);
+  VT g;
+  if constexpr (S::kNeedsPositives) {
+    const uint64_t pos_bits = positives.done() ? 0 : positives.take(j, L);
+    g = S::template g<VT>(io, tg, rg, l, j, j_global, PairBits{skip_bits, pos_bits}, cols);
+  } else {
+    g = S::template g<VT>(io, tg, rg, l, j, j_global);
   }
+  // Skipped pair: G = 0 exactly (overwritten, not multiplied), so every contribution below is
+  // 0 whatever the stat's formula gave there.
+  if (skip_bits) g = zero_lanes(g, skip_bits);
   RowScalars<VT> ga{}, gb{};
   const VT gp = E::grad(st, p, a, b, k, g * s, ga, gb);
   Lanes<VT>::store(gp, row + j);
@@ -106,14 +100,15 @@ int64_t super_block_cols(int64_t kdim) {
   return std::max(kBlockM, cols / kBlockM * kBlockM);
 }
 
-template <int KIND, int STAT, class T>
+// S = TileStat<STAT, T> (tile_bwd) or OnePass<STAT, T> (tile_fwd_grad).
+template <int KIND, class S, class T>
 void backward_walk(const Problem<T>& pb, const RelationView& rel, const BackwardIO<T>& io,
                    BackwardOut<T>& out) {
-  using S = TileStat<STAT, T>;
   using V = Vectorized<T>;
+  using Cols = typename S::Cols;
   constexpr int R = Epilogue<KIND, T>::kR;
   constexpr int64_t L = V::size();
-  static_assert(L <= 64, "RowSkips masks hold 64 lanes");
+  static_assert(L <= 64, "RowMarks masks hold 64 lanes");
   const int64_t n = pb.n, m = pb.m, kdim = pb.k;
   const int64_t nblocks = (n + kBlockN - 1) / kBlockN;
   const int64_t nparts = num_parts(nblocks);
@@ -129,6 +124,9 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
   std::vector<std::vector<T>> dy_extra(nparts - 1);
   std::vector<T> dbeta_parts((nparts - 1) * R * m, T(0));
   std::vector<double> gh_parts(nparts, 0.0), g_parts(nparts, 0.0);
+  // One pass: per-part column sums over all M columns (row-only ones dropped at the end).
+  std::vector<Cols> col_parts;
+  if constexpr (S::kForwardSums) col_parts.assign(nparts, Cols(m));
 
   for (int64_t c0 = 0; c0 < m; c0 += super_m) {
     const int64_t c1 = std::min(m, c0 + super_m), mc = c1 - c0;
@@ -145,7 +143,8 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
         dbeta = dbeta_parts.data() + (part - 1) * R * m;
       }
       std::vector<T> tile(kBlockN * kBlockM), col_factor(kBlockM);
-      std::vector<int32_t> skip_cols(kBlockM);
+      std::vector<int32_t> skip_cols(kBlockM), pos_cols(S::kNeedsPositives ? kBlockM : 0);
+      Cols* cols = S::kForwardSums ? &col_parts[part] : nullptr;
       double gh_part = 0, g_part = 0;
       for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
         const int64_t i0 = blk * kBlockN, bn = std::min(kBlockN, n - i0);
@@ -159,9 +158,16 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
             T* row = tile.data() + r * bm;
             const auto av = row_scalars<V, R>(pb.alpha, i);
             const auto as = row_scalars<T, R>(pb.alpha, i);
-            const auto rg = S::prepare_row(io, tg, i);
-            RowSkips skips{skip_cols.data(),
-                           rel.any_skips ? rel.row_skips(i, j0, bm, skip_cols.data()) : 0};
+            auto rg = S::prepare_row(io, tg, i);
+            const int64_t ns = rel.any_skips ? rel.row_skips(i, j0, bm, skip_cols.data()) : 0;
+            RowMarks skips{skip_cols.data(), ns};
+            RowMarks positives;
+            if constexpr (S::kNeedsPositives) {
+              if (rel.any_positives)
+                positives = RowMarks{pos_cols.data(),
+                                     rel.row_positives(i, j0, bm, skip_cols.data(), ns,
+                                                       pos_cols.data())};
+            }
             RowScalars<V> gav{};
             for (int q = 0; q < R; ++q) gav.v[q] = V(T(0));
             RowScalars<T> gas{};
@@ -169,11 +175,12 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
             T ghs = 0, gs = 0;
             int64_t j = 0;
             for (; j + L <= bm; j += L)
-              backward_chunk<KIND, STAT>(pb, io, tg, rg, row, j, j0 + j, av, skips, gav, ghv, gv,
-                                         dbeta);
+              backward_chunk<KIND, S>(pb, io, tg, rg, row, j, j0 + j, av, skips, positives, cols,
+                                      gav, ghv, gv, dbeta);
             for (; j < bm; ++j)
-              backward_chunk<KIND, STAT>(pb, io, tg, rg, row, j, j0 + j, as, skips, gas, ghs, gs,
-                                         dbeta);
+              backward_chunk<KIND, S>(pb, io, tg, rg, row, j, j0 + j, as, skips, positives, cols,
+                                      gas, ghs, gs, dbeta);
+            if constexpr (S::kForwardSums) S::end_row(rg, out.row_stat[i]);
             // Raw (unfinalized) row sums accumulate in d_alpha across tiles and super-blocks.
             for (int q = 0; q < R; ++q) d_alpha[i * R + q] += gas.v[q] + Lanes<V>::sum(gav.v[q]);
             gh_part += double(ghs + Lanes<V>::sum(ghv));
@@ -231,6 +238,7 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
     out.sum_gh += gh_parts[part];
     out.sum_g += g_parts[part];
   }
+  if constexpr (S::kForwardSums) S::finish_cols(col_parts, pb.m0, out.col_stat);
 }
 
 }  // namespace FLASHNCE_ISA

@@ -6,7 +6,9 @@
 // products into a thread-local buffer, the epilogue overwrites them with the logits
 // l = scale * h + bias on at::vec::Vectorized lanes, the relation's skipped pairs get the
 // stat's kSkipped value, the stat observes each finished row while it is in L1 (the lse
-// stat: row and column maxima), and then folds the tile into the block's row states and the
+// stat: row and column maxima; a stat with kNeedsPositives, pair_sum, also gets the row's
+// positive columns and folds the row right there), and then folds the tile into the block's
+// row states and the
 // part's column states. The parts' column states are merged in part order at the end, so a run
 // is bitwise reproducible for a given thread count. Memory: one tile per thread plus
 // O(threads M0) column states.
@@ -49,7 +51,7 @@ void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T*
 
   for_each_part(nparts, [&](int64_t part) {
     std::vector<T> tile(kBlockN * kBlockM);
-    std::vector<int32_t> skips(kBlockM);
+    std::vector<int32_t> skips(kBlockM), positives(S::kNeedsPositives ? kBlockM : 0);
     typename S::Rows rows;
     typename S::Cols& cs = cols[part];
     for (int64_t blk = part * nblocks / nparts; blk < (part + 1) * nblocks / nparts; ++blk) {
@@ -70,11 +72,21 @@ void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T*
           int64_t j = 0;
           for (; j + L <= bm; j += L) logits_chunk<KIND>(pb, row, j, av, j0 + j);
           for (; j < bm; ++j) logits_chunk<KIND>(pb, row, j, as, j0 + j);
+          int64_t ns = 0;
           if (rel.any_skips) {
-            const int64_t ns = rel.row_skips(i, j0, bm, skips.data());
+            ns = rel.row_skips(i, j0, bm, skips.data());
             for (int64_t q = 0; q < ns; ++q) row[skips[q]] = S::kSkipped;
           }
-          S::observe_row(rows, row, r, bm, bc);  // while the row is in L1
+          // While the row is in L1.
+          if constexpr (S::kNeedsPositives) {
+            RowMarks pos;
+            if (rel.any_positives)
+              pos = RowMarks{positives.data(), rel.row_positives(i, j0, bm, skips.data(), ns,
+                                                                 positives.data())};
+            S::observe_row(rows, row, r, bm, bc, pos);
+          } else {
+            S::observe_row(rows, row, r, bm, bc);
+          }
         }
         S::fold_tile(rows, cs, tile.data(), bn, bm, bc, j0);
       }

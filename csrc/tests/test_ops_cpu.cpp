@@ -1,7 +1,9 @@
 // Smoke test of the CPU tile ops through the dispatcher (libtorch, no Python): the dot kind in
 // float64 against the materialised formulas, for relation none, skip_self with an offset and
 // labels with skipped positives plus row-only columns (cols_both < M), across tile borders;
-// and one malformed options vector. The full matrix is tests/test_tile_ops_cpu.py.
+// pair_sum with diagonal positives and a skip_self offset, and its one-pass tile_fwd_grad;
+// malformed options vectors and lse refused by tile_fwd_grad. The full matrix is
+// tests/test_tile_ops_cpu.py.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -23,6 +25,10 @@ using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, at::TensorList, at::IntArrayRef, double, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&);
+using FwdGrad = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                           at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                       const at::Tensor&, const at::Tensor&, at::TensorList,
+                                       at::IntArrayRef, double);
 
 struct Case {
   const char* name;
@@ -37,12 +43,20 @@ double max_err(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).masked_fill(both_inf, 0).abs().max().item<double>();
 }
 
+// Relative to the reference's magnitude (sums of hundreds of O(10) terms).
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  return max_err(a, b) / (1.0 + b.abs().max().item<double>());
+}
+
 }  // namespace
 
 int main() {
   using namespace flashnce;
   auto fwd = c10::Dispatcher::singleton().findSchemaOrThrow("flashnce::tile_fwd", "").typed<Fwd>();
   auto bwd = c10::Dispatcher::singleton().findSchemaOrThrow("flashnce::tile_bwd", "").typed<Bwd>();
+  auto fwd_grad = c10::Dispatcher::singleton()
+                      .findSchemaOrThrow("flashnce::tile_fwd_grad", "")
+                      .typed<FwdGrad>();
   at::manual_seed(0);
   const auto opt = at::TensorOptions().dtype(at::kDouble);
   const auto iopt = at::TensorOptions().dtype(at::kLong);
@@ -85,6 +99,53 @@ int main() {
         std::printf("FAIL %s: error %g\n", c.name, e);
         ++failures;
       }
+    }
+  }
+  // pair_sum: target positives (j == t_i, t_i = 7 i mod M, some of them i + 3) with the pairs
+  // j == i + 3 skipped (skip > positive), cols_both 400. f = softplus(-z l),
+  // G = (g_row + g_col) f', f' = -z sigmoid(-z l); 0 on skipped pairs.
+  {
+    const int64_t m0 = 400;
+    const std::vector<int64_t> options = {kDot, kStatPairSum, kRelTargets, kFlagSkipSelf, 3, m0};
+    at::Tensor t = at::arange(n, iopt).mul(7).remainder(m);
+    t.narrow(0, 10, 5).copy_(at::arange(13, 18, iopt));  // rows 10..14: target == i + 3
+    const std::vector<at::Tensor> rel = {t};
+    const at::Tensor skip = cols == rows + 3;
+    const at::Tensor z =
+        at::where((cols == t.unsqueeze(1)) & ~skip, 1.0, -1.0).to(at::kDouble);
+    const at::Tensor logits = scale * at::mm(x, y.t()) + bias;
+    const at::Tensor f = at::softplus(-z * logits).masked_fill(skip, 0);
+    const at::Tensor fp = (-z * at::sigmoid(-z * logits)).masked_fill(skip, 0);
+    auto [row, col] = fwd.call(x, y, none_a, none_b, theta, rel, options, 1e-14);
+    at::Tensor gr = at::rand({n}, opt), gc = at::zeros({m}, opt);
+    gc.narrow(0, 0, m0).copy_(at::rand({m0}, opt));
+    auto out = bwd.call(x, y, none_a, none_b, theta, rel, options, 1e-14, row, col, gr,
+                        gc.narrow(0, 0, m0).contiguous());
+    const at::Tensor g = (gr.unsqueeze(1) + gc.unsqueeze(0)) * fp;
+    const at::Tensor h = at::mm(x, y.t());
+    auto [row1, col1, dx1, dy1, da1, db1, dt1] =
+        fwd_grad.call(x, y, none_a, none_b, theta, rel, options, 1e-14);
+    const double errs[] = {rel_err(row, f.sum(1)), rel_err(col, f.narrow(1, 0, m0).sum(0)),
+                           rel_err(std::get<0>(out), at::mm(g * scale, y)),
+                           rel_err(std::get<1>(out), at::mm((g * scale).t(), x)),
+                           rel_err(std::get<4>(out), at::stack({(g * h).sum(), at::zeros({}, opt),
+                                                                g.sum()})),
+                           rel_err(row1, row), rel_err(col1, col),
+                           rel_err(dx1, at::mm(fp * scale, y)),
+                           rel_err(dy1, at::mm((fp * scale).t(), x)),
+                           rel_err(dt1, at::stack({(fp * h).sum(), at::zeros({}, opt), fp.sum()}))};
+    for (size_t q = 0; q < sizeof(errs) / sizeof(errs[0]); ++q) {
+      if (!(errs[q] < 1e-10)) {
+        std::printf("FAIL pair_sum targets skip_self+3: output %zu error %g\n", q, errs[q]);
+        ++failures;
+      }
+    }
+    try {
+      fwd_grad.call(x, y, none_a, none_b, theta, {},
+                    std::vector<int64_t>{kDot, kStatLse, kRelNone, 0, 0, m}, 1e-14);
+      std::printf("FAIL: tile_fwd_grad accepted lse\n");
+      ++failures;
+    } catch (const c10::Error&) {
     }
   }
   // A malformed options vector is an error, not a silent default.

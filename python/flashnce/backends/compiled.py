@@ -8,7 +8,8 @@ only in what they accept, which is data here. Availability is resolved once at i
 
 cpu: fused forward (row and column statistics in one pass over the tiles) and fused backward
 (each tile recomputed once, both gradient GEMMs on it), parallel over row blocks,
-deterministic for a given thread count.
+deterministic for a given thread count; ``tile_fwd_grad`` (pair_sum) is the backward walk
+that also folds the forward sums.
 cuda: forward by row blocks and by column blocks, backward likewise; no atomics; bf16 / fp16
 tiles on tensor cores with fp32 accumulation.
 """
@@ -22,6 +23,7 @@ from .base import OpBackend
 class CompiledOpBackend(OpBackend):
     fwd_op_name = "tile_fwd"
     bwd_op_name = "tile_bwd"
+    fwd_grad_op_name = "tile_fwd_grad"  # one pass for stats with a local G (pair_sum)
 
     def __init__(self, name: str, device: str, why, max_rows: int, size_note: str,
                  stats: tuple):
@@ -38,6 +40,6 @@ class CompiledOpBackend(OpBackend):
 
 
 CPU = CompiledOpBackend("cpu", "cpu", _extension.why_unavailable, 2**31,
-                        "dimensions must be below 2**31 (BLAS int32 sizes)", ("lse",))
+                        "dimensions must be below 2**31 (BLAS int32 sizes)", ("lse", "pair_sum"))
 CUDA = CompiledOpBackend("cuda", "cuda", _extension.why_cuda_unavailable, 2**35,
                          "2**35 rows or more do not fit the CUDA grid", ("lse", "pair_sum"))
