@@ -233,6 +233,44 @@ def _shifted(tspec, row_start: int, col_start: int):
 RING_RELATIONS = ("none", "diagonal")  # relations whose index data need not travel
 
 
+def _ring_gradients(comm: Comm, x, y, alpha, beta, theta, tspec, block_grads, carried=()):
+    """The gradient-carrying ring: y's column block (operand, row scalars and the per-column
+    vectors ``carried``) travels rank -> rank + 1 with its dY / d_beta accumulators; at each
+    step ``block_grads(y_b, beta_b, step_spec, carried_b)`` returns this rank's partials
+    (dx, dy, d_alpha, d_beta, d_theta) for the visiting block, and after the last hop each
+    block's accumulators are home. Returns (dX, dY, d_alpha, d_beta, d_theta) in the compute
+    dtype (dX, dY in the input dtype)."""
+    cd = alpha.dtype
+    w, d, r = comm.world, y.shape[1], beta.shape[1]
+    starts = [sum(comm.sizes[:q]) for q in range(w)]
+    dx = torch.zeros(x.shape, dtype=cd, device=x.device)
+    d_alpha, d_theta = torch.zeros_like(alpha), torch.zeros_like(theta)
+    y_b, beta_b, carried = y, beta, list(carried)
+    dy_b = torch.zeros(y.shape, dtype=cd, device=y.device)
+    dbeta_b = torch.zeros_like(beta)
+    for step in range(w):
+        owner = (comm.rank - step) % w
+        step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
+        dx_p, dy_p, da_p, db_p, dt_p = block_grads(y_b, beta_b, step_spec, carried)
+        dx += dx_p.to(cd)
+        d_alpha += da_p
+        d_theta += dt_p
+        dy_b += dy_p.to(cd)
+        dbeta_b += db_p
+        if w == 1:
+            break
+        src = comm.sizes[(owner - 1) % w]
+        if step < w - 1:
+            y_b, beta_b, dy_b, dbeta_b, *carried = _shift(
+                comm, [y_b.to(cd), beta_b, dy_b, dbeta_b, *carried], src,
+                [d, r, d, r, *([1] * len(carried))])
+            y_b = y_b.to(x.dtype)
+            carried = [c.reshape(-1) for c in carried]
+        else:  # last hop: the block's finished gradients go home
+            dy_b, dbeta_b = _shift(comm, [dy_b, dbeta_b], src, [d, r])
+    return dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_theta
+
+
 class _RingStat(torch.autograd.Function):
     """(row_stat [n_r], col_stat [n_r]) of local rows / local columns against the global
     batch, for any stat: the visiting block's partial states merge by the stat's merge rule."""
@@ -263,7 +301,7 @@ class _RingStat(torch.autograd.Function):
                 (col_b,) = _shift(comm, [col_b], src, [1])
                 col_b = col_b.reshape(-1)
         ctx.save_for_backward(x, y, alpha, beta, theta, row, col_b)
-        ctx.tspec, ctx.impl, ctx.comm, ctx.starts = tspec, impl, comm, starts
+        ctx.tspec, ctx.impl, ctx.comm = tspec, impl, comm
         ctx.set_materialize_grads(False)
         return row, col_b
 
@@ -271,39 +309,17 @@ class _RingStat(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_row, g_col):
         x, y, alpha, beta, theta, row_stat, col_stat = ctx.saved_tensors
-        tspec, impl, comm, starts = ctx.tspec, ctx.impl, ctx.comm, ctx.starts
-        cd = alpha.dtype
-        w, d, r = comm.world, y.shape[1], beta.shape[1]
         g_row = torch.zeros_like(row_stat) if g_row is None else g_row.contiguous()
         g_col = torch.zeros_like(col_stat) if g_col is None else g_col.contiguous()
-        dx = torch.zeros(x.shape, dtype=cd, device=x.device)
-        d_alpha = torch.zeros_like(alpha)
-        d_theta = torch.zeros_like(theta)
-        y_b, beta_b, col_b, gcol_b = y, beta, col_stat, g_col
-        dy_b = torch.zeros(y.shape, dtype=cd, device=y.device)
-        dbeta_b = torch.zeros_like(beta)
-        for step in range(w):
-            owner = (comm.rank - step) % w
-            step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
-            dx_p, dy_p, da_p, db_p, dt_p = impl.backward_raw(
-                x, y_b, alpha, beta_b, theta, step_spec, row_stat, col_b, g_row, gcol_b)
-            dx += dx_p.to(cd)
-            d_alpha += da_p
-            d_theta += dt_p
-            dy_b += dy_p.to(cd)
-            dbeta_b += db_p
-            if w == 1:
-                break
-            src = comm.sizes[(owner - 1) % w]
-            if step < w - 1:
-                y_b, beta_b, col_b, gcol_b, dy_b, dbeta_b = _shift(
-                    comm, [y_b.to(cd), beta_b, col_b, gcol_b, dy_b, dbeta_b], src,
-                    [d, r, 1, 1, d, r])
-                y_b = y_b.to(x.dtype)
-                col_b, gcol_b = col_b.reshape(-1), gcol_b.reshape(-1)
-            else:  # last hop: the block's finished gradients go home
-                dy_b, dbeta_b = _shift(comm, [dy_b, dbeta_b], src, [d, r])
-        return (dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_theta, None, None, None)
+
+        def block_grads(y_b, beta_b, step_spec, carried):
+            col_b, gcol_b = carried  # the visiting block's column stat and its gradient
+            return ctx.impl.backward_raw(x, y_b, alpha, beta_b, theta, step_spec, row_stat,
+                                         col_b, g_row, gcol_b)
+
+        grads = _ring_gradients(ctx.comm, x, y, alpha, beta, theta, ctx.tspec, block_grads,
+                                (col_stat, g_col))
+        return (*grads, None, None, None)
 
 
 class _RingRowSum(torch.autograd.Function):
@@ -317,37 +333,16 @@ class _RingRowSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, alpha, beta, theta, tspec, impl, comm):
-        cd = alpha.dtype
-        w, d, r = comm.world, y.shape[1], beta.shape[1]
-        starts = [sum(comm.sizes[:q]) for q in range(w)]
-        total = torch.zeros((), dtype=cd, device=x.device)
-        dx = torch.zeros(x.shape, dtype=cd, device=x.device)
-        d_alpha, d_theta = torch.zeros_like(alpha), torch.zeros_like(theta)
-        y_b, beta_b = y, beta
-        dy_b = torch.zeros(y.shape, dtype=cd, device=y.device)
-        dbeta_b = torch.zeros_like(beta)
-        for step in range(w):
-            owner = (comm.rank - step) % w
-            step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
-            row, _, dx_p, dy_p, da_p, db_p, dt_p = impl.forward_grad_raw(
-                x, y_b, alpha, beta_b, theta, step_spec)
-            total += row.sum()
-            dx += dx_p.to(cd)
-            d_alpha += da_p
-            d_theta += dt_p
-            dy_b += dy_p.to(cd)
-            dbeta_b += db_p
-            if w == 1:
-                break
-            src = comm.sizes[(owner - 1) % w]
-            if step < w - 1:
-                y_b, beta_b, dy_b, dbeta_b = _shift(comm, [y_b.to(cd), beta_b, dy_b, dbeta_b],
-                                                    src, [d, r, d, r])
-                y_b = y_b.to(x.dtype)
-            else:  # last hop: the block's finished gradients go home
-                dy_b, dbeta_b = _shift(comm, [dy_b, dbeta_b], src, [d, r])
-        ctx.save_for_backward(dx.to(x.dtype), dy_b.to(y.dtype), d_alpha, dbeta_b, d_theta)
-        return total
+        totals = []
+
+        def block_grads(y_b, beta_b, step_spec, carried):
+            row, _, *grads = impl.forward_grad_raw(x, y_b, alpha, beta_b, theta, step_spec)
+            totals.append(row.sum())
+            return grads
+
+        ctx.save_for_backward(*_ring_gradients(comm, x, y, alpha, beta, theta, tspec,
+                                               block_grads))
+        return torch.stack(totals).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
