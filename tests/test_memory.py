@@ -98,7 +98,7 @@ class FreshAllocations(TorchDispatchMode):
         return out
 
 
-def _feature_sized_allocations(monkeypatch, x, y, **kwargs):
+def _feature_sized_allocations(monkeypatch, x, y, loss_fn=flashnce.infonce, **kwargs):
     n, d = x.shape
     # Chunk the row dots at N/16 rows: a chunk's fp32 temporaries (N d / 4 bytes) stay below
     # the threshold (a quarter of a feature tensor: N d / 2 bytes at bf16).
@@ -107,8 +107,7 @@ def _feature_sized_allocations(monkeypatch, x, y, **kwargs):
     scale = torch.tensor(3.0, requires_grad=True)
     curvature = torch.tensor(1.0, requires_grad=True)
     with FreshAllocations(min_bytes=n * d * x.element_size() // 4) as mode:
-        loss = flashnce.infonce(xx, yy, scale=scale, curvature=curvature, backend="cpu",
-                                **kwargs)
+        loss = loss_fn(xx, yy, scale=scale, curvature=curvature, backend="cpu", **kwargs)
         loss.backward()
     assert torch.isfinite(loss) and xx.grad is not None and yy.grad is not None
     return mode.fresh
@@ -141,6 +140,20 @@ def test_only_kernel_gradients_with_targets(monkeypatch, geometry):
                                        targets=targets)
     assert fresh == [("flashnce.tile_bwd.default", (n, d)),
                      ("flashnce.tile_bwd.default", (m, d))], fresh
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", GEOMETRY_NAMES)
+def test_siglip_allocates_only_the_one_pass_gradients(monkeypatch, geometry, dtype):
+    """SigLIP forward + backward: the one-pass op's dX and dY are the only feature-sized
+    tensors; the backward scales them in place into the returned gradients."""
+    n, d = 512, 32
+    x = make_features(n, d, seed=1, geometry=geometry, dtype=dtype)
+    y = make_features(n, d, seed=2, geometry=geometry, role="y", dtype=dtype)
+    fresh = _feature_sized_allocations(monkeypatch, x, y, flashnce.siglip, geometry=geometry,
+                                       bias=torch.tensor(-1.0, requires_grad=True))
+    assert fresh == [("flashnce.tile_fwd_grad.default", (n, d))] * 2, fresh
 
 
 @needs_cpu_kernel

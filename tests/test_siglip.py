@@ -314,3 +314,32 @@ def test_compiles_fullgraph():
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(torch.autograd.grad(compiled, [x, bias]),
                                torch.autograd.grad(eager, [x, bias]))
+
+
+@pytest.mark.parametrize("compile_backend", ["eager", "aot_eager"])
+def test_compiles_fullgraph_through_autograd(compile_backend):
+    x = make_features(12, 4, seed=1).requires_grad_()
+    y = make_features(12, 4, seed=2, role="y").requires_grad_()
+
+    def f(x, y):
+        return flashnce.siglip(x, y, scale=5.0, bias=-2.0, backend="torch")
+
+    want = torch.autograd.grad(f(x, y), [x, y])
+    got = torch.autograd.grad(torch.compile(f, fullgraph=True, backend=compile_backend)(x, y),
+                              [x, y])
+    torch.testing.assert_close(got, want)
+
+
+def test_second_backward_through_one_pass_graph_recomputes():
+    """The one-pass gradients are scaled in place (no N x d copy in backward): a second
+    backward through the same graph (retain_graph) reruns the walk and gives the same
+    gradients, not doubly scaled ones."""
+    x = make_features(9, 4, seed=1).requires_grad_()
+    y = make_features(9, 4, seed=2, role="y")
+    loss = flashnce.siglip(x, y, scale=3.0, bias=-1.0, backend="torch")
+    (g1,) = torch.autograd.grad(loss, [x], retain_graph=True)
+    (g2,) = torch.autograd.grad(loss * 2, [x])
+    torch.testing.assert_close(g2, 2 * g1)
+    (g3,) = torch.autograd.grad(flashnce.siglip(x, y, scale=3.0, bias=-1.0, backend="torch",
+                                                reduction="none").sum() / 9, [x])
+    torch.testing.assert_close(g1, g3)

@@ -10,7 +10,8 @@ The compiled ops get the equivalent registration in ``flashnce.core.library``.
 pair (``spec.STAT_INFO[stat]["local_grad"]``, e.g. ``pair_sum``): the total sum_i row_stat[i]
 as a 0-d tensor whose gradients the backend's ``forward_grad_raw`` computed in the same walk
 as the forward. Saved for backward: those gradients (O((N + M) d)); the backward only scales
-them by the scalar upstream gradient, so no tile is recomputed.
+them in place by the scalar upstream gradient (no tile is recomputed, nothing of size N x d
+allocated); a second backward through the same graph reruns the walk.
 
 The relation's index tensors are passed to ``apply`` as tensors, not hidden inside the spec,
 so that ``torch.compile`` sees them as graph inputs.
@@ -80,17 +81,48 @@ class _RowSum(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        x, y, alpha, beta, theta, tspec, backend, *rel_tensors = inputs
         _, *grads = output
-        ctx.save_for_backward(*grads)
-        ctx.n_rel = len(inputs) - 7
+        # The inputs too (references, no copies): a second backward recomputes from them. The
+        # gradients are held on ctx, not saved: the first backward scales them in place, which
+        # save_for_backward's version check would refuse at a second unpacking.
+        ctx.grads = grads
+        ctx.save_for_backward(x, y, alpha, beta, theta, *rel_tensors)
+        ctx.tspec, ctx.backend, ctx.n_rel = tspec, backend, len(rel_tensors)
         ctx.mark_non_differentiable(*grads)
+        ctx.set_materialize_grads(False)  # no zero N x d "gradients" of the gradient outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the saved gradients have no derivative
     def backward(ctx, g, *_unused):
-        # A product, never the saved tensor itself: flashnce.features adds into dX in place.
-        grads = [(t * g).to(t.dtype) for t in ctx.saved_tensors]
+        if g is None:  # the loss itself got no gradient
+            return (None,) * (7 + ctx.n_rel)
+        if ctx.grads is not None:
+            # First backward: the saved gradients become the returned ones, scaled in place
+            # (flashnce.features then adds into dX in place): nothing of size N x d is
+            # allocated here.
+            grads, ctx.grads = [t.mul_(g.to(t.dtype)) for t in ctx.grads], None
+        else:
+            # A second backward through the same graph (retain_graph=True, gradcheck): the
+            # saved gradients are used up, so the walk runs again.
+            x, y, alpha, beta, theta, *rel = ctx.saved_tensors
+            tspec = replace(ctx.tspec, relation=replace(ctx.tspec.relation, tensors=tuple(rel)))
+            _, _, *fresh = ctx.backend.forward_grad_raw(x, y, alpha, beta, theta, tspec)
+            grads = [(t * g).to(t.dtype) for t in fresh]
         return (*grads, None, None, *([None] * ctx.n_rel))
+
+
+def scale_saved_gradients(ctx, g):
+    """The saved one-pass gradients times the scalar upstream gradient g, in place (as the
+    first backward of ``_RowSum``), for Functions that cannot rerun their walk (the
+    distributed ring: every rank would have to): a second backward is refused."""
+    if getattr(ctx, "used_up", False):
+        raise RuntimeError(
+            "flashnce: the one-pass gradients of this loss were already backpropagated (they "
+            "are scaled in place); a second backward through the same graph "
+            "(retain_graph=True) needs the recompute path: reduction='none' then .sum()")
+    ctx.used_up = True
+    return [t.mul_(g.to(t.dtype)) for t in ctx.saved_tensors]
 
 
 def row_sum_function(backend, x, y, alpha, beta, theta, tspec):
