@@ -72,6 +72,7 @@ import torch.distributed as dist
 from dataclasses import replace
 
 from . import dispatch
+from .core.autograd import scale_saved_gradients
 from .core.problem import TileProblem, pair_sum_loss, per_row_losses
 from .core.relation import Relation
 from .core.stats import get_stat
@@ -197,16 +198,14 @@ def all_gather_with_grad(t: torch.Tensor, comm: Comm) -> torch.Tensor:
 
 
 def _pack(parts):
-    return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1).reshape(-1)
+    """One flat buffer holding each part's elements back to back (so the receiver's parts are
+    views of its buffer, not copies)."""
+    return torch.cat([p.reshape(-1) for p in parts])
 
 
 def _unpack(flat, n, widths):
-    out, lo = [], 0
-    mat = flat.view(n, sum(widths))
-    for w in widths:
-        out.append(mat[:, lo: lo + w].contiguous())
-        lo += w
-    return out
+    """Views [n, w] of consecutive spans of ``flat`` (no copies)."""
+    return [t.view(n, w) for t, w in zip(flat.split([n * w for w in widths]), widths)]
 
 
 def _shift(comm: Comm, parts, src_rows: int, widths):
@@ -347,9 +346,7 @@ class _RingRowSum(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        # Products, never the saved tensors: flashnce.features adds into dX in place.
-        grads = [(t * g).to(t.dtype) for t in ctx.saved_tensors]
-        return (*grads, None, None, None)
+        return (*scale_saved_gradients(ctx, g), None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
