@@ -349,6 +349,20 @@ class _RingRowSum(torch.autograd.Function):
         return (*scale_saved_gradients(ctx, g), None, None, None)
 
 
+class _Ring:
+    """The ring seen as a backend by ``core.problem.pair_sum_loss``: ``tile_stat`` is the
+    two-pass ring (forward sums, recomputed backward), ``row_sum`` the one-pass ring."""
+
+    def __init__(self, impl, comm: Comm):
+        self.impl, self.comm = impl, comm
+
+    def tile_stat(self, x, y, alpha, beta, theta, tspec):
+        return _RingStat.apply(x, y, alpha, beta, theta, tspec, self.impl, self.comm)
+
+    def row_sum(self, x, y, alpha, beta, theta, tspec):
+        return _RingRowSum.apply(x, y, alpha, beta, theta, tspec, self.impl, self.comm)
+
+
 # --------------------------------------------------------------------------------------------
 # The distributed InfoNCE.
 # --------------------------------------------------------------------------------------------
@@ -527,19 +541,10 @@ def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels
     # mean over ranks of the returned losses = the global loss (N = global rows).
     factor = float(comm.world)
     if group_mode == "ring":
-        operands = (prob.x_op.contiguous(), prob.y_op.contiguous(),
-                    prob.x_scalars.contiguous(), prob.y_scalars.contiguous(), prob.theta)
-        tspec = prob.tspec(relation, "pair_sum")
-        if reduction == "none" or not (torch.is_grad_enabled()
-                                       and any(t.requires_grad for t in operands)):
-            # Per-row results or no gradients: forward sums only, tiles recomputed backward.
-            row, _ = _RingStat.apply(*operands, tspec, impl, comm)
-            if reduction == "none":
-                return row
-            total = row.sum()
-        else:
-            total = _RingRowSum.apply(*operands, tspec, impl, comm)
-        return total * (factor / comm.total if reduction == "mean" else factor)
+        return pair_sum_loss(
+            _Ring(impl, comm), prob.x_op.contiguous(), prob.y_op.contiguous(),
+            prob.x_scalars.contiguous(), prob.y_scalars.contiguous(), prob.theta,
+            prob.tspec(relation, "pair_sum"), reduction, rows=comm.total, factor=factor)
     y_comm = Comm(group, comm.rank, comm.world, y_sizes)
     y_all = all_gather_with_grad(prob.y_op, y_comm)
     b_all = all_gather_with_grad(prob.y_scalars, y_comm)
