@@ -62,6 +62,13 @@ def relation_case(name, n, m, g):
     if name == "targets_skip_self":  # two skips per row: (i, t_i) and (i, i + 3)
         return Relation.targets(torch.randint(0, m, (n,), generator=g), skip_positives=True,
                                 skip_self=True, diag_offset=3)
+    if name == "diagonal":  # positives kept (masked_sum sums them): j = i + 1
+        return Relation.diagonal(diag_offset=1)
+    if name == "targets":
+        return Relation.targets(torch.randint(0, m, (n,), generator=g))
+    if name == "labels_rows":  # SupCon's shape: label positives, self skipped, no column stat
+        lab = torch.randint(0, 3, (max(n, m),), generator=g)
+        return Relation.labels(lab[:n], lab[:m], skip_self=True, cols_both=0)
     if name == "diagonal_skip":
         return Relation.diagonal(diag_offset=1, skip_positives=True)
     if name == "targets_skip":
@@ -84,7 +91,8 @@ def relation_case(name, n, m, g):
     raise AssertionError(name)
 
 
-RELATION_CASES = ("none", "self0", "self+3", "self-2", "self_far", "diagonal_skip",
+RELATION_CASES = ("none", "self0", "self+3", "self-2", "self_far", "diagonal", "targets",
+                  "labels_rows", "diagonal_skip",
                   "diagonal_skip_self", "targets_skip", "targets_skip_self", "labels_self",
                   "labels_skip", "csr", "csr_self", "row_only", "row_only_self")
 CASE_RELATION = {c: ("none" if c.startswith(("self", "row_only")) else c.split("_")[0])
@@ -112,8 +120,10 @@ def make_problem(kind, case, dtype, shape, device="cpu", seed=0, stat="lse"):
     k = 1 / curv.sqrt() if geo.uses_curvature else torch.ones((), dtype=cd)
     theta = torch.stack([torch.tensor(1.7, dtype=cd), k.to(cd), torch.tensor(0.3, dtype=cd)])
     rel = relation_case(case, n, m, g)
-    g_row = torch.randn(n, generator=g, dtype=torch.float64).to(cd)
-    g_col = torch.randn(rel.m0(m), generator=g, dtype=torch.float64).to(cd)
+    # Upstream gradients of the stat's state ([n] or [n, width]).
+    g_row = torch.randn(spec.state_shape(stat, n), generator=g, dtype=torch.float64).to(cd)
+    g_col = torch.randn(spec.state_shape(stat, rel.m0(m)), generator=g,
+                        dtype=torch.float64).to(cd)
     dev = lambda t: t.to(device)  # noqa: E731
     rel = replace(rel, tensors=tuple(dev(t) for t in rel.tensors))
     tspec = TileSpec(kind, stat, rel, clamp_kappa(dtype))

@@ -134,6 +134,9 @@ def test_spec_header_matches_python():
         value = re.search(rf"\b{cpp} = (\d+)", text)
         assert value is not None and int(value.group(1)) == getattr(spec, py), cpp
     assert f"kNumStats = {len(spec.STATS)}" in text
+    widths = re.search(r"kStatStateWidth\[kNumStats\] = \{([^}]*)\}", text).group(1)
+    assert [int(v) for v in widths.split(",")] == [spec.STAT_INFO[s]["state_width"]
+                                                   for s in spec.STATS]
     assert f"kNumRelations = {len(spec.RELATIONS)}" in text
 
 

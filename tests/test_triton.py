@@ -394,3 +394,260 @@ def test_fwd_grad_opcheck_and_compile():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*args[:5])
     torch.testing.assert_close(compiled, out, rtol=0, atol=0)
+
+
+# ---- masked_sum (SupCon): state [N, 2] = (lse, sum of the positives' logits) ------------------
+#
+# Every relation case of tests/_tile_cases.py plus cases whose positives are kept (diagonal,
+# targets, labels, with self skips overlapping the positives, and row-only columns) x every
+# kind in fp32, each case once in bf16 (kinds rotating); random g_row [N, 2], g_col [M0, 2]
+# against autograd of the float64 oracle.
+
+from dataclasses import replace  # noqa: E402
+
+from _tile_cases import oracle as tile_oracle  # noqa: E402
+from _tile_cases import relation_case  # noqa: E402
+
+
+def _masked_relation(case, n, m, g):
+    """The _tile_cases relation cases, and ones whose positives are (partly) kept."""
+    if case == "diagonal":
+        return Relation.diagonal(diag_offset=1)
+    if case == "diagonal_self":  # positives j = i - 1 and self pairs j = i - 1: all skipped
+        return Relation.diagonal(diag_offset=-1, skip_self=True)
+    if case == "targets":
+        return Relation.targets(torch.randint(0, m, (n,), generator=g))
+    if case == "targets_self":  # t_i == i is skipped (skip wins), the other targets count
+        t = torch.randint(0, m, (n,), generator=g)
+        t[: min(n, m) : 2] = torch.arange(min(n, m))[::2]
+        return Relation.targets(t, skip_self=True)
+    if case == "labels":
+        return Relation.labels(torch.randint(0, 2, (n,), generator=g),
+                               torch.randint(0, 2, (m,), generator=g))
+    if case == "labels_row_only":  # positives among the row-only columns too
+        return Relation.labels(torch.randint(0, 2, (n,), generator=g),
+                               torch.randint(0, 2, (m,), generator=g), skip_self=True,
+                               diag_offset=1, cols_both=m // 2)
+    return relation_case(case, n, m, g)
+
+
+MASKED_CASES = RELATION_CASES + ("diagonal", "diagonal_self", "targets", "targets_self",
+                                 "labels", "labels_row_only")
+_MASKED = [(kind, case, torch.float32, PAIR_SHAPES[(i + j) % len(PAIR_SHAPES)])
+           for i, case in enumerate(MASKED_CASES) for j, kind in enumerate(spec.KINDS)]
+_MASKED += [(spec.KINDS[(i + 2) % len(spec.KINDS)], case, torch.bfloat16,
+             PAIR_SHAPES[(i + 1) % len(PAIR_SHAPES)]) for i, case in enumerate(MASKED_CASES)]
+
+
+def masked_problem(kind, case, dtype, shape, seed=0):
+    """Operands from _tile_cases.make_problem, the relation of ``case`` and random upstream
+    gradients of both values of each row's state."""
+    x, y, alpha, beta, theta, tspec, _, _ = make_tile_problem(kind, "none", dtype, shape,
+                                                              seed=seed, stat="masked_sum")
+    n, m = x.shape[0], y.shape[0]
+    g = torch.Generator().manual_seed(seed + 11)
+    rel = _masked_relation(case, n, m, g)
+    g_row = torch.randn(n, 2, generator=g)
+    g_col = torch.randn(rel.m0(m), 2, generator=g)
+    return x, y, alpha, beta, theta.float(), replace(tspec, relation=rel), g_row, g_col
+
+
+def masked_args(x, y, alpha, beta, theta, tspec):
+    rel = tspec.relation
+    return (x, y, alpha, beta, theta, list(rel.tensors),
+            rel.options(tspec.kind, "masked_sum", y.shape[0]), tspec.kappa)
+
+
+@pytest.mark.parametrize("kind,case,dtype,shape", _MASKED,
+                         ids=[f"{k}-{c}-{str(d)[6:]}-{'x'.join(map(str, s))}"
+                              for k, c, d, s in _MASKED])
+def test_masked_sum_ops(kind, case, dtype, shape):
+    x, y, alpha, beta, theta, tspec, g_row, g_col = masked_problem(kind, case, dtype, shape)
+    args = masked_args(x, y, alpha, beta, theta, tspec)
+    n, m0 = x.shape[0], tspec.relation.m0(y.shape[0])
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    assert row.shape == (n, 2) and col.shape == (m0, 2)
+    assert row.dtype == col.dtype == torch.float32
+    grads = torch.ops.flashnce.triton_tile_bwd(*args, row, col, g_row, g_col)
+    want_row, want_col, want_grads = tile_oracle(x, y, alpha, beta, theta, tspec, g_row, g_col)
+    tag = f"{kind} {case} {dtype} {shape}"
+    t_stat, t_grad = TOL[dtype]
+    check_stat(f"{tag} row_stat", row, want_row, t_stat)
+    check_stat(f"{tag} col_stat", col, want_col, t_stat)
+    for name, got, want, src in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads,
+                                    want_grads, (x, y, alpha, beta, theta)):
+        assert got.shape == src.shape and got.dtype == src.dtype, f"{tag} {name} {got.dtype}"
+        check_grad(f"{tag} {name}", got, want, t_grad)
+
+    # Value 0 is the lse statistic from the same fold: bitwise equal to stat lse's, and so is
+    # the backward when the masked sums get no upstream gradient (G gains + 0 exactly).
+    lse_opts = list(args[6])
+    lse_opts[spec.OPT_STAT] = spec.stat_id("lse")
+    lse_args = args[:6] + (lse_opts, args[7])
+    lse_row, lse_col = torch.ops.flashnce.triton_tile_fwd(*lse_args)
+    assert torch.equal(row[:, 0], lse_row) and torch.equal(col[:, 0], lse_col), tag
+    zero_sum = torch.stack([g_row[:, 0], torch.zeros(n)], 1)
+    zero_sum_col = torch.stack([g_col[:, 0], torch.zeros(m0)], 1)
+    masked = torch.ops.flashnce.triton_tile_bwd(*args, row, col, zero_sum, zero_sum_col)
+    lse = torch.ops.flashnce.triton_tile_bwd(*lse_args, lse_row, lse_col,
+                                             g_row[:, 0].contiguous(), g_col[:, 0].contiguous())
+    for a, b in zip(masked, lse):
+        assert torch.equal(a, b), tag
+
+    if case in ("diagonal_self", "diagonal_skip", "diagonal_skip_self", "targets_skip",
+                "targets_skip_self", "labels_skip") or CASE_RELATION.get(case) == "none":
+        # No kept positive: every masked sum is exactly 0.
+        assert torch.all(row[:, 1] == 0) and torch.all(col[:, 1] == 0), tag
+    if (case in ("diagonal", "targets") or (case == "targets_self" and n > 1)
+            or (case in ("labels", "labels_self", "labels_row_only") and n >= 5)):
+        assert torch.any(row[:, 1] != 0), f"{tag}: no kept positive (the test needs some)"
+    if case.startswith("csr"):  # row 0 is fully skipped: (-inf, 0) and no gradient
+        assert row[0, 0] == float("-inf") and row[0, 1] == 0, tag
+        assert torch.all(grads[0][0] == 0) and torch.all(grads[2][0] == 0), tag
+
+
+from _tile_cases import CASE_RELATION  # noqa: E402
+
+
+def test_masked_sum_row_only_and_offsets():
+    """Several row blocks and column blocks (N, M > the 64-wide tiles), a diagonal offset, a
+    row-only tail with positives, and a K split of dX (BLOCK_D < K) in the backward."""
+    x, y, alpha, beta, theta = make_problem("cosine", 70, 83, 20, torch.float32)
+    g = torch.Generator().manual_seed(3)
+    rel = Relation.labels(torch.randint(0, 4, (70,), generator=g),
+                          torch.randint(0, 4, (83,), generator=g), skip_self=True,
+                          diag_offset=-5, cols_both=60)
+    tspec = replace(make_tile_problem("cosine", "none", torch.float32, (2, 2, 2),
+                                      stat="masked_sum")[5], relation=rel, kappa=KAPPA)
+    args = masked_args(x, y, alpha, beta, theta, tspec)
+    g_row, g_col = torch.randn(70, 2, generator=g), torch.randn(60, 2, generator=g)
+    row, col = launch.tile_forward(*args)
+    want_row, want_col, want_grads = tile_oracle(x, y, alpha, beta, theta, tspec, g_row, g_col)
+    check_stat("row_stat", row, want_row, 2e-5)
+    check_stat("col_stat", col, want_col, 2e-5)
+    for cfg in (None, (32, 32, 16, 16, 4, 1)):
+        grads = launch.tile_backward(*args, row, col, g_row, g_col, config=cfg)
+        for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads,
+                                   want_grads):
+            check_grad(f"{cfg} {name}", got, want, 2e-4)
+
+
+@pytest.mark.parametrize("n,m", [(0, 5), (4, 0), (0, 0)])
+def test_masked_sum_empty(n, m):
+    """N = 0 or M = 0: states [N, 2], [M, 2]; a row with no column is (-inf, 0)."""
+    x, y, alpha, beta, theta = make_problem("cosine", max(n, 1), max(m, 1), 8, torch.float32)
+    x, y, alpha, beta = x[:n], y[:m], alpha[:n], beta[:m]
+    args = (x, y, alpha, beta, theta, [], Relation.diagonal().options("cosine", "masked_sum", m),
+            KAPPA)
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    assert row.shape == (n, 2) and col.shape == (m, 2)
+    assert torch.all(row[:, 0] == float("-inf")) and torch.all(row[:, 1] == 0)
+    grads = torch.ops.flashnce.triton_tile_bwd(*args, row, col, torch.ones(n, 2),
+                                               torch.ones(m, 2))
+    for g, src in zip(grads, (x, y, alpha, beta, theta)):
+        assert g.shape == src.shape and torch.all(g == 0)
+
+
+def test_masked_sum_refusals_and_shapes():
+    """No one-pass op for masked_sum (op, fake and launcher), and states of the wrong size
+    are refused by name."""
+    x, y, alpha, beta, theta = make_problem("cosine", 4, 5, 8, torch.float32)
+    rel = Relation.diagonal()
+    args = (x, y, alpha, beta, theta, [], rel.options("cosine", "masked_sum", 5), KAPPA)
+    for f in (torch.ops.flashnce.triton_tile_fwd_grad, launch.tile_forward_grad):
+        with pytest.raises(ValueError, match="statistic masked_sum has no one-pass gradient"):
+            f(*args)
+    with pytest.raises(ValueError, match="masked_sum has no one-pass gradient"):
+        launch.specialisation("fwd_grad", 0, spec.stat_id("masked_sum"), 0, 0, False,
+                              torch.float32, KAPPA)
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    good = (row, col, torch.ones(4, 2), torch.ones(5, 2))
+    torch.ops.flashnce.triton_tile_bwd(*args, *good)
+    for i, bad in enumerate((row[:, 0].contiguous(), col[:3], torch.ones(4), torch.ones(5, 1))):
+        states = list(good)
+        states[i] = bad
+        name = ("row_stat", "col_stat", "g_row", "g_col")[i]
+        with pytest.raises(ValueError, match=f"{name} must have"):
+            torch.ops.flashnce.triton_tile_bwd(*args, *states)
+
+
+def test_masked_sum_specialisation():
+    """masked_sum reads the positive role where a relation keeps positives (POSITIVES), and
+    not for relation none or with skipped positives."""
+    ms, lse = spec.stat_id("masked_sum"), spec.stat_id("lse")
+    for rel in range(len(spec.RELATIONS)):
+        for flags in range(spec.ALL_FLAGS + 1):
+            meta = launch.specialisation("fwd", 0, ms, rel, flags, False, torch.float32, KAPPA)
+            keeps = rel != spec.relation_id("none") and not flags & spec.FLAG_SKIP_POSITIVES
+            assert meta["POSITIVES"] == keeps
+            assert not launch.specialisation("bwd", 0, lse, rel, flags, False, torch.float32,
+                                             KAPPA)["POSITIVES"]
+
+
+def test_masked_sum_opcheck_and_compile():
+    """Schema and fakes ([N, 2], [M0, 2]) of both ops (opcheck), and a fullgraph compile."""
+    args, options = _opcheck_args()
+    options = list(options)
+    options[spec.OPT_STAT] = spec.stat_id("masked_sum")
+    options[spec.OPT_FLAGS] = spec.FLAG_SKIP_SELF  # keep the labels' positives
+    args = args[:6] + (options, KAPPA)
+    row, col = torch.ops.flashnce.triton_tile_fwd(*args)
+    assert row.shape == (9, 2) and col.shape == (options[spec.OPT_COLS_BOTH], 2)
+    assert torch.any(row[:, 1] != 0)
+    g = torch.Generator().manual_seed(0)
+    g_row, g_col = torch.randn(9, 2, generator=g), torch.randn(4, 2, generator=g)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.flashnce.triton_tile_fwd.default, args, test_utils=utils)
+    torch.library.opcheck(torch.ops.flashnce.triton_tile_bwd.default,
+                          args + (row, col, g_row, g_col), test_utils=utils)
+
+    def f(x, y, alpha, beta, theta):
+        r, c = torch.ops.flashnce.triton_tile_fwd(x, y, alpha, beta, theta, *args[5:])
+        return r, c, torch.ops.flashnce.triton_tile_bwd(x, y, alpha, beta, theta, *args[5:],
+                                                        r, c, g_row, g_col)
+
+    eager = f(*args[:5])
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*args[:5])
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+# ---- hyperbolic radii far past the old cap (asinh(2^15) = 11.09) -------------------------------
+
+
+@pytest.mark.parametrize("relation", ["none", "labels"])
+def test_hyperbolic_large_radii(relation):
+    """rho in [20, 42] (S_i S_j up to ~8e35, w up to ~1.5e36): q = sqrt(w (w + 2)) would
+    overflow fp32 from w ~ 1.8e19; as w + 1 past 2^27 the row / column lse match a float64
+    evaluation of the same L3 formula to ~1e-6 relative, with finite gradients (also of the
+    radial term sinh(rho_i - rho_j), |rho_i - rho_j| up to 22) that match the oracle's."""
+    n, m, d = 7, 10, 16
+    g = torch.Generator().manual_seed(5)
+
+    def points(k):
+        x = torch.randn(k, d, generator=g)
+        rho = 20.0 + 22.0 * torch.rand(k, generator=g, dtype=torch.float64)
+        rho[0] = 42.0
+        scalars = torch.stack([x.double().norm(dim=1), rho, torch.sinh(rho)], 1)
+        return x, scalars.float().contiguous()
+
+    x, alpha = points(n)
+    y, beta = points(m)
+    theta = torch.tensor([2.5, CURVATURE**-0.5, 0.3])
+    if relation == "none":
+        rel = Relation.none()
+    else:
+        rel = Relation.labels(torch.arange(n) % 3, torch.arange(m) % 3, skip_self=True)
+    g_row, g_col = upstream(n, m)
+    stats, grads, _ = run_ops(x, y, alpha, beta, theta, rel, "hyperbolic", g_row, g_col)
+    ref_stats, ref_grads = oracle(x, y, alpha, beta, theta, rel, "hyperbolic", g_row, g_col)
+    for name, got, want in zip(("row_stat", "col_stat"), stats, ref_stats):
+        assert torch.isfinite(got).all(), name
+        assert want.abs().min() > 50  # distances ~ rho_i + rho_j: far from the old range
+        rel_err = ((got.double() - want) / want).abs().max().item()
+        assert rel_err < 2e-6, f"{name}: relative error {rel_err:.2e}"
+    for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads, ref_grads):
+        assert torch.isfinite(got).all(), name
+        check_grad(name, got, want, 1e-4)
+    for k in range(3):  # each per-row scalar's column on its own scale
+        check_grad(f"d_alpha[:, {k}]", grads[2][:, k], ref_grads[2][:, k], 1e-4)
+        check_grad(f"d_beta[:, {k}]", grads[3][:, k], ref_grads[3][:, k], 1e-4)

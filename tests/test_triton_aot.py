@@ -11,9 +11,9 @@ launchers issue (``launch.specialisation``, the one place they are derived; pass
 and fwd_grad, the backward kernel with FWD_GRAD, for the stats with a local G), per operand
 dtype, in the default block configs (K = 128, so BLOCK_K and BLOCK_D are the configs' own).
 One compile takes ~2 s of CPU, and the full product is 2 archs x 3 dtypes x 5 kinds x
-(22 variants x 2 stats x 2 passes + 22 fwd_grad variants) = 3300 compiles (~2 CPU-hours),
-too slow for CI. The default matrix (102 compiles: lse's 82 and pair_sum's 20, ~20% more CPU
-than lse's alone) is therefore, on both sm_80 and sm_90:
+(22 variants x 3 stats x 2 passes + 22 fwd_grad variants) = 4620 compiles (~2.5 CPU-hours),
+too slow for CI. The default matrix (122 compiles: lse's 82, pair_sum's 20 and masked_sum's
+20) is therefore, on both sm_80 and sm_90:
     * lse: every kind x pass in bf16, and every dtype for the hyperbolic kind (the largest
       epilogue), with relation none and no flags (the hot path);
     * lse, for the hyperbolic kind in bf16, both passes: on sm_90 every relation x flags x
@@ -24,14 +24,17 @@ than lse's alone) is therefore, on both sm_80 and sm_90:
     * pair_sum on sm_90, hyperbolic bf16, fwd and fwd_grad: every relation x side whose
       positives are kept (the positive-role code, ``POSITIVES``), with SKIP_SELF set (the
       bwd pass runs the same relation and stat code as fwd_grad; with SKIP_POSITIVES the
-      relation code is lse's).
+      relation code is lse's);
+    * masked_sum (no fwd_grad), hyperbolic, fwd and bwd: relation none and no flags in fp32
+      and bf16; in bf16 with SKIP_SELF, every relation x side whose positives are kept on
+      sm_90 (the positive-role code of the fold and of G), csr on sm_80.
 FLASHNCE_AOT_FULL=1 compiles the full product on both architectures.
 
 The compiles run in worker subprocesses (``FLASHNCE_AOT_JOBS``, default 2) started without
 TRITON_INTERPRET: the test session sets it before anything imports Triton, and then Triton's
 own ``tl.standard`` helpers (the reductions' combine functions) are interpreted functions that
-the compiler refuses. Registers and spills of each kernel (from ptxas' own report) are printed
-(run with ``-s``), not asserted: a compile error fails, spills do not.
+the compiler refuses. Registers, spills (from ptxas' own report) and shared memory of each
+kernel are printed (run with ``-s``), not asserted: a compile error fails, spills do not.
 """
 
 from __future__ import annotations
@@ -119,10 +122,17 @@ def _selected(spec, arch, dtype_name, kind, meta) -> bool:
 
 
 def _selected_other_stat(spec, arch, dtype_name, kind, meta, plain) -> bool:
-    """pair_sum's part of the default matrix (module docstring)."""
+    """pair_sum's and masked_sum's part of the default matrix (module docstring)."""
+    hyperbolic = kind == spec.kind_id("hyperbolic")
+    if meta["STAT"] == spec.stat_id("masked_sum"):
+        if not hyperbolic:
+            return False
+        if plain:
+            return dtype_name in ("fp32", "bf16")
+        return (dtype_name == "bf16" and meta["POSITIVES"] and meta["SKIP_SELF"]
+                and (arch == 90 or meta["RELATION"] == spec.relation_id("csr")))
     if dtype_name != "bf16":
         return False
-    hyperbolic = kind == spec.kind_id("hyperbolic")
     fwd_grad = meta.get("FWD_GRAD", False)
     if plain:
         return hyperbolic or (fwd_grad and arch == 90)
@@ -138,7 +148,8 @@ def _describe(spec, meta) -> str:
 
 
 def _compile(triton, launch, which, meta, dtype, dtype_name, arch):
-    """Compile one specialisation: (registers, spill store bytes, spill load bytes)."""
+    """Compile one specialisation: (registers, spill store bytes, spill load bytes, shared
+    memory bytes)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -154,15 +165,18 @@ def _compile(triton, launch, which, meta, dtype, dtype_name, arch):
     # ptxas' -v report is printed only when asked for; read it instead of re-running ptxas.
     with triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
         triton.knobs.nvidia.dump_ptxas_log = True
-        triton.compile(ASTSource(kernel, sig, constexprs), target=GPUTarget("cuda", arch, 32),
-                       options=dict(num_warps=warps, num_stages=stages))
+        compiled = triton.compile(ASTSource(kernel, sig, constexprs),
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=warps, num_stages=stages))
     regs, spills = _REGS.search(log.getvalue()), _SPILLS.search(log.getvalue())
     return (int(regs.group(1)) if regs else None,
-            *(map(int, spills.groups()) if spills else (None, None)))
+            *(map(int, spills.groups()) if spills else (None, None)),
+            int(compiled.metadata.shared))
 
 
 def work(names: list[str]) -> dict:
-    """{group: [(variant, regs, spill stores, spill loads, error or None), ...]}."""
+    """{group: [(variant, regs, spill stores, spill loads, shared bytes, error or None),
+    ...]}."""
     assert "TRITON_INTERPRET" not in os.environ
     import torch
     import triton
@@ -186,7 +200,7 @@ def work(names: list[str]) -> dict:
                              *_compile(triton, launch, which, meta, dtype, dtype_name, arch),
                              None))
             except Exception as exc:  # reported per variant by the test
-                rows.append((_describe(spec, meta), None, None, None,
+                rows.append((_describe(spec, meta), None, None, None, None,
                              f"{type(exc).__name__}: {exc}"[:4000]))
         out[name] = rows
     return out
@@ -237,7 +251,7 @@ def compiled(request):
 def test_compiles(compiled, group):
     rows = compiled[group]
     assert rows, "no specialisation compiled"
-    print(f"\n{group} (variant:regs/spill-store bytes): "
-          + " ".join(f"{v}:{r}r/{s}s" for v, r, s, _, err in rows if err is None))
-    errors = [f"{v}: {err}" for v, _, _, _, err in rows if err is not None]
+    print(f"\n{group} (variant:regs/spill-store bytes/shared bytes): "
+          + " ".join(f"{v}:{r}r/{s}s/{sh}B" for v, r, s, _, sh, err in rows if err is None))
+    errors = [f"{v}: {err}" for v, _, _, _, _, err in rows if err is not None]
     assert not errors, "\n".join(errors)

@@ -2,7 +2,9 @@
 
 With upstream gradients gA [NA] (of stA) and gB [NB] (of stB) and the statistic's rule
 (``stats.stat_grad``; lse: G_ij = gA_i exp(l_ij - stA_i) + gB_j exp(l_ij - stB_j); pair_sum:
-G_ij = (gA_i + gB_j) f'(l_ij, z_ij), which reads no statistic),
+G_ij = (gA_i + gB_j) f'(l_ij, z_ij), which reads no statistic; masked_sum: lse's G with
+gA_i = gA[i, 0], gB_j = gB[j, 0], stA_i = stA[i, 0], stB_j = stB[j, 0], plus gA[i, 1] + gB[j, 1]
+on the positives),
 
     G_ij   = 0 exactly on skipped and out-of-range pairs
     dA_i   = sum_j G_ij dl/dp_ij B_j                                (GEMM on the modified tile)
@@ -32,7 +34,8 @@ full-K dot), trading extra FLOPs for bounded registers; the default BLOCK_D cove
 one slice. Only slice 0 writes dSA and PART.
 
 Shapes: A [NA, K], B [NB, K] (unit inner stride); SA [NA, NR], SB [NB, NR] fp32; THETA [3];
-R0..R2 int64; stA, gA [NA_STAT], stB, gB [NB_STAT] fp32; DA [NA, K] in A's dtype,
+R0..R2 int64; stA, gA [NA_STAT], stB, gB [NB_STAT] fp32 ([NA_STAT, 2], [NB_STAT, 2] for
+masked_sum); DA [NA, K] in A's dtype,
 DSA [NA, NR] fp32, PART [cdiv(NA, BLOCK_A), 2] fp32.
 """
 
@@ -41,8 +44,8 @@ import triton.language as tl
 
 from .epilogue import epilogue_grad, epilogue_h, norm_grad_from_gp
 from .relation import relation_rows, tile_roles
-from .stats import (LOG2E, stat_finalize, stat_fold_grad, stat_grad, stat_init,
-                    stat_saved)
+from .stats import (LOG2E, stat_fold_grad, stat_grad, stat_init, stat_saved, stat_store,
+                    stat_upstream)
 from .tiles import column_block, column_tile, mma, row_block
 
 
@@ -70,10 +73,12 @@ def _tile_bwd_kernel(
     d_ok = dcols < K
     a_has = rows < NA_STAT
     if FWD_GRAD:
-        s0, s1 = stat_init(BLOCK_A, STAT)
+        s0, s1, s2 = stat_init(BLOCK_A, STAT)
     else:
         st_a = stat_saved(ST_A, rows64, a_has, STAT)[:, None]
-        g_a = tl.load(G_A + rows64, mask=a_has, other=0.0)[:, None]
+        g_a, g_a1 = stat_upstream(G_A, rows64, a_has, STAT)
+        g_a = g_a[:, None]
+        g_a1 = g_a1[:, None]
 
     acc = tl.zeros((BLOCK_A, BLOCK_D), tl.float32)
     ds0 = tl.zeros((BLOCK_A,), tl.float32)
@@ -91,14 +96,14 @@ def _tile_bwd_kernel(
                                POSITIVES)
         h = epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND, KAPPA)
         if FWD_GRAD:
-            s0, s1, g = stat_fold_grad(s0, s1, h * qk_scale + qk_bias, keep, pos, STAT,
-                                       POSITIVES)
+            s0, s1, s2, g = stat_fold_grad(s0, s1, s2, h * qk_scale + qk_bias, keep, pos,
+                                           STAT, POSITIVES)
         else:
             b_has = cols < NB_STAT
             st_b = stat_saved(ST_B, cols64, b_has, STAT)[None, :]
-            g_b = tl.load(G_B + cols64, mask=b_has, other=0.0)[None, :]
-            g = stat_grad(h * qk_scale + qk_bias, keep, pos, st_a, g_a, st_b, g_b, STAT,
-                          POSITIVES)
+            g_b, g_b1 = stat_upstream(G_B, cols64, b_has, STAT)
+            g = stat_grad(h * qk_scale + qk_bias, keep, pos, st_a, g_a, g_a1, st_b,
+                          g_b[None, :], g_b1[None, :], STAT, POSITIVES)
         g_p, t0, t1, t2 = epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
                                         KIND, KAPPA)
         bd = tl.load(B + cols64[:, None] * stride_b + dcols[None, :],
@@ -129,7 +134,7 @@ def _tile_bwd_kernel(
              acc.to(DA.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     if pid_d == 0:
         if FWD_GRAD:
-            tl.store(ST_A + rows64, stat_finalize(s0, s1, STAT), mask=a_has)
+            stat_store(ST_A, rows64, a_has, s0, s1, s2, STAT)
         if NR >= 1:
             tl.store(DSA + rows64 * NR, ds0, mask=row_ok)
         if NR >= 2:

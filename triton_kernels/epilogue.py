@@ -19,6 +19,11 @@ the gradient helper therefore only returns the row-side partials.
 
 All math is fp32. Clamped entries (euclidean D <= kappa (a + b), hyperbolic w <= kappa S_i S_j)
 take the floor value and get exactly zero gradient (strict masks).
+
+Hyperbolic range: q = sqrt(w (w + 2)) is formed as w + 1 once w > 2^27 (``_hyperbolic_q``), so
+nothing overflows while w + q ~ 2 w does: S_i S_j (1 - cos) <= 2 S_i S_j stays below
+fp32's max for radii up to ~44 (sinh(44)^2 = 4.1e37), and sinh((rho_i - rho_j) / 2) and
+sinh(rho_i - rho_j) are at most sinh(44) = 6.4e18.
 """
 
 import triton
@@ -55,9 +60,24 @@ def _expm1(x):
 
 @triton.jit
 def _sinh(x):
-    # sinh x = (e - 1/e) / 2 = expm1(x) (1 + 1/e) / 2: no cancellation for small |x|.
-    em = _expm1(x)
-    return 0.5 * em * (1.0 + 1.0 / (em + 1.0))
+    # sinh |x| = (e - 1/e) / 2 = expm1(|x|) (1 + 1/e) / 2: no cancellation for small |x|, and
+    # e = expm1 + 1 >= 1 is exact enough (for x < 0, expm1(x) + 1 would cancel: at x = -11 it
+    # loses ~0.2%, and it is 0, so sinh = inf, from x ~ -17). sinh is odd.
+    ax = tl.abs(x)
+    em = _expm1(ax)
+    s = 0.5 * em * (1.0 + 1.0 / (em + 1.0))
+    return tl.where(x < 0.0, -s, s)
+
+
+# Past w = 2^27, sqrt(w (w + 2)) = (w + 1) sqrt(1 - 1/(w + 1)^2) rounds to w + 1 in fp32 (the
+# relative difference 1/(2 (w + 1)^2) is below eps), while w (w + 2) overflows from w ~ 1.8e19.
+Q_LINEAR = tl.constexpr(134217728.0)  # 2^27
+
+
+@triton.jit
+def _hyperbolic_q(w):
+    """q = sqrt(w (w + 2)) for w >= 0, without overflow (w + 1 past 2^27)."""
+    return tl.where(w > Q_LINEAR, w + 1.0, tl.sqrt(w * (w + 2.0)))
 
 
 @triton.jit
@@ -88,7 +108,7 @@ def epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND: tl.constexpr, KAPPA:
         floor = KAPPA * ss
         w = tl.where(w > floor, w, floor)
         # arcosh(1 + w) = log1p(w + sqrt(w (w + 2))): no cancellation near w = 0.
-        h = -_log1p(w + tl.sqrt(w * (w + 2.0))) * inv_sqrt_c
+        h = -_log1p(w + _hyperbolic_q(w)) * inv_sqrt_c
     return h
 
 
@@ -131,13 +151,18 @@ def epilogue_grad(p, a0, a1, a2, b0, b1, b2, scale, inv_sqrt_c, g,
     else:  # KIND_HYPERBOLIC
         w, ss, cos = _hyperbolic_w(p, a0, a1, a2, b0, b1, b2)
         active = w > KAPPA * ss
-        q = tl.sqrt(tl.where(active, w * (w + 2.0), 1.0))  # clamped entries: no nan, even unused
-        # g_w = g dlogit/dw = -g s / (sqrt(c) q) on active entries only.
-        g_w = tl.where(active, -gs * inv_sqrt_c / tl.where(active, q, 1.0), 0.0)
-        g_p = -g_w * ss / (a0 * b0)
-        t0 = g_w * ss * cos / a0          # dw/dn_i = S_i S_j cos / n_i
-        t1 = g_w * _sinh(a1 - b1)         # dw/drho_i = sinh(rho_i - rho_j)
-        t2 = g_w * (1.0 - cos) * b2       # dw/dS_i = S_j (1 - cos)
+        q = _hyperbolic_q(tl.where(active, w, 1.0))  # clamped entries: no nan, even unused
+        # g_w = g dlogit/dw = -g s k / q on active entries only, never formed alone: at large
+        # radii q ~ S_i S_j reaches 1e37 and g_w would be subnormal (flushed to 0 on the
+        # GPU). r = 1 / q stays normal up to the largest cap (rho = 44), and every factor
+        # multiplies r first (S_i S_j r ~ 1 / (1 - cos), sinh(rho_i - rho_j) r, S_j r).
+        g_k = tl.where(active, -gs * inv_sqrt_c, 0.0)
+        r = 1.0 / q
+        g_ss = g_k * (ss * r)             # g_w S_i S_j
+        g_p = -g_ss / (a0 * b0)
+        t0 = g_ss * cos / a0              # dw/dn_i = S_i S_j cos / n_i
+        t1 = g_k * (_sinh(a1 - b1) * r)   # dw/drho_i = sinh(rho_i - rho_j)
+        t2 = g_k * (1.0 - cos) * (b2 * r)  # dw/dS_i = S_j (1 - cos)
     return g_p, t0, t1, t2
 
 

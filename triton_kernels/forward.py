@@ -2,12 +2,15 @@
 
     l_ij     = scale * h_KIND(<A_i, B_j>, SA_i, SB_j) + bias
     OUT[i]   = STAT over the kept j of l_ij          (lse: log sum_j exp l_ij, -inf if none;
-                                                      pair_sum: sum_j softplus(-z_ij l_ij))
+                                                      pair_sum: sum_j softplus(-z_ij l_ij);
+                                                      masked_sum: the pair (lse, sum of the
+                                                      positives' l_ij), OUT [NA, 2])
 
 Programs own BLOCK_A rows of A and walk all NB rows of B in BLOCK_B column blocks: tl.dot with
 fp32 accumulation (bf16/fp16 operands on tensor cores; fp32 as IEEE unless the caller allows
 TF32), the geometry epilogue in fp32 (``epilogue.py``), the relation's skip mask
-(``relation.py``; with ``POSITIVES`` also the positive role, for pair_sum's z) and the
+(``relation.py``; with ``POSITIVES`` also the positive role, for pair_sum's z and
+masked_sum's sum) and the
 statistic's fold in base 2 (``stats.py``).
 
 Row and column statistics: **two launches of this one kernel**, (A, B) = (X, Y) then (Y, X).
@@ -21,7 +24,8 @@ simply has NA = M0 rows.
 
 Shapes: A [NA, K], B [NB, K] (row-major, unit inner stride, any K); SA [NA, NR], SB [NB, NR]
 fp32; THETA [3] fp32 (scale, 1/sqrt(c), bias), loaded in-kernel; R0..R2 the relation's int64
-tensors. Output OUT [NA] fp32. Saved for backward by the caller: both statistics only.
+tensors. Output OUT [NA] fp32 ([NA, 2] for masked_sum). Saved for backward by the caller: both
+statistics only.
 """
 
 import triton
@@ -29,7 +33,7 @@ import triton.language as tl
 
 from .epilogue import epilogue_h
 from .relation import relation_rows, tile_roles
-from .stats import LOG2E, stat_finalize, stat_fold, stat_init
+from .stats import LOG2E, stat_fold, stat_init, stat_store
 from .tiles import column_block, column_tile, row_block
 
 
@@ -52,7 +56,7 @@ def _tile_fwd_kernel(
     qk_scale = scale * LOG2E
     qk_bias = bias * LOG2E
 
-    s0, s1 = stat_init(BLOCK_A, STAT)
+    s0, s1, s2 = stat_init(BLOCK_A, STAT)
     for start in range(0, NB, BLOCK_B):
         cols, col_ok, cols64 = column_block(start, NB, BLOCK_B)
         p, b0, b1, b2, valid = column_tile(A, B, SB, rows64, row_ok, cols64, col_ok, K,
@@ -62,5 +66,6 @@ def _tile_fwd_kernel(
                                diag_offset, RELATION, SKIP_SELF, SKIP_POSITIVES, SWAPPED,
                                POSITIVES)
         h = epilogue_h(p, a0, a1, a2, b0, b1, b2, inv_sqrt_c, KIND, KAPPA)
-        s0, s1 = stat_fold(s0, s1, h * qk_scale + qk_bias, keep, pos, STAT, POSITIVES)
-    tl.store(OUT + rows64, stat_finalize(s0, s1, STAT), mask=row_ok)
+        s0, s1, s2 = stat_fold(s0, s1, s2, h * qk_scale + qk_bias, keep, pos, STAT,
+                               POSITIVES)
+    stat_store(OUT, rows64, row_ok, s0, s1, s2, STAT)

@@ -1,9 +1,12 @@
 """Launchers of the tile kernels: options decoding, relation swap, configs, grids.
 
 ``tile_forward(x, y, alpha, beta, theta, relation, options, kappa)``
-    -> (row_stat [N], col_stat [M0]) fp32: ``_tile_fwd_kernel`` on (X, Y) then on (Y[:M0], X).
+    -> (row_stat [N], col_stat [M0]) fp32 ([N, 2], [M0, 2] for masked_sum, as
+    ``spec.state_shape`` gives): ``_tile_fwd_kernel`` on (X, Y) then on (Y[:M0], X).
 ``tile_backward(..., row_stat, col_stat, g_row, g_col)``
     -> (dX, dY, d_alpha, d_beta, d_theta [3]): ``_tile_bwd_kernel`` on (X, Y) then (Y, X);
+    the saved statistics and the upstream gradients have the state's shape (row-major, made
+    contiguous here);
     d_theta = (sum G h, scale sum G h / k for the hyperbolic kind else 0, sum G), from the
     first launch's per-row-block partials summed in a fixed order (no atomics).
 ``tile_forward_grad(x, y, alpha, beta, theta, relation, options, kappa)``
@@ -122,7 +125,7 @@ def _block_k(bk: int, k: int) -> int:
 
 
 # The stats whose fold / G read the positive role of a pair, not only whether it is kept.
-_READS_POSITIVES = frozenset({spec.stat_id("pair_sum")})
+_READS_POSITIVES = frozenset({spec.stat_id("pair_sum"), spec.stat_id("masked_sum")})
 PASSES = ("fwd", "bwd", "fwd_grad")
 
 
@@ -240,9 +243,15 @@ def _launch(which, kernel_args, na, meta, dtype, k, grid_k, config):
                               num_stages=stages)
 
 
+def _state(stat: int, n: int, device) -> torch.Tensor:
+    """An uninitialised fp32 state of n rows: [n], or [n, w] for a stat of w values."""
+    return torch.empty(spec.state_shape(spec.STATS[stat], n), dtype=torch.float32,
+                       device=device)
+
+
 def _row_stat(a, b, sa, sb, theta, rel, na, off, meta, config):
     nb, k = b.shape[0], a.shape[1]
-    out = torch.empty(na, dtype=torch.float32, device=a.device)
+    out = _state(meta["STAT"], na, a.device)
     if na == 0:
         return out
     args = (a, b, sa, sb, theta, *rel, out, na, nb, k, a.stride(0), b.stride(0), off,
@@ -252,7 +261,8 @@ def _row_stat(a, b, sa, sb, theta, rel, na, off, meta, config):
 
 
 def tile_forward(x, y, alpha, beta, theta, relation, options, kappa, config=None):
-    """(row_stat [N], col_stat [M0]) fp32; see forward.py for why this is two launches.
+    """(row_stat [N], col_stat [M0]) fp32 (``spec.state_shape``: [N, 2], [M0, 2] for
+    masked_sum); see forward.py for why this is two launches.
     ``config`` (BLOCK_A, BLOCK_B, BLOCK_K, warps, stages) overrides the dtype default."""
     o = Options(options, relation, y.shape[0])
     dummy = theta.new_empty(1, dtype=torch.int64)
@@ -294,6 +304,7 @@ def tile_backward(x, y, alpha, beta, theta, relation, options, kappa, row_stat, 
     dummy = theta.new_empty(1, dtype=torch.int64)
     g_row = g_row.to(torch.float32).contiguous()
     g_col = g_col.to(torch.float32).contiguous()
+    row_stat, col_stat = row_stat.contiguous(), col_stat.contiguous()  # [n, w]: row-major
     dx, d_alpha, part = _row_grads(
         x, y, alpha, beta, theta, relation_pointers(o.relation, relation, False, dummy),
         row_stat, col_stat, g_row, g_col, n, m0, o.diag_offset,
@@ -325,8 +336,8 @@ def tile_forward_grad(x, y, alpha, beta, theta, relation, options, kappa, config
     check_fwd_grad(o.stat)
     n, m0 = x.shape[0], o.cols_both
     dummy = theta.new_empty(1, dtype=torch.int64)
-    row = torch.empty(n, dtype=torch.float32, device=x.device)
-    col = torch.empty(m0, dtype=torch.float32, device=x.device)
+    row = _state(o.stat, n, x.device)
+    col = _state(o.stat, m0, x.device)
     unread = theta.new_empty(1, dtype=torch.float32)  # ST_B, G_A, G_B under FWD_GRAD
     dx, d_alpha, part = _row_grads(
         x, y, alpha, beta, theta, relation_pointers(o.relation, relation, False, dummy),

@@ -15,6 +15,8 @@
 The same argument order and semantics as the C++ ``flashnce::tile_fwd`` / ``tile_bwd`` /
 ``tile_fwd_grad``
 (contract in ``flashnce.core.spec``), for fp32 / bf16 / fp16 operands (compute dtype fp32).
+Statistics and upstream gradients have the stat's state shape (``spec.state_shape``: [N] and
+[M0], or [N, 2] and [M0, 2] for masked_sum).
 Autograd is not registered here: the core registers one backward for every compiled op
 family, so this package imports nothing from ``flashnce`` but ``flashnce.core.spec``.
 
@@ -75,6 +77,34 @@ def _check(x, y, alpha, beta, theta, relation, options):
             raise ValueError(f"every tensor must be on {x.device}, got one on {t.device}")
 
 
+def _state_shapes(x, options):
+    """The (row, column) state shapes of a call, or None where the options are malformed
+    (the launcher's own checks refuse those)."""
+    if len(options) != spec.NUM_OPTIONS or not 0 <= int(options[spec.OPT_STAT]) < len(
+            spec.STATS):
+        return None
+    stat = spec.STATS[int(options[spec.OPT_STAT])]
+    return (spec.state_shape(stat, x.shape[0]),
+            spec.state_shape(stat, int(options[spec.OPT_COLS_BOTH])))
+
+
+def _check_states(x, options, row_stat, col_stat, g_row, g_col):
+    """The saved statistics and upstream gradients hold N * width and M0 * width values."""
+    shapes = _state_shapes(x, options)
+    if shapes is None:
+        return
+    row, col = shapes
+    for name, t, shape in (("row_stat", row_stat, row), ("col_stat", col_stat, col),
+                           ("g_row", g_row, row), ("g_col", g_col, col)):
+        want = 1
+        for d in shape:
+            want *= d
+        if t.numel() != want:
+            raise ValueError(f"{name} must have {want} values (shape {tuple(shape)}) for "
+                             f"statistic {spec.STATS[int(options[spec.OPT_STAT])]}, got "
+                             f"{tuple(t.shape)}")
+
+
 @_register("flashnce::triton_tile_fwd")
 def triton_tile_fwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
                     theta: torch.Tensor, relation: list[torch.Tensor], options: list[int],
@@ -91,13 +121,14 @@ def triton_tile_bwd(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta:
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                torch.Tensor]:
     _check(x, y, alpha, beta, theta, relation, options)
+    _check_states(x, options, row_stat, col_stat, g_row, g_col)
     return tile_backward(x, y, alpha, beta, theta, relation, options, kappa, row_stat,
                          col_stat, g_row, g_col)
 
 
 def _check_fwd_grad(options):
-    """lse (any stat without a local G) is refused by name; malformed options are left to
-    the launcher's own checks."""
+    """lse and masked_sum (any stat without a local G) are refused by name; malformed options
+    are left to the launcher's own checks."""
     if len(options) == spec.NUM_OPTIONS and 0 <= int(options[spec.OPT_STAT]) < len(spec.STATS):
         check_fwd_grad(int(options[spec.OPT_STAT]))
 
@@ -116,8 +147,8 @@ def triton_tile_fwd_grad(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor,
 if INTERPRETED:
     @triton_tile_fwd.register_fake
     def _(x, y, alpha, beta, theta, relation, options, kappa):
-        return (x.new_empty(x.shape[0], dtype=torch.float32),
-                y.new_empty(options[spec.OPT_COLS_BOTH], dtype=torch.float32))
+        row, col = _state_shapes(x, options) or (x.shape[0], options[spec.OPT_COLS_BOTH])
+        return (x.new_empty(row, dtype=torch.float32), y.new_empty(col, dtype=torch.float32))
 
     @triton_tile_bwd.register_fake
     def _(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat, g_row,
@@ -128,7 +159,7 @@ if INTERPRETED:
     @triton_tile_fwd_grad.register_fake
     def _(x, y, alpha, beta, theta, relation, options, kappa):
         _check_fwd_grad(options)
-        return (x.new_empty(x.shape[0], dtype=torch.float32),
-                y.new_empty(options[spec.OPT_COLS_BOTH], dtype=torch.float32),
+        row, col = _state_shapes(x, options) or (x.shape[0], options[spec.OPT_COLS_BOTH])
+        return (x.new_empty(row, dtype=torch.float32), y.new_empty(col, dtype=torch.float32),
                 torch.empty_like(x), torch.empty_like(y), torch.empty_like(alpha),
                 torch.empty_like(beta), torch.empty_like(theta))

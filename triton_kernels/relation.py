@@ -21,9 +21,9 @@ hence the ``SWAPPED`` flag. With relation none and no flags nothing is added to 
 mask (every branch below is pruned at compile time).
 
 ``tile_keep`` gives the kept pairs only (all that lse needs). ``tile_roles`` gives (keep, pos)
-for a stat that also reads the positive role (pair_sum's z): with ``POSITIVES`` set (the
-launcher sets it only when a kept pair can be positive: a relation with positives and no
-SKIP_POSITIVES), ``pos`` marks the relation's positives (meaningful where ``keep``: skip wins);
+for a stat that also reads the positive role (pair_sum's z, masked_sum's sum): with
+``POSITIVES`` set (the launcher sets it only when a kept pair can be positive: a relation
+with positives and no SKIP_POSITIVES), ``pos`` marks the relation's positives (meaningful where ``keep``: skip wins);
 otherwise it is ``tile_keep`` unchanged and ``pos`` an unused alias of ``keep``, so the
 lse walks compile to exactly what they were.
 """

@@ -27,10 +27,12 @@
 //     fold_tile(rows, cols, tile, bn, bm, bc, j0)
 //                               fold the bn x bm logits (row-major, ld bm) of the tile at
 //                               column j0; only its first bc columns have column states
-//     finish_rows(rows, bn, out) the block's finalized row statistics
+//     finish_rows(rows, bn, out) the block's finalized row statistics (w = kStatStateWidth
+//                               values per row, interleaved: out[w r + v])
 //     finish_cols(parts, m0, out) merge the parts' column states in part order, finalize
 //   backward (row_stat / col_stat from the forward; col arrays padded to M by the binding:
-//             j >= m0 has col_stat = +inf and g_col = 0, so G takes its row term only)
+//             j >= m0 has col_stat = +inf and g_col = 0, so G takes its row term only; a
+//             state of two values (masked_sum) arrives split into one array per value)
 //     TileG prepare_tile(io, i0, bn, j0, bm, col_factor_scratch)
 //     RowG prepare_row(io, tg, i)
 //     VT g(io, tg, rg, l, c, j)  G of the entries at tile column c.. / global column j..
@@ -77,13 +79,18 @@ struct PairBits {
 };
 
 // What the backward reads besides the operands; every pointer has N (row_*) or M (col_*)
-// entries.
+// entries (one value per row: a state of several values arrives split, see below).
+// masked_sum: row_stat / col_stat / g_row / g_col are its lse values (value 0 of the state,
+// split out by the binding) and g_row_pos / g_col_pos the upstream gradients of its masked
+// sums (value 1); null for the other stats.
 template <class T>
 struct BackwardIO {
   const T* row_stat;
   const T* col_stat;
   const T* g_row;
   const T* g_col;
+  const T* g_row_pos = nullptr;
+  const T* g_col_pos = nullptr;
 };
 
 // Online LSE merge of a partial (pm, ps) = (max, sum exp(l - max)) into (m, s).
@@ -430,6 +437,112 @@ struct TileStat<kStatPairSum, T> {
   static VT g(const BackwardIO<T>& io, const TileG&, const RowG& rg, VT l, int64_t, int64_t j,
               PairBits bits, Cols*) {
     return (VT(rg.coef) + Lanes<VT>::load(io.g_col + j)) * slope(l, bits.pos);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// masked_sum: a state of two values per row / column (spec.h kStatStateWidth): value 0 the lse
+// stat exactly (its fold, merge and finalize are TileStat<kStatLse>'s, on the same logits),
+// value 1 the sum of the positives' logits, m_i = sum_{j positive} l_ij, merged by +; outputs
+// interleaved, out[2 r] = lse, out[2 r + 1] = m (row-major [N, 2]). The positives of a row come
+// from the walk (RowMarks: positive and not skipped), so the masked sums cost O(positives)
+// scalar adds per row while the row is in L1; nothing per entry beyond the lse's work.
+// G_ij = lse's G (g_row / g_col / row_stat / col_stat of value 0) + [ij positive]
+// (g_row_pos[i] + g_col_pos[j]) (g_col_pos padded with 0 past M0 by the binding).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct TileStat<kStatMaskedSum, T> {
+  using Lse = TileStat<kStatLse, T>;
+  using V = Vectorized<T>;
+  static constexpr int64_t L = V::size();
+  static constexpr bool kNeedsPositives = true;
+  static constexpr bool kLocalGrad = false;
+  static constexpr bool kForwardSums = false;
+  static constexpr T kEmpty = neg_inf<T>();     // value 0 of an empty row; value 1 is 0
+  static constexpr T kSkipped = Lse::kSkipped;  // skipped pairs are never positives
+
+  struct Cols {
+    typename Lse::Cols lse;
+    std::vector<T> msum;  // per column: sum of its positives' logits
+    explicit Cols(int64_t m0) : lse(m0), msum(m0, T(0)) {}
+  };
+  struct Rows {
+    typename Lse::Rows lse;
+    std::vector<T> run_msum;    // [kBlockN] running masked sums of the block's rows
+    std::vector<T> tile_cmsum;  // [kBlockM] this tile's column masked sums
+    Rows() : run_msum(kBlockN), tile_cmsum(kBlockM) {}
+    void start() {
+      lse.start();
+      std::fill(run_msum.begin(), run_msum.end(), T(0));
+    }
+  };
+
+  static void begin_tile(Rows& rs, int64_t bc) {
+    Lse::begin_tile(rs.lse, bc);
+    std::fill(rs.tile_cmsum.data(), rs.tile_cmsum.data() + bc, T(0));
+  }
+
+  static void observe_row(Rows& rs, const T* row, int64_t r, int64_t bm, int64_t bc,
+                          RowMarks pos) {
+    Lse::observe_row(rs.lse, row, r, bm, bc);
+    T s = T(0);
+    T* cms = rs.tile_cmsum.data();
+    for (int64_t q = 0; q < pos.count; ++q) {
+      const int64_t c = pos.cols[q];
+      s += row[c];
+      if (c < bc) cms[c] += row[c];
+    }
+    rs.run_msum[r] += s;
+  }
+
+  static void fold_tile(Rows& rs, Cols& cs, const T* tile, int64_t bn, int64_t bm, int64_t bc,
+                        int64_t j0) {
+    Lse::fold_tile(rs.lse, cs.lse, tile, bn, bm, bc, j0);
+    for (int64_t c = 0; c < bc; ++c) cs.msum[j0 + c] += rs.tile_cmsum[c];
+  }
+
+  static void finish_rows(const Rows& rs, int64_t bn, T* out) {
+    for (int64_t r = 0; r < bn; ++r) {
+      out[2 * r] = lse_value(rs.lse.run_max[r], rs.lse.run_sum[r]);
+      out[2 * r + 1] = rs.run_msum[r];
+    }
+  }
+
+  static void finish_cols(const std::vector<Cols>& parts, int64_t m0, T* out) {
+    at::parallel_for(0, m0, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        T mx = neg_inf<T>(), s = T(0), ms = T(0);
+        for (const Cols& p : parts) {
+          lse_merge(mx, s, p.lse.max[j], p.lse.sum[j]);
+          ms += p.msum[j];
+        }
+        out[2 * j] = lse_value(mx, s);
+        out[2 * j + 1] = ms;
+      }
+    });
+  }
+
+  // Backward: lse's G plus the positives' constant term.
+  using TileG = typename Lse::TileG;
+  struct RowG {
+    typename Lse::RowG lse;
+    T pos;  // g_row_pos[i]
+  };
+  static TileG prepare_tile(const BackwardIO<T>& io, int64_t i0, int64_t bn, int64_t j0,
+                            int64_t bm, T* col_factor) {
+    return Lse::prepare_tile(io, i0, bn, j0, bm, col_factor);
+  }
+  static RowG prepare_row(const BackwardIO<T>& io, const TileG& tg, int64_t i) {
+    return {Lse::prepare_row(io, tg, i), io.g_row_pos[i]};
+  }
+  template <class VT>
+  static VT g(const BackwardIO<T>& io, const TileG& tg, const RowG& rg, VT l, int64_t c,
+              int64_t j, PairBits bits, Cols*) {
+    const VT g = Lse::template g<VT>(io, tg, rg.lse, l, c, j);
+    if (!bits.pos) return g;
+    // + (g_row_pos[i] + g_col_pos[j]) on the positive lanes only (the others: + 0 exactly).
+    const VT add = VT(rg.pos) + Lanes<VT>::load(io.g_col_pos + j);
+    return g + zero_lanes(add, ~bits.pos);
   }
 };
 

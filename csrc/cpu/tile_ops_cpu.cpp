@@ -103,12 +103,13 @@ void dispatch_stat(int64_t stat, const F& f) {
   switch (stat) {
     case kStatLse: f(std::integral_constant<int, kStatLse>{}); break;
     case kStatPairSum: f(std::integral_constant<int, kStatPairSum>{}); break;
+    case kStatMaskedSum: f(std::integral_constant<int, kStatMaskedSum>{}); break;
     default: TORCH_CHECK(false, "flashnce: unknown statistic ", stat);
   }
 }
 
 const char* stat_name(int64_t stat) {
-  static const char* const names[kNumStats] = {"lse", "pair_sum"};
+  static const char* const names[kNumStats] = {"lse", "pair_sum", "masked_sum"};
   return stat >= 0 && stat < kNumStats ? names[stat] : "?";
 }
 
@@ -117,6 +118,25 @@ double stat_empty(int64_t stat) {
   double v = 0;
   dispatch_stat(stat, [&](auto sc) { v = TileStat<decltype(sc)::value, double>::kEmpty; });
   return v;
+}
+
+// Values per row of the stat's state (parse_options has checked the id).
+int64_t stat_width(int64_t stat) { return kStatStateWidth[stat]; }
+
+// The state tensor of `rows` rows: [rows] or [rows, w].
+at::Tensor empty_state(int64_t stat, int64_t rows, const at::TensorOptions& opt) {
+  const int64_t w = stat_width(stat);
+  return w == 1 ? at::empty({rows}, opt) : at::empty({rows, w}, opt);
+}
+
+// Fills a state tensor with the empty statistic: (-inf, 0) for masked_sum.
+void fill_empty(at::Tensor& state, int64_t stat) {
+  if (stat == kStatMaskedSum) {
+    state.select(1, 0).fill_(-std::numeric_limits<double>::infinity());
+    state.select(1, 1).fill_(0.0);
+  } else {
+    state.fill_(stat_empty(stat));
+  }
 }
 
 // Operands widened to the compute dtype cd (bf16 / fp16 exactly, so the tile GEMM accumulates
@@ -172,9 +192,10 @@ std::tuple<at::Tensor, at::Tensor> tile_fwd_cpu(const at::Tensor& x, const at::T
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options);
   const int64_t n = x.size(0), m = y.size(0);
   const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
-  at::Tensor row_stat = at::empty({n}, fopt), col_stat = at::empty({p.opt.m0}, fopt);
-  if (m == 0) row_stat.fill_(stat_empty(p.opt.stat));
-  if (n == 0) col_stat.fill_(stat_empty(p.opt.stat));
+  at::Tensor row_stat = empty_state(p.opt.stat, n, fopt),
+             col_stat = empty_state(p.opt.stat, p.opt.m0, fopt);
+  if (m == 0) fill_empty(row_stat, p.opt.stat);
+  if (n == 0) fill_empty(col_stat, p.opt.stat);
   if (n == 0 || m == 0) return {row_stat, col_stat};
   AT_DISPATCH_FLOATING_TYPES(row_stat.scalar_type(), "tile_fwd_cpu", [&] {
     const auto pb = make_problem<scalar_t>(p, kappa);
@@ -234,31 +255,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options);
   const auto cd = compute_dtype(x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), m0 = p.opt.m0, r = alpha.size(1);
-  TORCH_CHECK(row_stat.numel() == n && g_row.numel() == n,
-              "flashnce: row_stat and g_row must have N = ", n, " elements, got ",
-              row_stat.numel(), " and ", g_row.numel());
-  TORCH_CHECK(col_stat.numel() == m0 && g_col.numel() == m0,
-              "flashnce: col_stat and g_col must have M0 = cols_both = ", m0,
-              " elements, got ", col_stat.numel(), " and ", g_col.numel());
-  const at::Tensor rs = row_stat.to(cd).contiguous(), gr = g_row.to(cd).contiguous();
-  // Column arrays padded to M: a row-only column (j >= M0) has col_stat = +inf and g_col = 0,
-  // so its column term (lse: g_col exp(l - col_stat), pair_sum: g_col f') is exactly 0 and
-  // the walk needs no M0 test.
-  at::Tensor cs = col_stat.to(cd).contiguous(), gc = g_col.to(cd).contiguous();
+  const int64_t w = stat_width(p.opt.stat);
+  TORCH_CHECK(row_stat.numel() == n * w && g_row.numel() == n * w,
+              "flashnce: row_stat and g_row must have N * ", w, " = ", n * w,
+              " elements (the ", stat_name(p.opt.stat), " state: ", w,
+              " value(s) per row), got ", row_stat.numel(), " and ", g_row.numel());
+  TORCH_CHECK(col_stat.numel() == m0 * w && g_col.numel() == m0 * w,
+              "flashnce: col_stat and g_col must have M0 * ", w, " = cols_both * ", w, " = ",
+              m0 * w, " elements, got ", col_stat.numel(), " and ", g_col.numel());
+  // One value per row for the walk: a state of w values arrives as w contiguous arrays
+  // (masked_sum: value 0, the lse, in rs / cs / gr / gc; value 1's upstream gradients in
+  // gr_pos / gc_pos; its forward values are not read).
+  at::Tensor rs, gr, cs, gc, gr_pos, gc_pos;
+  if (w == 1) {
+    rs = row_stat.to(cd).contiguous();
+    gr = g_row.to(cd).contiguous();
+    cs = col_stat.to(cd).contiguous();
+    gc = g_col.to(cd).contiguous();
+  } else {
+    const at::Tensor rs2 = row_stat.reshape({n, w}).to(cd), gr2 = g_row.reshape({n, w}).to(cd);
+    const at::Tensor cs2 = col_stat.reshape({m0, w}).to(cd), gc2 = g_col.reshape({m0, w}).to(cd);
+    rs = rs2.select(1, 0).contiguous();
+    gr = gr2.select(1, 0).contiguous();
+    gr_pos = gr2.select(1, 1).contiguous();
+    cs = cs2.select(1, 0).contiguous();
+    gc = gc2.select(1, 0).contiguous();
+    gc_pos = gc2.select(1, 1).contiguous();
+  }
+  // Column arrays padded to M: a row-only column (j >= M0) has col_stat = +inf and g_col = 0
+  // (and g_col_pos = 0), so its column term (lse: g_col exp(l - col_stat), pair_sum: g_col
+  // f', masked_sum: both of those) is exactly 0 and the walk needs no M0 test.
   if (m0 < m) {
-    at::Tensor cs_full = at::full({m}, std::numeric_limits<double>::infinity(), rs.options());
-    at::Tensor gc_full = at::zeros({m}, rs.options());
-    cs_full.narrow(0, 0, m0).copy_(cs);
-    gc_full.narrow(0, 0, m0).copy_(gc);
-    cs = cs_full;
-    gc = gc_full;
+    auto pad = [&](at::Tensor& t, double fill) {
+      at::Tensor full = at::full({m}, fill, rs.options());
+      full.narrow(0, 0, m0).copy_(t);
+      t = full;
+    };
+    pad(cs, std::numeric_limits<double>::infinity());
+    pad(gc, 0.0);
+    if (gc_pos.defined()) pad(gc_pos, 0.0);
   }
   Grads grads(p, n, m, r);
   if (n > 0 && m > 0) {
     AT_DISPATCH_FLOATING_TYPES(cd, "tile_bwd_cpu", [&] {
       const auto pb = make_problem<scalar_t>(p, kappa);
-      const BackwardIO<scalar_t> io{rs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
-                                    gr.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>()};
+      BackwardIO<scalar_t> io{rs.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
+                              gr.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>()};
+      if (gr_pos.defined()) {
+        io.g_row_pos = gr_pos.data_ptr<scalar_t>();
+        io.g_col_pos = gc_pos.data_ptr<scalar_t>();
+      }
       BackwardOut<scalar_t> out = grads.out<scalar_t>();
       dispatch_kind(p.opt.kind, [&](auto kc) {
         dispatch_stat(p.opt.stat, [&](auto sc) {

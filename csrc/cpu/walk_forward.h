@@ -1,4 +1,5 @@
-// Forward tile walk: row_stat [N] and col_stat [M0] of one tile_fwd call, generic over the
+// Forward tile walk: row_stat [N] and col_stat [M0] of one tile_fwd call ([N, w] / [M0, w],
+// row-major, for a stat whose state has w = kStatStateWidth values per row), generic over the
 // epilogue kind and the statistic (cpu/stats.h).
 //
 // Rows go in blocks of kBlockN, columns in tiles of kBlockM; the row blocks are split into one
@@ -22,6 +23,7 @@
 #include "cpu/relation.h"
 #include "cpu/simd.h"
 #include "cpu/stats.h"
+#include "flashnce/spec.h"
 
 namespace flashnce {
 namespace cpu {
@@ -90,7 +92,7 @@ void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T*
         }
         S::fold_tile(rows, cs, tile.data(), bn, bm, bc, j0);
       }
-      S::finish_rows(rows, bn, row_stat + i0);
+      S::finish_rows(rows, bn, row_stat + i0 * kStatStateWidth[STAT]);
     }
   });
   S::finish_cols(cols, m0, col_stat);

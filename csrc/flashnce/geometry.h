@@ -149,40 +149,55 @@ template <class T>
 struct Epilogue<kHyperbolic, T> {
   using M = MathOps<T>;
   static constexpr int kR = 3;
-  struct State { T h, q, cos, ss, inv_nn, sh; typename M::Mask active; };
+  // Large radii (rho_i + rho_j up to ~88, S_i S_j up to ~1e38 in fp32): w (w + 2) overflows
+  // fp32 once w > ~1.8e19, so past w = 2^27 q = sqrt(w (w + 2)) is taken as w + 1 (relative
+  // error 1 / (2 (w + 1)^2) < 2^-55: below fp32 and fp64 rounding). And the gradient's
+  // g_w = -G s k / q (~1e-38 there) would be subnormal, or flushed to 0 under FTZ, before it is
+  // multiplied back by S_i S_j, sinh(rho_i - rho_j) or S: on those entries q and the factors
+  // it multiplies are carried scaled by sig = 2^-64 (sig = 1 elsewhere), and a power of 2 is
+  // exact, so every product is the unscaled one rounded the same way.
+  // State: q and ss are scaled by sig; everything else as is.
+  struct State { T h, q, cos, ss, inv_nn, sh, sig; typename M::Mask active; };
+  static constexpr double kLinearQ = 134217728.0;                // 2^27
+  static constexpr double kGradScale = 5.42101086242752217e-20;  // 2^-64
   // a = (n_i, rho_i, S_i), b = (n_j, rho_j, S_j); docs/NUMERICS.md section 6, form L3.
   FLASHNCE_HOST_DEVICE static State eval(T p, const RowScalars<T>& a, const RowScalars<T>& b, T k,
                                          T kappa) {
     State st;
     st.inv_nn = T(1) / (a.v[0] * b.v[0]);
     st.cos = p * st.inv_nn;
-    st.ss = a.v[2] * b.v[2];
+    const T ss = a.v[2] * b.v[2];
     st.sh = M::sinh(T(0.5) * (a.v[1] - b.v[1]));
-    const T w = T(2) * st.sh * st.sh + st.ss * (T(1) - st.cos);
-    const T floor = kappa * st.ss;
+    const T w = T(2) * st.sh * st.sh + ss * (T(1) - st.cos);
+    const T floor = kappa * ss;
     st.active = M::gt(w, floor);
     const T wc = M::select(st.active, w, floor);
-    st.q = M::sqrt(wc * (wc + T(2)));
+    const typename M::Mask big = M::gt(wc, T(kLinearQ));
+    const T q = M::select(big, wc + T(1), M::sqrt(wc * (wc + T(2))));
     // arcosh(1 + w) = log1p(w + sqrt(w (w + 2))): never form z = 1 + w (P4).
-    st.h = T(0) - M::log1p(wc + st.q) * k;
+    st.h = T(0) - M::log1p(wc + q) * k;
+    st.sig = M::select(big, T(kGradScale), T(1));
+    st.q = q * st.sig;
+    st.ss = ss * st.sig;
     return st;
   }
   FLASHNCE_HOST_DEVICE static T grad(const State& st, T, const RowScalars<T>& a,
                                      const RowScalars<T>& b, T k, T gs, RowScalars<T>& ga,
                                      RowScalars<T>& gb) {
-    // g_w = G dlogit/dw = -G s k / q on active entries only (q > 0 there).
+    // g_w = G dlogit/dw = -G s k / q on active entries only (q > 0 there); here g_w / sig,
+    // against factors scaled by sig (st.q, st.ss and the sig below; see State).
     const T g_w = M::select(st.active, (T(0) - gs * k) / st.q, T(0));
     // sinh(rho_i - rho_j) = 2 sinh(d/2) cosh(d/2), cosh = sqrt(1 + sinh^2).
     const T sinh_d = T(2) * st.sh * M::sqrt(T(1) + st.sh * st.sh);
     const T g_wc = g_w * st.ss * st.cos;  // dw/dn_i = S_i S_j cos / n_i (divided in finalize)
     const T g_w1c = g_w * (T(1) - st.cos);  // dw/dS_i = S_j (1 - cos)
-    const T g_ws = g_w * sinh_d;
+    const T g_ws = g_w * (sinh_d * st.sig);
     ga.v[0] = g_wc;
     ga.v[1] = g_ws;
-    ga.v[2] = g_w1c * b.v[2];
+    ga.v[2] = g_w1c * (b.v[2] * st.sig);
     gb.v[0] = g_wc;
     gb.v[1] = T(0) - g_ws;
-    gb.v[2] = g_w1c * a.v[2];
+    gb.v[2] = g_w1c * (a.v[2] * st.sig);
     return T(0) - g_w * st.ss * st.inv_nn;
   }
   template <class S>

@@ -22,9 +22,13 @@
 namespace flashnce {
 
 // lse: row / column log-sum-exp; pair_sum: row / column sums of softplus(-z l) (z = +1 for
-// positives, -1 for negatives), G local to the pair (tile_fwd_grad).
-enum Stat : int { kStatLse = 0, kStatPairSum = 1 };
-constexpr int kNumStats = 2;
+// positives, -1 for negatives), G local to the pair (tile_fwd_grad); masked_sum: the lse and the
+// sum of the positives' logits, a state of two values per row ([N, 2]: lse, masked sum).
+enum Stat : int { kStatLse = 0, kStatPairSum = 1, kStatMaskedSum = 2 };
+constexpr int kNumStats = 3;
+// Values per row of each stat's state (python: STAT_INFO[stat]["state_width"]): row_stat,
+// col_stat, g_row and g_col are [N, w] / [M0, w] row-major (1: [N]).
+constexpr int kStatStateWidth[kNumStats] = {1, 1, 2};
 
 enum Relation : int {
   kRelNone = 0,

@@ -2,7 +2,9 @@
 //
 // For every kind, in double: the partial derivatives returned by grad() (with G * scale = 1,
 // after finalize()) match central differences of h; clamped entries get exactly zero gradient;
-// the float instantiation agrees with double; the hyperbolic radial term is exact in fp32.
+// the float instantiation agrees with double; the hyperbolic radial term is exact in fp32;
+// the hyperbolic kind at radii up to 44 in fp32 (no overflow, no flushed gradient).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -134,6 +136,82 @@ void check_clamps() {
   }
 }
 
+// Hyperbolic at large radii (rho up to 44, S_i S_j up to ~4e37) in fp32: h within 1e-6
+// (relative) of the fp64 value, finite, and log1p(w + q) finite at rho_i = rho_j = 44 antipodal;
+// the gradients finite and within 1e-4 of fp64 even for a small upstream G (g_w ~ G / q would
+// be subnormal there without the scaled factors). q = w + 1 past w = 2^27 is continuous.
+void check_hyperbolic_large_radii() {
+  using Ef = Epilogue<flashnce::kHyperbolic, float>;
+  using Ed = Epilogue<flashnce::kHyperbolic, double>;
+  const double rhos[][2] = {{20, 20}, {30, 29.5}, {40, 40}, {42, 41}, {44, 44}, {44, 0.5},
+                            {44, 1e-3}, {11, 12}, {10.4, 10.4}};
+  // cos away from 1: there 1 - cos itself carries fp32's rounding of cos (input conditioning).
+  const double coss[] = {-1.0, -0.3, 0.0, 0.5, 0.9};
+  const double gss[] = {1.0, 1e-6};
+  for (const auto& rr : rhos) {
+    for (double c : coss) {
+      for (double gsv : gss) {
+        const double ni = 1.3, nj = 0.7, k = 0.9;
+        RowScalars<double> ad{{ni, rr[0], std::sinh(rr[0])}}, bd{{nj, rr[1], std::sinh(rr[1])}};
+        RowScalars<float> af{}, bf{};
+        for (int r = 0; r < 3; ++r) {
+          af.v[r] = static_cast<float>(ad.v[r]);
+          bf.v[r] = static_cast<float>(bd.v[r]);
+        }
+        // The fp64 reference from the fp32-rounded scalars (what the fp32 kernel sees).
+        for (int r = 0; r < 3; ++r) {
+          ad.v[r] = af.v[r];
+          bd.v[r] = bf.v[r];
+        }
+        const double p = static_cast<float>(c * ad.v[0] * bd.v[0]);
+        const auto sd = Ed::eval(p, ad, bd, k, 1e-14);
+        const auto sf = Ef::eval(static_cast<float>(p), af, bf, static_cast<float>(k), 1e-6f);
+        CHECK(std::isfinite(sf.h) && std::isfinite(sd.h), "large radii h %g (rho %g %g cos %g)",
+              sf.h, rr[0], rr[1], c);
+        CHECK(std::fabs(sf.h - sd.h) <= 1e-6 * std::fabs(sd.h) + 1e-6,
+              "large radii h %.9g vs %.9g (rho %g %g cos %g)", sf.h, sd.h, rr[0], rr[1], c);
+        RowScalars<double> gad{}, gbd{};
+        RowScalars<float> gaf{}, gbf{};
+        const double gpd = Ed::grad(sd, p, ad, bd, k, gsv, gad, gbd);
+        const float gpf = Ef::grad(sf, static_cast<float>(p), af, bf, static_cast<float>(k),
+                                   static_cast<float>(gsv), gaf, gbf);
+        Ed::finalize(ad, gad);
+        Ed::finalize(bd, gbd);
+        Ef::finalize(af, gaf);
+        Ef::finalize(bf, gbf);
+        // dh/dp, dh/dn scale with S_i S_j / q and 1/n: compare relative to the largest of the
+        // entry's gradients (a component can be a cancellation-sized difference).
+        double big = std::fabs(gpd);
+        for (int r = 0; r < 3; ++r) big = std::max({big, std::fabs(gad.v[r]), std::fabs(gbd.v[r])});
+        auto near = [&](float f, double d) {
+          return std::isfinite(f) && std::fabs(f - d) <= 1e-4 * std::fabs(d) + 1e-5 * big;
+        };
+        CHECK(near(gpf, gpd), "large radii dh/dp %g vs %g (rho %g %g cos %g G %g)", gpf, gpd,
+              rr[0], rr[1], c, gsv);
+        for (int r = 0; r < 3; ++r) {
+          CHECK(near(gaf.v[r], gad.v[r]), "large radii dh/da%d %g vs %g (rho %g %g cos %g G %g)",
+                r, gaf.v[r], gad.v[r], rr[0], rr[1], c, gsv);
+          CHECK(near(gbf.v[r], gbd.v[r]), "large radii dh/db%d %g vs %g (rho %g %g cos %g G %g)",
+                r, gbf.v[r], gbd.v[r], rr[0], rr[1], c, gsv);
+        }
+      }
+    }
+  }
+  // Across the q = w + 1 switch (w = 2^27): h continuous in fp64 (relative 1e-15).
+  {
+    RowScalars<double> a{{1.0, 0.0, 0.0}}, b{{1.0, 0.0, 0.0}};
+    const double w0 = 134217728.0;
+    for (double w : {w0 * (1 - 1e-12), w0, w0 * (1 + 1e-12)}) {
+      // Pure radial w = 2 sinh^2(d/2): d = 2 asinh(sqrt(w / 2)).
+      a.v[1] = 2 * std::asinh(std::sqrt(w / 2));
+      const double h = Ed::eval(0.0, a, b, 1.0, 0.0).h;
+      const double want = -std::log1p(w + std::sqrt(w * (w + 2)));
+      CHECK(std::fabs(h - want) <= 1e-14 * std::fabs(want), "q switch: h %.17g vs %.17g", h,
+            want);
+    }
+  }
+}
+
 int main() {
   check_derivatives<flashnce::kDot>("dot");
   check_derivatives<flashnce::kSqEuclidean>("sqeuclidean");
@@ -141,6 +219,7 @@ int main() {
   check_derivatives<flashnce::kHyperbolic>("hyperbolic");
   check_derivatives<flashnce::kCosine>("cosine");
   check_clamps();
+  check_hyperbolic_large_radii();
   CHECK(flashnce::num_row_scalars(flashnce::kHyperbolic) == 3 &&
             flashnce::num_row_scalars(flashnce::kEuclidean) == 1 &&
             flashnce::num_row_scalars(flashnce::kDot) == 0 &&

@@ -2,7 +2,8 @@
 // float64 against the materialised formulas, for relation none, skip_self with an offset and
 // labels with skipped positives plus row-only columns (cols_both < M), across tile borders;
 // pair_sum with diagonal positives and a skip_self offset, and its one-pass tile_fwd_grad;
-// malformed options vectors and lse refused by tile_fwd_grad. The full matrix is
+// masked_sum with label positives, skipped self pairs and row-only columns; malformed options
+// vectors and lse / masked_sum refused by tile_fwd_grad. The full matrix is
 // tests/test_tile_ops_cpu.py.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -144,6 +145,57 @@ int main() {
       fwd_grad.call(x, y, none_a, none_b, theta, {},
                     std::vector<int64_t>{kDot, kStatLse, kRelNone, 0, 0, m}, 1e-14);
       std::printf("FAIL: tile_fwd_grad accepted lse\n");
+      ++failures;
+    } catch (const c10::Error&) {
+    }
+  }
+  // masked_sum: label positives with self pairs skipped, cols_both 400; state [N, 2] / [M0, 2]
+  // = (lse, sum of the positives' logits), G = g0 softmax + g1 [positive] on both sides.
+  {
+    const int64_t m0 = 400;
+    const std::vector<int64_t> options = {kDot, kStatMaskedSum, kRelLabels, kFlagSkipSelf, 0, m0};
+    const std::vector<at::Tensor> rel = {a, b};
+    const double inf = std::numeric_limits<double>::infinity();
+    const at::Tensor skip = cols == rows;
+    const at::Tensor pos = (a.unsqueeze(1) == b.unsqueeze(0)) & ~skip;
+    const at::Tensor logits = scale * at::mm(x, y.t()) + bias;
+    const at::Tensor masked = logits.masked_fill(skip, -inf);
+    const at::Tensor lse_r = at::logsumexp(masked, {1});
+    const at::Tensor lse_c = at::logsumexp(masked.narrow(1, 0, m0), {0});
+    const at::Tensor pl = logits.masked_fill(~pos, 0);
+    const at::Tensor row_ref = at::stack({lse_r, pl.sum(1)}, 1);
+    const at::Tensor col_ref = at::stack({lse_c, pl.narrow(1, 0, m0).sum(0)}, 1);
+    auto [row, col] = fwd.call(x, y, none_a, none_b, theta, rel, options, 1e-14);
+    const at::Tensor gr = at::rand({n, 2}, opt), gc = at::rand({m0, 2}, opt);
+    auto out = bwd.call(x, y, none_a, none_b, theta, rel, options, 1e-14, row, col, gr, gc);
+    const at::Tensor pd = pos.to(at::kDouble);
+    at::Tensor g = gr.select(1, 0).unsqueeze(1) * at::exp(masked - lse_r.unsqueeze(1)) +
+                   gr.select(1, 1).unsqueeze(1) * pd;
+    g.narrow(1, 0, m0).add_(gc.select(1, 0).unsqueeze(0) * at::exp(masked.narrow(1, 0, m0) - lse_c) +
+                            gc.select(1, 1).unsqueeze(0) * pd.narrow(1, 0, m0));
+    g = g.masked_fill(skip, 0);
+    const at::Tensor h = at::mm(x, y.t());
+    const bool shapes = row.dim() == 2 && row.size(0) == n && row.size(1) == 2 &&
+                        col.dim() == 2 && col.size(0) == m0 && col.size(1) == 2;
+    if (!shapes) {
+      std::printf("FAIL masked_sum: state shapes\n");
+      ++failures;
+    } else {
+      const double errs[] = {rel_err(row, row_ref), rel_err(col, col_ref),
+                             rel_err(std::get<0>(out), at::mm(g * scale, y)),
+                             rel_err(std::get<1>(out), at::mm((g * scale).t(), x)),
+                             rel_err(std::get<4>(out),
+                                     at::stack({(g * h).sum(), at::zeros({}, opt), g.sum()}))};
+      for (size_t q = 0; q < sizeof(errs) / sizeof(errs[0]); ++q) {
+        if (!(errs[q] < 1e-10)) {
+          std::printf("FAIL masked_sum labels skip_self: output %zu error %g\n", q, errs[q]);
+          ++failures;
+        }
+      }
+    }
+    try {
+      fwd_grad.call(x, y, none_a, none_b, theta, rel, options, 1e-14);
+      std::printf("FAIL: tile_fwd_grad accepted masked_sum\n");
       ++failures;
     } catch (const c10::Error&) {
     }

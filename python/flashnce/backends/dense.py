@@ -1,7 +1,7 @@
 """The tile op contract on the whole materialised N x M matrix: ``backend="reference"``.
 
 ``dense_tile_stat(x, y, alpha, beta, theta, relation, kind, stat, kappa)`` returns
-(row_stat [N], col_stat [M0]) exactly as ``flashnce::tile_fwd`` defines them
+(row_stat, col_stat) ([N], [M0]; [N, w], [M0, w] for a state of w values) exactly as ``flashnce::tile_fwd`` defines them
 (``flashnce.core.spec``), built from the torch epilogue spec and the dense role matrix, with
 autograd for the backward (d_theta = dL/d theta follows from autograd on theta). Memory
 O(N M): for tests of the compiled and Triton ops at small sizes, in float64.
@@ -39,7 +39,12 @@ def dense_tile_stat(x, y, alpha, beta, theta, relation: Relation, kind: str, sta
         f = PairSumStat.values(logits, roles)
         return f.sum(1), f[:, :m0].sum(0)
     skip = roles == spec.ROLE_SKIP
-    return _masked_lse(logits, skip, 1), _masked_lse(logits[:, :m0], skip[:, :m0], 0)
+    row, col = _masked_lse(logits, skip, 1), _masked_lse(logits[:, :m0], skip[:, :m0], 0)
+    if stat == "masked_sum":
+        pos = torch.where(roles == spec.ROLE_POSITIVE, logits, 0.0)
+        row = torch.stack([row, pos.sum(1)], dim=-1)
+        col = torch.stack([col, pos[:, :m0].sum(0)], dim=-1)
+    return row, col
 
 
 def _masked_lse(logits, skip, dim: int):

@@ -7,8 +7,9 @@ one pair of fake functions serves the C++ ops (the Triton ops trace their launch
 their own fakes under the interpreter). Saved for backward: x, y, alpha, beta, theta, the
 relation tensors and both stats -- no N x M tensor.
 
-The backward op has no derivative of its own: the registered backward is
-``once_differentiable``, so a second-order gradient raises instead of returning 0.
+The backward op has no derivative of its own: under create_graph the registered backward marks
+its outputs (``_NotTwiceDifferentiable``), so a second-order gradient raises instead of
+returning 0.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def _op(qualname: str):
 
 def _fake_fwd(x, y, alpha, beta, theta, relation, options, kappa):
     cd = compute_dtype(x.dtype)
-    return (x.new_empty((x.shape[0],), dtype=cd),
-            x.new_empty((options[spec.OPT_COLS_BOTH],), dtype=cd))
+    stat = spec.STATS[options[spec.OPT_STAT]]
+    return (x.new_empty(spec.state_shape(stat, x.shape[0]), dtype=cd),
+            x.new_empty(spec.state_shape(stat, options[spec.OPT_COLS_BOTH]), dtype=cd))
 
 
 def _fake_bwd(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat, g_row,
@@ -61,17 +63,43 @@ def _setup_context(ctx, inputs, output):
     ctx.options, ctx.kappa = list(options), kappa
 
 
+class _NotTwiceDifferentiable(torch.autograd.Function):
+    """Identity whose backward refuses: marks the compiled backward's outputs when the
+    upstream gradient is itself part of a graph (create_graph=True), so a second-order
+    gradient raises instead of coming back as a silent 0."""
+
+    @staticmethod
+    def forward(t, anchor):  # anchor: a tensor that requires grad, so the output does too
+        return t.view_as(t)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ARG004
+        raise RuntimeError("flashnce: trying to differentiate twice a tile op whose backward "
+                           "has no derivative (second-order gradients are not supported)")
+
+
 def _make_backward(bwd_name: str):
-    @torch.autograd.function.once_differentiable
+    # Not torch's @once_differentiable: it detaches every returned gradient, and the list of
+    # None gradients of the relation tensors (which the op's input structure requires) cannot
+    # be detached.
     def backward(ctx, g_row, g_col):
         x, y, alpha, beta, theta, row_stat, col_stat, *relation = ctx.saved_tensors
-        g_row = torch.zeros_like(row_stat) if g_row is None else g_row.contiguous()
-        g_col = torch.zeros_like(col_stat) if g_col is None else g_col.contiguous()
-        dx, dy, d_alpha, d_beta, d_theta = _op(bwd_name)(
-            x, y, alpha, beta, theta, list(relation), ctx.options, ctx.kappa, row_stat,
-            col_stat, g_row.to(row_stat.dtype), g_col.to(col_stat.dtype))
+        anchor = next((g for g in (g_row, g_col) if g is not None and g.requires_grad), None)
+        graph = torch.is_grad_enabled() and anchor is not None
+        with torch.no_grad():
+            g_row = torch.zeros_like(row_stat) if g_row is None else g_row.contiguous()
+            g_col = torch.zeros_like(col_stat) if g_col is None else g_col.contiguous()
+            grads = _op(bwd_name)(
+                x, y, alpha, beta, theta, list(relation), ctx.options, ctx.kappa, row_stat,
+                col_stat, g_row.to(row_stat.dtype), g_col.to(col_stat.dtype))
+        if graph:
+            grads = [_NotTwiceDifferentiable.apply(t, anchor) for t in grads]
         # One None per relation tensor: autograd wants the structure of the inputs.
-        return dx, dy, d_alpha, d_beta, d_theta, [None] * len(relation), None, None
+        return (*grads, [None] * len(relation), None, None)
 
     return backward
 

@@ -96,6 +96,22 @@ Statistic ``pair_sum`` (the sigmoid family; no normaliser, so G is local to the 
 * backward: G_ij = (g_row[i] + g_col[j]) f'(l_ij, z_ij), f'(l, z) = -z sigmoid(-z l)
   (g_col term only for j < M0), G_ij = 0 exactly on skipped pairs. ``tile_fwd_grad`` gives
   the g_row = 1, g_col = 0 gradients in the forward walk.
+
+Statistic ``masked_sum`` (SupCon, multi-positive InfoNCE: the lse and the sum of the
+positives' logits, from the same walk and the same arithmetic). Its state is two values per
+row (``state_width`` 2): row_stat [N, 2], col_stat [M0, 2], g_row [N, 2], g_col [M0, 2], all
+contiguous in the compute dtype, value 0 = the lse, value 1 = the masked sum:
+
+* forward: row_stat[i, 0] = log sum_{j not skipped} exp l_ij (exactly lse's, -inf when empty),
+  row_stat[i, 1] = sum_{j positive} l_ij (0 when the row has no positive); col_stat[j, :]
+  likewise over i for j < M0. Positives are pairs of the relation's positive role that are
+  not skipped (so they are inside the lse too). The count |P(i)| is not part of the state:
+  callers compute it in O(N) from the relation.
+* merge: (logaddexp, +).
+* backward: G_ij = g_row[i, 0] exp(l_ij - row_stat[i, 0]) + g_row[i, 1] [ij positive]
+  + g_col[j, 0] exp(l_ij - col_stat[j, 0]) + g_col[j, 1] [ij positive] (column terms only for
+  j < M0), G = 0 exactly on skipped pairs. No one-pass op (the lse part of G needs the
+  finished rows).
 """
 
 # --- kinds: index = the compiled kernels' kind id ---------------------------------------------
@@ -104,16 +120,25 @@ NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, 
 MAX_ROW_SCALARS = 3
 
 # --- stats ------------------------------------------------------------------------------------
-STATS = ("lse", "pair_sum")
-# Per stat: how two partial states of one row merge ("logaddexp" / "sum"), the value of a row
-# that has seen no pair, whether it has a backward, the number of values per row of its state,
-# and whether G_ij depends on the pair alone (then ``tile_fwd_grad`` exists for it).
+STATS = ("lse", "pair_sum", "masked_sum")
+# Per stat: how two partial states of one row merge ("logaddexp" / "sum"; a tuple per value for
+# a state of several values), the value of a row that has seen no pair, whether it has a
+# backward, the number of values per row of its state (1: row_stat [N]; w > 1: [N, w]), and
+# whether G_ij depends on the pair alone (then ``tile_fwd_grad`` exists for it).
 STAT_INFO = {
     "lse": dict(merge="logaddexp", empty=float("-inf"), has_backward=True, state_width=1,
                 local_grad=False),
     "pair_sum": dict(merge="sum", empty=0.0, has_backward=True, state_width=1,
                      local_grad=True),
+    "masked_sum": dict(merge=("logaddexp", "sum"), empty=(float("-inf"), 0.0),
+                       has_backward=True, state_width=2, local_grad=False),
 }
+
+
+def state_shape(stat: str, n: int) -> tuple:
+    """The shape of n rows' state (and of their upstream gradient): (n,) or (n, width)."""
+    w = STAT_INFO[stat]["state_width"]
+    return (n,) if w == 1 else (n, w)
 
 # --- relations --------------------------------------------------------------------------------
 RELATIONS = ("none", "diagonal", "targets", "labels", "csr")

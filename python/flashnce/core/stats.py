@@ -21,6 +21,10 @@ none; merge = logaddexp; G_ij = g_row_i exp(l_ij - row_i) + g_col_j exp(l_ij - c
 (z = +1 positive, -1 negative), 0 when there are none; merge = +;
 G_ij = (g_row_i + g_col_j) * -z sigmoid(-z l_ij). G is local to the pair, so
 ``local_grad(logits, roles)`` gives the forward value and G for g = 1 from one tile.
+
+``masked_sum``: state [n, 2] = (the lse above, the sum of the positives' logits); merge =
+(logaddexp, +); G_ij = g_row_i0 exp(l_ij - row_i0) + g_row_i1 [ij positive] + the same for
+the column. One walk and one arithmetic give a loss both, so lse - positive >= 0 always.
 """
 
 from __future__ import annotations
@@ -121,7 +125,42 @@ class PairSumStat:
         return _cols_term(g_row[:, None] * slope, g_col[None, :] * slope[:, :mc])
 
 
-STATS = {"lse": LseStat, "pair_sum": PairSumStat}
+class MaskedSumStat:
+    name = "masked_sum"
+
+    @staticmethod
+    def identity(n: int, dtype, device) -> torch.Tensor:
+        state = torch.zeros((n, 2), dtype=dtype, device=device)
+        state[:, 0] = float("-inf")
+        return state
+
+    @staticmethod
+    def _positive_logits(logits, roles):
+        """l on positive pairs, exactly 0 elsewhere (a select: inf / nan elsewhere stay out)."""
+        if roles is None:
+            return torch.zeros_like(logits)
+        return torch.where(roles == spec.ROLE_POSITIVE, logits, 0.0)
+
+    @staticmethod
+    def fold(logits, roles, dim: int) -> torch.Tensor:
+        return torch.stack([LseStat.fold(logits, roles, dim),
+                            MaskedSumStat._positive_logits(logits, roles).sum(dim)], dim=-1)
+
+    @staticmethod
+    def merge(a, b) -> torch.Tensor:
+        return torch.stack([torch.logaddexp(a[:, 0], b[:, 0]), a[:, 1] + b[:, 1]], dim=-1)
+
+    @staticmethod
+    def upstream(logits, roles, row_stat, col_stat, g_row, g_col) -> torch.Tensor:
+        g = LseStat.upstream(logits, roles, row_stat[:, 0], col_stat[:, 0], g_row[:, 0],
+                             g_col[:, 0])
+        if roles is None:
+            return g
+        g_pos = _cols_term(g_row[:, 1:2].expand_as(logits), g_col[None, :, 1])
+        return g + torch.where(roles == spec.ROLE_POSITIVE, g_pos, 0.0)
+
+
+STATS = {"lse": LseStat, "pair_sum": PairSumStat, "masked_sum": MaskedSumStat}
 
 
 def get_stat(name: str):
