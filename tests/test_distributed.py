@@ -150,6 +150,38 @@ def _run_case(case, world, rank, group):
                 curv_grad=curv.grad, bias_grad=bias[0].grad if bias else None)
 
 
+SUPCON_CASES = [(g, lay) for g in ("cosine", "lorentz") for lay in ("even", "uneven")]
+
+
+def _supcon_inputs(geometry, sizes):
+    n = sum(sizes)
+    e = make_features(n, DIM, dtype=torch.float64, seed=21, geometry=geometry)
+    lab = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(5))
+    lab[0] = 99  # a row without a positive anywhere
+    return e, lab
+
+
+def _supcon_check(world, rank, group):
+    """SupCon with labels across ranks ("gather"): each rank's loss, gradients, count."""
+    out = {}
+    for geometry, layout in SUPCON_CASES:
+        sizes = LAYOUTS[world][layout]
+        e_all, lab_all = _supcon_inputs(geometry, sizes)
+        lo = sum(sizes[:rank])
+        e = e_all[lo:lo + sizes[rank]].clone().requires_grad_()
+        temp = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        try:
+            loss, missing = flashnce.supcon(e, lab_all[lo:lo + sizes[rank]], temperature=temp,
+                                            geometry=geometry, backend="torch", group=group,
+                                            return_count=True)
+            loss.backward()
+            out[(geometry, layout)] = dict(loss=loss.detach(), grad=e.grad,
+                                           temp_grad=temp.grad, missing=missing)
+        except Exception:
+            out[(geometry, layout)] = traceback.format_exc()
+    return out
+
+
 def _expect_error(fn):
     try:
         fn()
@@ -314,6 +346,7 @@ def _worker(rank, world, store_dir, cases):
         results["ddp_siglip"] = {mode: _ddp_check(world, rank, group, mode,
                                                   "SigmoidContrastiveLoss") for mode in MODES}
         results["subgroup"] = _subgroup_check(world, rank)
+        results["supcon"] = _supcon_check(world, rank, group)
         try:
             results["ring_relation"] = _ring_relation_check(world, rank, group)
         except Exception:
@@ -472,3 +505,23 @@ def test_ring_with_self_skips_uses_global_offsets(spawned):
         assert {"torch-offset0", "torch-offset2"} <= set(errs), errs
         bad = {k: v for k, v in errs.items() if v > RTOL}
         assert not bad, f"rank {rank}: ring statistics / gradients differ: {bad}"
+
+
+@pytest.mark.parametrize("geometry,layout", SUPCON_CASES)
+def test_supcon_labels_across_ranks_match_single_process(spawned, geometry, layout):
+    """Labels shared across ranks: positives on other ranks count, the mean is over the global
+    rows with a positive, and DDP-averaged gradients equal the single-process ones."""
+    world, per_rank = spawned
+    res = [r["supcon"][(geometry, layout)] for r in per_rank]
+    for rank, r in enumerate(res):
+        if isinstance(r, str):
+            pytest.fail(f"rank {rank} raised:\n{r}")
+    e, lab = _supcon_inputs(geometry, LAYOUTS[world][layout])
+    e = e.clone().requires_grad_()
+    temp = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    want = flashnce.reference_supcon(e, lab, temperature=temp, geometry=geometry)
+    g_e, g_t = torch.autograd.grad(want, [e, temp])
+    assert_close(torch.stack([r["loss"] for r in res]).mean(), want, RTOL, "mean_r loss_r")
+    assert_close(torch.cat([r["grad"] for r in res]) / world, g_e, RTOL, "grad / W")
+    assert_close(torch.stack([r["temp_grad"] for r in res]).mean(), g_t, RTOL, "temperature")
+    assert all(r["missing"] == 1 for r in res)

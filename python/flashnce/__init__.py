@@ -3,20 +3,27 @@
 Public API:
     infonce(x, y, *, geometry, scale, curvature, ...)   symmetric / one-way InfoNCE (CLIP)
     siglip(x, y, *, geometry, scale, bias, labels, ...)  SigLIP (sigmoid) loss, any geometry
+    supcon(embeddings, labels, *, temperature, ...)     supervised contrastive (SupCon)
+    ntxent(z1, z2, *, temperature, ...)                  NT-Xent (SimCLR), two views
+    uniformity(x, *, t), alignment(x, y, *, alpha)      Wang & Isola's two terms
     pairwise_lse(x, y, *, geometry, ...)                 the row/column log-sum-exp primitive
     explain_backends(x, y, geometry=...)                 why each backend would refuse x, y
     GEOMETRIES                                           the geometry registry
+    project_radius_(x, geometry=..., max_radius=...)     keep hyperbolic rows inside the cap
     nn.ContrastiveLoss, nn.ClipLoss                      modules (learnable scale/curvature)
     nn.SigmoidContrastiveLoss, nn.SigLipLoss             SigLIP modules (open_clip drop-in)
     infonce(..., group=pg)                               torch.distributed, exact gradients
 """
 
-from .geometry import GEOMETRIES, get_geometry
+from .geometry import GEOMETRIES, RadiusCapWarning, get_geometry, project_radius_
 from .losses import explain_backends, infonce, pairwise_lse, siglip
+from .same_set import ntxent, supcon
+from .uniformity import alignment, uniformity
 from . import distributed, nn
 from .nn import ClipLoss, ContrastiveLoss, SigLipLoss, SigmoidContrastiveLoss
-from .reference import (reference_infonce, reference_logits, reference_pairwise_lse,
-                        reference_siglip)
+from .reference import (reference_infonce, reference_logits, reference_ntxent,
+                        reference_pairwise_lse, reference_siglip, reference_supcon,
+                        reference_uniformity)
 
 __version__ = "0.1.0"
 
@@ -28,13 +35,22 @@ __all__ = [
     "GEOMETRIES",
     "explain_backends",
     "get_geometry",
+    "project_radius_",
+    "RadiusCapWarning",
     "infonce",
     "pairwise_lse",
     "reference_infonce",
     "reference_logits",
     "reference_pairwise_lse",
+    "reference_ntxent",
     "reference_siglip",
+    "reference_supcon",
+    "reference_uniformity",
     "siglip",
+    "alignment",
+    "ntxent",
+    "supcon",
+    "uniformity",
     "distributed",
     "nn",
     "__version__",

@@ -73,6 +73,7 @@ from dataclasses import replace
 
 from . import dispatch
 from .core.autograd import scale_saved_gradients
+from .core.numerics import MAX_RADIUS
 from .core.problem import TileProblem, pair_sum_loss, per_row_losses
 from .core.relation import Relation
 from .core.stats import get_stat
@@ -451,7 +452,7 @@ def _check_local(x, y, symmetric, targets, mode):
 
 
 def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, on_manifold,
-                        symmetric, targets, reduction, backend):
+                        symmetric, targets, reduction, backend, max_radius=MAX_RADIUS):
     """``flashnce.infonce(..., group=...)``; see the module docstring for the convention."""
     check_group(group)
     error, prob, impl, grad_mask = None, None, None, 0
@@ -466,7 +467,7 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         # Without targets the positives (x_i, y_i) are local rows: feature_stats gives their
         # dots, and their gradients join the kernel's dX / dY in place.
         prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, features_checked=True,
-                           with_positives=targets is None)
+                           with_positives=targets is None, max_radius=max_radius)
         impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, prob.tspec(relation))
         grad_mask = _grad_mask(x, y, prob)
     except Exception as exc:  # re-raised on this rank after the handshake: no hang
@@ -512,7 +513,7 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
 
 
 def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels, curvature,
-                       on_manifold, reduction, backend):
+                       on_manifold, reduction, backend, max_radius=MAX_RADIUS):
     """``flashnce.siglip(..., group=...)``; see the module docstring for the convention."""
     check_group(group)
     error, prob, impl, grad_mask, relation = None, None, None, 0, Relation.diagonal()
@@ -529,7 +530,7 @@ def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels
             raise ValueError("labels with group= need group_mode='gather' (labels do not "
                              "travel around the ring yet)")
         prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, bias=bias,
-                           features_checked=True)
+                           features_checked=True, max_radius=max_radius)
         if labels is not None:
             relation = Relation.labels(*labels)
         impl = dispatch.select_backend(backend, prob.x_op, prob.y_op,

@@ -41,12 +41,14 @@ upstream tile ``G = dL/dlogit`` with the partial derivatives.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .core.numerics import MAX_RADIUS, NORM_EPS
+from .core.numerics import MAX_RADIUS, MAX_RADIUS_LIMIT, NORM_EPS
 
 @dataclass(frozen=True)
 class Geometry:
@@ -70,13 +72,16 @@ class Geometry:
         """Logits depend on each row only through its direction (cosine, for |x| > eps)."""
         return self.kind == "cosine"
 
-    def row_scalars(self, q: torch.Tensor, curvature: torch.Tensor,
-                    on_manifold: bool) -> torch.Tensor:
-        """Per-row scalars [N, r] from squared row norms q [N] (differentiable)."""
+    def row_scalars(self, q: torch.Tensor, curvature: torch.Tensor, on_manifold: bool,
+                    max_radius: float = MAX_RADIUS) -> torch.Tensor:
+        """Per-row scalars [N, r] from squared row norms q [N] (differentiable); hyperbolic
+        radii are capped at ``max_radius`` (zero radial gradient past it)."""
         if q.dim() != 1:
             raise ValueError(f"row_scalars takes squared row norms q [N], got shape "
                              f"{tuple(q.shape)}")
-        return self.prologue(q, curvature, on_manifold)
+        if self.kind != "hyperbolic":
+            return self.prologue(q, curvature, on_manifold)
+        return self.prologue(q, curvature, on_manifold, max_radius)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,32 +113,112 @@ def _prologue_sqnorm(q, curvature, on_manifold):
     return q.unsqueeze(-1)
 
 
-def _direction_scalars(r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+class RadiusCapWarning(UserWarning):
+    """Rows lie past the hyperbolic radius cap (their radius is clamped, radial gradient 0)."""
+
+
+_warned_cap: set = set()
+
+
+def _warn_past_cap(rho: torch.Tensor, max_radius: float) -> None:
+    """Warn once per cap value when rows exceed it (eager only: it reads the data)."""
+    if (max_radius in _warned_cap or torch.compiler.is_compiling() or rho.numel() == 0
+            or rho.device.type == "meta" or torch._C._functorch.is_functorch_wrapped_tensor(rho)):
+        return
+    over = int((rho.detach() > max_radius).sum())
+    if over:
+        _warned_cap.add(max_radius)
+        warnings.warn(
+            f"flashnce: {over} of {rho.numel()} rows have a hyperbolic radius above "
+            f"max_radius = {max_radius:g} (largest {float(rho.detach().max()):.4g}); they are "
+            f"clamped to it with zero radial gradient. Keep parameters inside with "
+            f"flashnce.project_radius_(...) after optimizer.step(), or raise max_radius "
+            f"(at most {MAX_RADIUS_LIMIT:g}; docs/NUMERICS.md section 6). Shown once.",
+            RadiusCapWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The warnings stacklevel of the first frame outside flashnce and torch (the caller)."""
+    import os
+    import sys
+    roots = (os.path.dirname(os.path.abspath(__file__)),
+             os.path.dirname(os.path.abspath(torch.__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(roots):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _direction_scalars(r: torch.Tensor, rho: torch.Tensor, max_radius: float) -> torch.Tensor:
     """(n, rho, sinh rho) for the hyperbolic (L3) epilogue.
 
     L3 only needs the direction of each row and divides by n_i n_j itself; n is floored so
-    zero vectors stay finite, rho capped at MAX_RADIUS.
+    zero vectors stay finite, rho capped at ``max_radius`` (a warning, once, when exceeded).
     """
     n = r.clamp_min(NORM_EPS)
-    rho = rho.clamp(max=MAX_RADIUS)
+    _warn_past_cap(rho, max_radius)
+    rho = rho.clamp(max=max_radius)
     return torch.stack([n, rho, torch.sinh(rho)], dim=-1)
 
 
-def _prologue_lorentz(q, curvature, on_manifold):
+def _prologue_lorentz(q, curvature, on_manifold, max_radius=MAX_RADIUS):
     """MERU: tangent v at the origin -> rho = sqrt(c)||v||; points: space part u -> asinh."""
     sqrt_c = curvature.to(q.dtype).sqrt()
     r = _norm(q)
     rho = torch.asinh(sqrt_c * r) if on_manifold else sqrt_c * r
-    return _direction_scalars(r, rho)
+    return _direction_scalars(r, rho, max_radius)
 
 
-def _prologue_poincare(q, curvature, on_manifold):
+def _prologue_poincare(q, curvature, on_manifold, max_radius=MAX_RADIUS):
     """Poincare ball through L3: expmap0(v) sits at radius 2 sqrt(c)||v||; a ball point x at
     2 artanh(sqrt(c)||x||). Isometric to Lorentz(exp_map0(2v)) (docs/NUMERICS.md section 7)."""
     sqrt_c = curvature.to(q.dtype).sqrt()
     r = _norm(q)
     rho = 2.0 * torch.atanh(sqrt_c * r) if on_manifold else 2.0 * sqrt_c * r
-    return _direction_scalars(r, rho)
+    return _direction_scalars(r, rho, max_radius)
+
+
+def radius_to_norm(rho, geometry: str, curvature=1.0, on_manifold: bool = False):
+    """The row norm |x| at which a row of ``geometry`` lies at hyperbolic radius rho (the
+    inverse of the prologues): Lorentz tangent rho / sqrt(c), hyperboloid space part
+    sinh(rho) / sqrt(c), Poincare tangent rho / (2 sqrt(c)), ball point tanh(rho / 2) / sqrt(c)."""
+    geo = get_geometry(geometry)
+    if geo.kind != "hyperbolic":
+        raise ValueError(f"radius_to_norm needs a hyperbolic geometry, got {geometry!r}")
+    rho = torch.as_tensor(rho, dtype=torch.float64)
+    sqrt_c = torch.as_tensor(curvature, dtype=torch.float64).sqrt()
+    if geo.name == "lorentz":
+        return (torch.sinh(rho) if on_manifold else rho) / sqrt_c
+    return (torch.tanh(0.5 * rho) if on_manifold else 0.5 * rho) / sqrt_c
+
+
+@torch.no_grad()
+def project_radius_(x: torch.Tensor, *, geometry: str, max_radius: float = MAX_RADIUS,
+                    curvature=1.0, on_manifold: bool = False, margin: float = 1e-4):
+    """Scale, in place, the rows of x whose hyperbolic radius exceeds ``max_radius - margin``
+    back onto that radius (direction kept). Call it on embedding parameters after
+    ``optimizer.step()`` so that no row sits past the cap, where the radial gradient is 0.
+    Returns x."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 2:
+        raise TypeError("project_radius_ takes a floating tensor [N, d]")
+    max_radius = check_max_radius(max_radius)
+    c = float(curvature.detach()) if isinstance(curvature, torch.Tensor) else float(curvature)
+    limit = float(radius_to_norm(max_radius - margin, geometry, c, on_manifold))
+    norms = torch.linalg.vector_norm(x.to(torch.float64), dim=-1, keepdim=True)
+    factor = torch.where(norms > limit, limit / norms.clamp_min(1e-300), 1.0)
+    x.mul_(factor.to(x.dtype))
+    return x
+
+
+def check_max_radius(max_radius) -> float:
+    """max_radius: a number in (0, MAX_RADIUS_LIMIT] (past it sinh rho_i sinh rho_j overflows
+    fp32 in the L3 epilogue)."""
+    if isinstance(max_radius, bool) or not isinstance(max_radius, (int, float)):
+        raise TypeError(f"max_radius must be a number, got {type(max_radius).__name__}")
+    if not 0 < max_radius <= MAX_RADIUS_LIMIT:
+        raise ValueError(f"max_radius must lie in (0, {MAX_RADIUS_LIMIT:g}] (past it the "
+                         f"fp32 product sinh rho_i sinh rho_j overflows), got {max_radius!r}")
+    return float(max_radius)
 
 
 GEOMETRIES: dict[str, Geometry] = {
@@ -186,6 +271,16 @@ def _hyperbolic_w(p, fa, fb, kappa):
     return w, kappa * ss, cos
 
 
+def _hyperbolic_q(w):
+    """q = sqrt(w (w + 2)) without squaring a large w (w^2 overflows fp32 past ~1.8e19, i.e.
+    rho_i + rho_j > ~45): past 2^27 q = w + 1 to a relative 1 / (2 (w + 1)^2), below eps."""
+    big = w > _Q_SWITCH
+    return torch.where(big, w + 1.0, torch.sqrt(torch.where(big, 1.0, w) * (w + 2.0)))
+
+
+_Q_SWITCH = float(2**27)
+
+
 def _scale_free(kind: str, p, fa, fb, inv_sqrt_c, kappa: float):
     """h from broadcastable fields. Autograd-safe: a clamped entry takes the (detached) floor,
     so its gradient is exactly zero and no 0 * inf appears (strict masks, docs/NUMERICS.md P5)."""
@@ -203,7 +298,7 @@ def _scale_free(kind: str, p, fa, fb, inv_sqrt_c, kappa: float):
         w, w_min, _ = _hyperbolic_w(p, fa, fb, kappa)
         w = torch.where(w > w_min, w, w_min.detach())
         # arcosh(1 + w) = log1p(w + sqrt(w (w + 2))): never form z = 1 + w (P4).
-        return -torch.log1p(w + torch.sqrt(w * (w + 2.0))) * inv_sqrt_c
+        return -torch.log1p(w + _hyperbolic_q(w)) * inv_sqrt_c
     raise ValueError(f"unknown epilogue kind {kind!r}")
 
 
@@ -248,20 +343,24 @@ def tile_logit_grads(kind: str, p, a, b, scale, inv_sqrt_c, kappa: float, g):
     if kind == "hyperbolic":
         w, w_min, cos = _hyperbolic_w(p, fa, fb, kappa)
         active = w > w_min
-        q = torch.sqrt(w * (w + 2.0))
-        # g_w = g * dlogit/dw = -g s / (sqrt(c) q) on active entries only.
-        g_w = torch.where(active, -gs * inv_sqrt_c / torch.where(active, q, 1.0), 0.0)
+        q = torch.where(active, _hyperbolic_q(w), 1.0)
+        # g_w = g * dlogit/dw = -g s k / q on active entries only, never formed alone: at
+        # large radii q ~ S_i S_j reaches 1e37 and g_w would be subnormal in fp32 (flushed
+        # to 0 on a GPU). r = 1 / q stays normal up to the largest cap (rho = 44), and every
+        # factor multiplies r first (S_i S_j r ~ 1 / (1 - cos), sinh(rho_i - rho_j) r, S_j r).
+        g_k = torch.where(active, -gs * inv_sqrt_c, 0.0)
+        r = 1.0 / q
         (n_i, rho_i, s_i), (n_j, rho_j, s_j) = fa, fb
-        ss = s_i * s_j
-        g_p = -g_w * ss / (n_i * n_j)
-        sinh_d = torch.sinh(rho_i - rho_j)
-        g_wc = g_w * ss * cos  # dw/dn_i = S_i S_j cos / n_i
-        g_w1c = g_w * (1.0 - cos)  # dw/dS_i = S_j (1 - cos)
+        g_ss = g_k * (s_i * s_j * r)  # g_w S_i S_j
+        g_p = -g_ss / (n_i * n_j)
+        g_wc = g_ss * cos  # dw/dn_i = S_i S_j cos / n_i
+        g_ws = g_k * (torch.sinh(rho_i - rho_j) * r)
+        g_w1c = g_k * (1.0 - cos)  # dw/dS_i = S_j (1 - cos), times S_j r below
         g_a = torch.stack(
-            [g_wc.sum(1) / n_i[:, 0], (g_w * sinh_d).sum(1), (g_w1c * s_j).sum(1)], dim=-1
+            [g_wc.sum(1) / n_i[:, 0], g_ws.sum(1), (g_w1c * (s_j * r)).sum(1)], dim=-1
         )
         g_b = torch.stack(
-            [g_wc.sum(0) / n_j, -(g_w * sinh_d).sum(0), (g_w1c * s_i).sum(0)], dim=-1
+            [g_wc.sum(0) / n_j, -g_ws.sum(0), (g_w1c * (s_i * r)).sum(0)], dim=-1
         )
         return g_p, g_a, g_b, gh
     raise ValueError(f"unknown epilogue kind {kind!r}")

@@ -23,11 +23,14 @@ from torch import nn
 
 from . import dispatch
 from .distributed import GROUP_MODES
-from .geometry import get_geometry
+from .core.numerics import MAX_RADIUS
+from .geometry import check_max_radius, get_geometry
 from .losses import infonce, siglip
+from .same_set import CONTRAST_MODES, DENOMINATORS, ntxent, supcon_views
 from .validate import check_choice
 
-__all__ = ["ContrastiveLoss", "ClipLoss", "SigLipLoss", "SigmoidContrastiveLoss"]
+__all__ = ["ContrastiveLoss", "ClipLoss", "NTXentLoss", "SigLipLoss", "SigmoidContrastiveLoss",
+           "SupConLoss"]
 
 
 def _positive_float(v, name):
@@ -62,7 +65,8 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, geometry="cosine", scale_init=1 / 0.07, learn_scale=True, max_scale=100.0,
                  curvature_init=1.0, learn_curvature=True, curvature_range=(0.1, 10.0),
-                 group=None, *, on_manifold=False, backend="auto", group_mode="gather"):
+                 group=None, *, on_manifold=False, backend="auto", group_mode="gather",
+                 max_radius=MAX_RADIUS):
         super().__init__()
         self.geometry = get_geometry(geometry).name
         self._uses_curvature = get_geometry(geometry).uses_curvature
@@ -87,6 +91,7 @@ class ContrastiveLoss(nn.Module):
             raise TypeError(f"on_manifold must be a bool, got {type(on_manifold).__name__}")
         self.on_manifold, self.backend = on_manifold, backend
         self.group, self.group_mode = group, group_mode
+        self.max_radius = check_max_radius(max_radius)
 
         log_s = torch.tensor(math.log(scale_init))
         if learn_scale:
@@ -123,7 +128,7 @@ class ContrastiveLoss(nn.Module):
             image_features, text_features, geometry=self.geometry, scale=self.scale,
             curvature=self.curvature if self._uses_curvature else 1.0,
             on_manifold=self.on_manifold, backend=self.backend, group=self.group,
-            group_mode=self.group_mode)
+            group_mode=self.group_mode, max_radius=self.max_radius)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
@@ -214,10 +219,10 @@ class SigmoidContrastiveLoss(ContrastiveLoss):
     def __init__(self, geometry="cosine", scale_init=10.0, bias_init=-10.0, learn_scale=True,
                  learn_bias=True, max_scale=100.0, curvature_init=1.0, learn_curvature=True,
                  curvature_range=(0.1, 10.0), group=None, *, on_manifold=False, backend="auto",
-                 group_mode="gather"):
+                 group_mode="gather", max_radius=MAX_RADIUS):
         super().__init__(geometry, scale_init, learn_scale, max_scale, curvature_init,
                          learn_curvature, curvature_range, group, on_manifold=on_manifold,
-                         backend=backend, group_mode=group_mode)
+                         backend=backend, group_mode=group_mode, max_radius=max_radius)
         if isinstance(bias_init, bool) or not isinstance(bias_init, (int, float)) or not (
                 math.isfinite(bias_init)):
             raise ValueError(f"bias_init must be a finite number, got {bias_init!r}")
@@ -234,7 +239,7 @@ class SigmoidContrastiveLoss(ContrastiveLoss):
             bias=self.bias, labels=labels,
             curvature=self.curvature if self._uses_curvature else 1.0,
             on_manifold=self.on_manifold, backend=self.backend, group=self.group,
-            group_mode=self.group_mode)
+            group_mode=self.group_mode, max_radius=self.max_radius)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
@@ -277,3 +282,64 @@ class SigLipLoss(ClipLoss):
                       bias=0.0 if logit_bias is None else logit_bias, backend=self.backend,
                       group=self._process_group(), group_mode=self.group_mode)
         return {"contrastive_loss": loss} if output_dict else loss
+
+
+class SupConLoss(nn.Module):
+    """SupContrast's ``SupConLoss`` (HobbitLong/SupContrast, losses.py) on the tile walk.
+
+    Same constructor (temperature=0.07, contrast_mode="all" | "one", base_temperature=0.07) and
+    forward(features [bsz, n_views, ...], labels=None): the reference code's loss to rounding,
+    without its (bsz * n_views)^2 matrices. Differences: ``mask=`` (a bsz x bsz matrix) is not
+    accepted -- pass labels; anchors without a positive are left out of the mean (the reference
+    counts them as 0 in its mean; its earlier versions returned NaN), and their number after
+    each forward is ``rows_without_positive``.
+    ``geometry`` defaults to "dot" like the reference (which expects normalised features).
+    """
+
+    def __init__(self, temperature=0.07, contrast_mode="all", base_temperature=0.07, *,
+                 geometry="dot", backend="auto"):
+        super().__init__()
+        check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
+        get_geometry(geometry)
+        dispatch.check_backend_name(backend)
+        self.temperature = _positive_float(temperature, "temperature")
+        self.base_temperature = _positive_float(base_temperature, "base_temperature")
+        self.contrast_mode, self.geometry, self.backend = contrast_mode, geometry, backend
+        self.rows_without_positive = 0
+
+    def forward(self, features, labels=None, mask=None):
+        if mask is not None:
+            raise TypeError("SupConLoss(mask=...) is not supported (a bsz x bsz matrix is what "
+                            "flashnce avoids): pass labels, or labels=None for SimCLR")
+        loss, self.rows_without_positive = supcon_views(
+            features, labels, temperature=self.temperature,
+            base_temperature=self.base_temperature, contrast_mode=self.contrast_mode,
+            geometry=self.geometry, backend=self.backend, return_count=True)
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, contrast_mode={self.contrast_mode!r}, "
+                f"base_temperature={self.base_temperature}, geometry={self.geometry!r}")
+
+
+class NTXentLoss(nn.Module):
+    """NT-Xent (SimCLR) over two views: forward(z1 [N, d], z2 [N, d]) -> loss (lightly's
+    ``NTXentLoss(temperature=0.5)`` call convention, cosine similarity). See
+    ``flashnce.ntxent`` (``denominator="negatives"`` for the decoupled form)."""
+
+    def __init__(self, temperature=0.5, *, geometry="cosine", denominator="all",
+                 backend="auto"):
+        super().__init__()
+        check_choice(denominator, "denominator", DENOMINATORS)
+        get_geometry(geometry)
+        dispatch.check_backend_name(backend)
+        self.temperature = _positive_float(temperature, "temperature")
+        self.geometry, self.denominator, self.backend = geometry, denominator, backend
+
+    def forward(self, z1, z2):
+        return ntxent(z1, z2, temperature=self.temperature, geometry=self.geometry,
+                      denominator=self.denominator, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, geometry={self.geometry!r}, "
+                f"denominator={self.denominator!r}")

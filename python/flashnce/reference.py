@@ -14,6 +14,8 @@ Run it in float64 to get the oracle.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -27,29 +29,30 @@ def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(v), dtype=like.dtype, device=like.device)
 
 
-def _lorentz_points(v, c, on_manifold):
+def _lorentz_points(v, c, on_manifold, max_radius=MAX_RADIUS):
     """Space components u of points on the hyperboloid (t is implied by u)."""
     if on_manifold:
         u = v
         rho = torch.asinh(c.sqrt() * u.norm(dim=-1, keepdim=True))
     else:
         rho = c.sqrt() * v.norm(dim=-1, keepdim=True)
-    rho = rho.clamp(max=MAX_RADIUS)
+    rho = rho.clamp(max=max_radius)
     direction = F.normalize(v, dim=-1, eps=NORM_EPS)
     return torch.sinh(rho) / c.sqrt() * direction
 
 
-def _poincare_points(v, c, on_manifold):
+def _poincare_points(v, c, on_manifold, max_radius=MAX_RADIUS):
     if on_manifold:
         r = 2.0 * torch.atanh(c.sqrt() * v.norm(dim=-1, keepdim=True))
     else:
         r = 2.0 * c.sqrt() * v.norm(dim=-1, keepdim=True)
-    r = r.clamp(max=MAX_RADIUS)
+    r = r.clamp(max=max_radius)
     direction = F.normalize(v, dim=-1, eps=NORM_EPS)
     return torch.tanh(0.5 * r) / c.sqrt() * direction
 
 
-def reference_logits(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False):
+def reference_logits(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False,
+                     max_radius=MAX_RADIUS):
     """The full [N, M] logit matrix in the dtype of x (use float64 for the oracle)."""
     geo = get_geometry(geometry)
     s = _as_tensor(scale, x)
@@ -62,13 +65,15 @@ def reference_logits(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_ma
         dist2 = (x[:, None, :] - y[None, :, :]).square().sum(-1)
         return -s * (dist2 if geo.name == "sqeuclidean" else dist2.sqrt())
     if geo.name == "lorentz":
-        u, w = _lorentz_points(x, c, on_manifold), _lorentz_points(y, c, on_manifold)
+        u = _lorentz_points(x, c, on_manifold, max_radius)
+        w = _lorentz_points(y, c, on_manifold, max_radius)
         t_u = torch.sqrt(1.0 / c + u.square().sum(-1))
         t_w = torch.sqrt(1.0 / c + w.square().sum(-1))
         z = c * (t_u[:, None] * t_w[None, :] - u @ w.T)
         return -s * torch.acosh(z.clamp_min(1.0)) / c.sqrt()
     if geo.name == "poincare":
-        a, b = _poincare_points(x, c, on_manifold), _poincare_points(y, c, on_manifold)
+        a = _poincare_points(x, c, on_manifold, max_radius)
+        b = _poincare_points(y, c, on_manifold, max_radius)
         dist2 = (a[:, None, :] - b[None, :, :]).square().sum(-1)
         den = (1.0 - c * a.square().sum(-1))[:, None] * (1.0 - c * b.square().sum(-1))[None, :]
         return -s * torch.acosh(1.0 + 2.0 * c * dist2 / den) / c.sqrt()
@@ -125,3 +130,60 @@ def reference_siglip(x, y, *, scale, bias, labels=None, reduction="mean", **geom
     if reduction == "sum":
         return per_row.sum()
     return per_row
+
+
+def _reduce(per_row, reduction, keep=None):
+    """mean (over the rows in ``keep``, 0 when none), sum, or none."""
+    if reduction == "mean":
+        if keep is None:
+            return per_row.mean()
+        return per_row[keep].sum() / max(int(keep.sum()), 1)
+    return per_row.sum() if reduction == "sum" else per_row
+
+
+def reference_supcon(embeddings, labels, *, temperature=0.1, variant="out", reduction="mean",
+                     **geometry_kwargs):
+    """SupCon on the materialised logits l = h / temperature (see ``flashnce.supcon``): self
+    pairs masked, P(i) = same label; "out": lse - mean_P l, "in": lse - log mean_P exp l; rows
+    without a positive give 0 and are left out of the mean."""
+    logits = reference_logits(embeddings, embeddings, scale=1.0 / temperature,
+                              **geometry_kwargs)
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    positive = (labels[:, None] == labels[None, :]) & ~eye
+    count = positive.sum(1)
+    lse = torch.logsumexp(logits.masked_fill(eye, float("-inf")), 1)
+    if variant == "out":
+        pos_term = torch.where(positive, logits, 0.0).sum(1) / count.clamp_min(1).to(lse.dtype)
+    else:
+        lse_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), 1)
+        pos_term = torch.where(count > 0, lse_pos, 0.0) - count.clamp_min(1).to(lse.dtype).log()
+    per_row = torch.where(count > 0, lse - pos_term, 0.0)
+    return _reduce(per_row, reduction, count > 0)
+
+
+def reference_ntxent(z1, z2, *, temperature=0.5, denominator="all", reduction="mean",
+                     **geometry_kwargs):
+    """NT-Xent on the materialised [2N, 2N] logits (see ``flashnce.ntxent``)."""
+    z = torch.cat([z1, z2])
+    logits = reference_logits(z, z, scale=1.0 / temperature, **geometry_kwargs)
+    n2 = logits.shape[0]
+    idx = torch.arange(n2, device=logits.device)
+    partner = (idx + n2 // 2) % n2
+    drop = idx[:, None] == idx[None, :]
+    if denominator == "negatives":
+        drop = drop | (idx[None, :] == partner[:, None])
+    lse = torch.logsumexp(logits.masked_fill(drop, float("-inf")), 1)
+    per_row = lse - logits[idx, partner]
+    return _reduce(per_row, reduction)
+
+
+def reference_uniformity(x, *, t=2.0, normalize=True, **geometry_kwargs):
+    """log mean_{i != j} exp(t h_ij) on the materialised matrix (``flashnce.uniformity``)."""
+    if normalize:
+        x = F.normalize(x, dim=-1)
+    logits = reference_logits(x, x, scale=t, **geometry_kwargs)
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    return torch.logsumexp(logits.masked_fill(eye, float("-inf")).reshape(-1), 0) - math.log(
+        n * (n - 1))

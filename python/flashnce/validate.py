@@ -8,6 +8,7 @@ data-dependent Python branches would break the graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -56,6 +57,28 @@ def align_autocast_dtypes(x, y):
         common = torch.promote_types(x.dtype, y.dtype)
         return x.to(common), y.to(common)
     return x, y
+
+
+def autocast_off(fn=None, *, towers: int = 2):
+    """Run a loss with autocast off (after aligning the dtypes of its first two arguments when
+    ``towers == 2``): the tile walk's math is fp32 by contract (16-bit operands, fp32
+    accumulation and epilogue), and autocast would otherwise turn the torch backend's tile
+    GEMMs and the O(N) assembly into 16-bit ops."""
+    if fn is None:
+        return functools.partial(autocast_off, towers=towers)
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        if towers == 2 and args:
+            x, y = align_autocast_dtypes(x, args[0])
+            args = (y, *args[1:])
+        device = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return fn(x, *args, **kwargs)
+        return fn(x, *args, **kwargs)
+
+    return wrapper
 
 
 def check_features(x, y) -> None:
@@ -212,3 +235,52 @@ def check_labels(labels, n: int, m: int, device):
                          f"M={m}); pass (x_labels, y_labels)")
     t = _label_tensor(labels, "labels", n, device)
     return t, t
+
+
+def check_negatives(negatives, y) -> None:
+    """Extra negative columns [K, d]: a floating tensor like y (dtype, device, width)."""
+    if not isinstance(negatives, torch.Tensor):
+        raise TypeError(f"negatives must be a tensor [K, d], got {type(negatives).__name__}")
+    if negatives.dim() != 2 or negatives.shape[1] != y.shape[1]:
+        raise ValueError(f"negatives must be [K, {y.shape[1]}] (the width of y), got shape "
+                         f"{tuple(negatives.shape)}")
+    if negatives.dtype != y.dtype:
+        raise TypeError(f"negatives must have y's dtype {y.dtype}, got {negatives.dtype}")
+    if negatives.device != y.device:
+        raise ValueError(f"negatives are on {negatives.device} but y is on {y.device}")
+    check_features(y, negatives)
+
+
+def check_csr(csr, n: int, m: int, name: str):
+    """Per-row column sets as CSR (indptr [n + 1], indices [nnz]), int64 on any device, the
+    columns of row i in indices[indptr[i]:indptr[i + 1]] (any order), each in [0, m)."""
+    if not (isinstance(csr, (tuple, list)) and len(csr) == 2):
+        raise TypeError(f"{name} must be a pair (indptr, indices) of int64 tensors, got "
+                        f"{type(csr).__name__}")
+    indptr, indices = csr
+    for part, t in (("indptr", indptr), ("indices", indices)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name}: {part} must be a 1-d int64 tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+    if indptr.shape[0] != n + 1:
+        raise ValueError(f"{name}: indptr must have N + 1 = {n + 1} entries, got "
+                         f"{indptr.shape[0]}")
+    if not _tracing() and indptr.device.type != "meta":
+        if int(indptr[0]) != 0 or int(indptr[-1]) != indices.shape[0]:
+            raise ValueError(f"{name}: indptr must start at 0 and end at len(indices) = "
+                             f"{indices.shape[0]}, got {int(indptr[0])} and {int(indptr[-1])}")
+        if n and bool((indptr[1:] < indptr[:-1]).any()):
+            raise ValueError(f"{name}: indptr must be non-decreasing")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= m):
+            raise ValueError(f"{name}: column indices must lie in [0, {m}), got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+    return indptr, indices
+
+
+def check_target_labels(labels, targets) -> None:
+    """exclude_labels: each row's target must carry the row's label (it is merged back)."""
+    x_lab, y_lab = labels
+    t = torch.arange(x_lab.shape[0], device=x_lab.device) if targets is None else targets
+    if not _tracing() and x_lab.numel() and bool((y_lab[t] != x_lab).any()):
+        raise ValueError("exclude_labels: every row's target must have the row's label (the "
+                         "target is the one same-label column that counts)")

@@ -5,24 +5,41 @@ A case is one (loss, provider, N, d, geometry, dtype, device) point. ``setup(cas
 (or, for the ``gemm`` yardstick, the [N, N] product). Timing, memory and reporting live
 elsewhere; this module only knows how to build the work.
 
-Losses: ``infonce`` (symmetric CLIP loss) and ``siglip`` (sigmoid loss, scale 10, bias -10).
+Losses (every one walks an N x N tile matrix, so times at the same N compare across losses
+and with the ``gemm`` yardstick of that N):
+
+    infonce     symmetric CLIP loss on x, y [N, d] (scale 1/0.07 for cosine, 1 otherwise)
+    siglip      sigmoid loss on x, y [N, d], scale 10, bias -10
+    supcon      ``flashnce.supcon(x, labels)``: x [N, d] (y unused), labels = arange(N) // 4
+                (4 samples per class, the last class smaller when 4 does not divide N),
+                temperature 0.1 (scale 10), variant "out"
+    ntxent      ``flashnce.ntxent(z1, z2)``: z1 = x[:N // 2], z2 = y[:N // 2] (two views of
+                N // 2 samples: 2 (N // 2) rows), temperature 0.5 (scale 2), denominator "all"
+    uniformity  ``flashnce.uniformity(x, t=2, normalize=True)``: x [N, d]; the paper's metric
+                is geometry "sqeuclidean" (the ``pdist`` provider runs only that one)
+
+``--scale`` overrides the scale: temperature = 1 / scale for supcon / ntxent, t = scale for
+uniformity.
 
 Providers
-    flashnce, flashnce-<backend>   ``flashnce.infonce`` / ``siglip`` with backend="auto" or a
-                                   named backend
-    materialized                   ``flashnce.reference_infonce`` / ``reference_siglip`` (full
-                                   N x N logits) in fp32
+    flashnce, flashnce-<backend>   ``flashnce.<loss>`` with backend="auto" or a named backend
+    materialized                   ``flashnce.reference_<loss>`` (full N x N logits) in fp32
     compiled                       ``torch.compile`` of the materialised loss
     open_clip                      open_clip ``ClipLoss`` / ``SigLipLoss`` on normalised
-                                   features (cosine only)
+                                   features (infonce / siglip; cosine only)
     pykeops                        KeOps symbolic log-sum-exp (infonce; cosine / dot)
     inf_cl                         Inf-CL ``cal_inf_loss`` (infonce; CUDA, cosine only)
+    pml                            pytorch-metric-learning ``SupConLoss`` / ``NTXentLoss``
+                                   (supcon / ntxent; cosine only)
+    pdist                          ``torch.pdist(F.normalize(x)).pow(2).mul(-t).exp().mean()
+                                   .log()`` (uniformity; sqeuclidean only): N (N - 1) / 2 floats
     gemm                           one plain [N, d] x [d, N] GEMM: the yardstick for ratios
 
 Every loss provider computes the same loss with the same scale (and bias), so times are
 comparable. Note: for sqeuclidean / euclidean / poincare, ``reference_infonce`` builds an
 N x N x d difference tensor (it is the test oracle, written from textbook formulas), so the
-``materialized`` rows there measure the oracle, not a tuned GEMM-based baseline.
+``materialized`` rows there measure the oracle, not a tuned GEMM-based baseline (this
+includes uniformity, whose metric is sqeuclidean: ``pdist`` is its real baseline).
 """
 
 from __future__ import annotations
@@ -38,14 +55,25 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 FLASHNCE_BACKENDS = ("triton", "cuda", "cpu", "torch")
-PEERS = ("open_clip", "pykeops", "inf_cl")
+PEERS = ("open_clip", "pykeops", "inf_cl", "pml", "pdist")
 BASELINES = ("materialized", "compiled")
-LOSSES = ("infonce", "siglip")
+LOSSES = ("infonce", "siglip", "supcon", "ntxent", "uniformity")
+PAIRED_LOSSES = ("infonce", "siglip")  # x against y
+SAME_SET_LOSSES = ("supcon", "ntxent", "uniformity")  # one set against itself, self skipped
 INFONCE_ONLY = ("pykeops", "inf_cl")
+PAIRED_ONLY = ("open_clip", *INFONCE_ONLY)  # peers of InfoNCE / SigLIP only
+# The losses each same-set peer implements.
+PEER_LOSSES = {"pml": ("supcon", "ntxent"), "pdist": ("uniformity",)}
 # CLIP's initial logit scale, 1 / 0.07; other geometries use 1 (their features are O(1)).
 DEFAULT_SCALE = {"cosine": 1.0 / 0.07}
 # SigLIP: the paper's initialisation t = 10, b = -10, in every geometry.
 SIGLIP_SCALE, SIGLIP_BIAS = 10.0, -10.0
+# SupCon: temperature 0.1 (the paper's, pytorch-metric-learning's default); NT-Xent: 0.5
+# (lightly's default); uniformity: t = 2 (Wang & Isola). Scale = 1 / temperature, t.
+SUPCON_TEMPERATURE, NTXENT_TEMPERATURE, UNIFORMITY_T = 0.1, 0.5, 2.0
+SAME_SET_SCALE = {"supcon": 1.0 / SUPCON_TEMPERATURE, "ntxent": 1.0 / NTXENT_TEMPERATURE,
+                  "uniformity": UNIFORMITY_T}
+SUPCON_CLASS_SIZE = 4  # supcon labels: arange(N) // 4
 
 
 @dataclass(frozen=True)
@@ -68,7 +96,14 @@ class Case:
             return self.scale
         if self.loss == "siglip":
             return SIGLIP_SCALE
+        if self.loss in SAME_SET_SCALE:
+            return SAME_SET_SCALE[self.loss]
         return DEFAULT_SCALE.get(self.geometry, 1.0)
+
+    @property
+    def temperature(self) -> float:
+        """1 / scale: the temperature of supcon / ntxent."""
+        return 1.0 / self.logit_scale
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -85,7 +120,9 @@ class Case:
 def flops(n: int, m: int, d: int, mode: str) -> float:
     """Algorithmic FLOPs of InfoNCE / SigLIP on [n, d] x [m, d]: the GEMMs only, as a materialised loss
     does them (forward 2nmd for the logits; backward 4nmd for dX and dY). A fused kernel that
-    recomputes the logits in backward does more work than this; it is not counted."""
+    recomputes the logits in backward does more work than this; it is not counted. The
+    same-set losses (supcon, ntxent, uniformity) are counted the same way on their N x N
+    matrix (n = m = N; for ntxent N = 2 (N // 2) rows), although it is symmetric."""
     per_gemm = 2.0 * n * m * d
     return {"fwd": per_gemm, "bwd": 2 * per_gemm, "full": 3 * per_gemm}[mode]
 
@@ -112,6 +149,29 @@ def make_inputs(case: Case, requires_grad: bool = True) -> tuple[torch.Tensor, t
     return out[0], out[1]
 
 
+def supcon_labels(n: int, device) -> torch.Tensor:
+    """The supcon case's labels: arange(n) // 4 (classes of 4 consecutive samples)."""
+    return torch.arange(n, device=device) // SUPCON_CLASS_SIZE
+
+
+def loss_inputs(case: Case, requires_grad: bool = True) -> tuple[torch.Tensor, ...]:
+    """The leaf tensors the loss of ``case`` takes (what ``setup`` hands to ``fn``):
+
+    infonce / siglip: (x, y); supcon / uniformity: (x,); ntxent: (z1, z2) = (x[:N // 2],
+    y[:N // 2]) as new leaves. x and y are ``make_inputs``'s, so x is the same in every loss
+    and provider of a run.
+    """
+    x, y = make_inputs(case, requires_grad=False)
+    if case.loss in ("supcon", "uniformity"):
+        tensors = (x,)
+    elif case.loss == "ntxent":
+        half = case.n // 2
+        tensors = (x[:half].clone(), y[:half].clone())
+    else:
+        tensors = (x, y)
+    return tuple(t.requires_grad_(requires_grad) for t in tensors)
+
+
 # --------------------------------------------------------------------------- providers
 
 def _flashnce_backend(provider: str) -> str:
@@ -122,35 +182,67 @@ def setup_flashnce(case: Case):
     import flashnce
 
     backend = _flashnce_backend(case.provider)
-    x, y = make_inputs(case)
+    inputs = loss_inputs(case)
     geometry, scale = case.geometry, case.logit_scale
 
     if case.loss == "siglip":
         def fn(x, y):
             return flashnce.siglip(x, y, geometry=geometry, scale=scale, bias=SIGLIP_BIAS,
                                    backend=backend)
+    elif case.loss == "supcon":
+        labels, temperature = supcon_labels(case.n, case.device), case.temperature
+
+        def fn(x):
+            return flashnce.supcon(x, labels, temperature=temperature, geometry=geometry,
+                                   backend=backend)
+    elif case.loss == "ntxent":
+        temperature = case.temperature
+
+        def fn(z1, z2):
+            return flashnce.ntxent(z1, z2, temperature=temperature, geometry=geometry,
+                                   backend=backend)
+    elif case.loss == "uniformity":
+        def fn(x):
+            return flashnce.uniformity(x, t=scale, geometry=geometry, normalize=True,
+                                       backend=backend)
     else:
         def fn(x, y):
             return flashnce.infonce(x, y, geometry=geometry, scale=scale, backend=backend)
 
-    return (x, y), fn
+    return inputs, fn
 
 
 def setup_materialized(case: Case):
-    from flashnce.reference import reference_infonce, reference_siglip
+    from flashnce.reference import (reference_infonce, reference_ntxent, reference_siglip,
+                                    reference_supcon, reference_uniformity)
 
-    x, y = make_inputs(case)
+    inputs = loss_inputs(case)
     geometry, scale = case.geometry, case.logit_scale
 
     if case.loss == "siglip":
         def fn(x, y):
             return reference_siglip(x.float(), y.float(), geometry=geometry, scale=scale,
                                     bias=SIGLIP_BIAS)
+    elif case.loss == "supcon":
+        labels, temperature = supcon_labels(case.n, case.device), case.temperature
+
+        def fn(x):
+            return reference_supcon(x.float(), labels, temperature=temperature,
+                                    geometry=geometry)
+    elif case.loss == "ntxent":
+        temperature = case.temperature
+
+        def fn(z1, z2):
+            return reference_ntxent(z1.float(), z2.float(), temperature=temperature,
+                                    geometry=geometry)
+    elif case.loss == "uniformity":
+        def fn(x):
+            return reference_uniformity(x.float(), t=scale, normalize=True, geometry=geometry)
     else:
         def fn(x, y):
             return reference_infonce(x.float(), y.float(), geometry=geometry, scale=scale)
 
-    return (x, y), fn
+    return inputs, fn
 
 
 def setup_compiled(case: Case):
@@ -229,6 +321,44 @@ def setup_inf_cl(case: Case):
     return (x, y), fn
 
 
+def setup_pml(case: Case):
+    """pytorch-metric-learning's SupConLoss / NTXentLoss (cosine similarity built in). NT-Xent
+    takes cat(z1, z2) with labels arange(N // 2) twice: each row's one positive is its
+    partner view, every other row a negative -- flashnce's denominator "all"."""
+    from pytorch_metric_learning import losses as pml_losses
+
+    inputs = loss_inputs(case)
+    if case.loss == "supcon":
+        labels = supcon_labels(case.n, case.device)
+        loss = pml_losses.SupConLoss(temperature=case.temperature)
+
+        def fn(x):
+            return loss(x.float(), labels)
+    else:
+        half = case.n // 2
+        labels = torch.arange(half, device=case.device).repeat(2)
+        loss = pml_losses.NTXentLoss(temperature=case.temperature)
+
+        def fn(z1, z2):
+            return loss(torch.cat([z1.float(), z2.float()]), labels)
+
+    return inputs, fn
+
+
+def setup_pdist(case: Case):
+    """Wang & Isola's uniformity as their paper writes it: torch.pdist's N (N - 1) / 2
+    distances (the mean over unordered pairs equals the mean over ordered pairs i != j)."""
+    import torch.nn.functional as F
+
+    inputs = loss_inputs(case)
+    t = case.logit_scale
+
+    def fn(x):
+        return torch.pdist(F.normalize(x.float(), dim=-1)).pow(2).mul(-t).exp().mean().log()
+
+    return inputs, fn
+
+
 def setup_gemm(case: Case):
     x, y = make_inputs(case, requires_grad=False)
 
@@ -245,6 +375,8 @@ _SETUPS: dict[str, Callable] = {
     "open_clip": setup_open_clip,
     "pykeops": setup_pykeops,
     "inf_cl": setup_inf_cl,
+    "pml": setup_pml,
+    "pdist": setup_pdist,
     "gemm": setup_gemm,
 }
 
@@ -272,22 +404,54 @@ def _missing_module(name: str) -> str | None:
     return None if found else f"{name} is not installed"
 
 
-def resolve_flashnce_backend(case: Case, x=None, y=None) -> str:
-    """The backend name flashnce would run for this case; raises ValueError with the reasons
-    every candidate refuses (for 'auto') or the named backend refuses."""
+def _flashnce_walk(case: Case, inputs):
+    """(x, y, relation, stat) of the tile walk the case's loss runs, as the loss builds them:
+
+    infonce: ``lse`` over the negatives, the diagonal skipped (losses.py); siglip:
+    ``pair_sum`` on the diagonal; supcon / ntxent: ``masked_sum`` with the labels / partner
+    targets, self skipped, no column stat (same_set.py); uniformity: ``lse`` of the
+    normalised x against itself, self skipped, no column stat (uniformity.py).
+    """
+    from flashnce.core.relation import Relation
+
+    inputs = [t.detach() for t in inputs]
+    if case.loss == "supcon":
+        (x,) = inputs
+        labels = supcon_labels(x.shape[0], x.device)
+        return x, x, Relation.labels(labels, labels, skip_self=True, cols_both=0), "masked_sum"
+    if case.loss == "ntxent":
+        z1, z2 = inputs
+        n = z1.shape[0]
+        z = torch.cat([z1, z2])
+        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return z, z, Relation.targets(partner, skip_self=True, cols_both=0), "masked_sum"
+    if case.loss == "uniformity":
+        (x,) = inputs
+        x = torch.nn.functional.normalize(x, dim=-1)
+        return x, x, Relation.none(skip_self=True, cols_both=0), "lse"
+    x, y = inputs
+    if case.loss == "siglip":
+        return x, y, Relation.diagonal(), "pair_sum"
+    # InfoNCE walks the negatives: the positives (the diagonal) are skipped (losses.py).
+    return x, y, Relation.diagonal(skip_positives=True), "lse"
+
+
+def resolve_flashnce_backend(case: Case, *inputs) -> str:
+    """The backend name flashnce would run for this case (``inputs``: the tensors ``setup``
+    returned; default: a small stand-in with the case's dtype, device and geometry); raises
+    ValueError with the reasons every candidate refuses (for 'auto') or the named backend
+    refuses. It asks for the walk the loss runs: its statistic and relation."""
     from flashnce import dispatch
     from flashnce.core.problem import TileProblem
 
-    from flashnce.core.relation import Relation
-
-    if x is None:
-        # Only the dtype, device, geometry and (roughly) the shape matter to a backend.
-        x, y = make_inputs(replace(case, n=min(case.n, 8)), requires_grad=False)
-    prob = TileProblem(x.detach(), y.detach(), case.geometry, case.logit_scale, 1.0, False)
-    tspec = (prob.tspec(Relation.diagonal(), "pair_sum") if case.loss == "siglip"
-             else prob.tspec())
+    if not inputs:
+        # Only the dtype, device, geometry, statistic, relation and (roughly) the shape
+        # matter to a backend.
+        inputs = loss_inputs(replace(case, n=max(2, min(case.n, 8))), requires_grad=False)
+    x, y, relation, stat = _flashnce_walk(case, inputs)
+    prob = TileProblem(x, y, case.geometry, case.logit_scale, 1.0, False)
     impl = dispatch.select_backend(_flashnce_backend(case.provider), prob.x_op, prob.y_op,
-                                   tspec)
+                                   prob.tspec(relation, stat))
     return impl.name
 
 
@@ -300,6 +464,10 @@ def unavailable_reason(case: Case) -> str | None:
         return "CUDA is not available"
     if case.loss != "infonce" and p in INFONCE_ONLY:
         return f"{p} implements InfoNCE only"
+    if case.loss in SAME_SET_LOSSES and p in PAIRED_ONLY:
+        return f"{p} implements InfoNCE / SigLIP only"
+    if p in PEER_LOSSES and case.loss not in PEER_LOSSES[p]:
+        return f"the {p} provider implements {' / '.join(PEER_LOSSES[p])} only"
     if p.startswith("flashnce"):
         try:
             resolve_flashnce_backend(case)
@@ -327,6 +495,16 @@ def unavailable_reason(case: Case) -> str | None:
         if not case.device.startswith("cuda"):
             return "Inf-CL runs on CUDA only"
         return _missing_module("inf_cl")
+    if p == "pml":
+        if geo != "cosine":
+            return ("pytorch-metric-learning's SupConLoss / NTXentLoss use cosine similarity "
+                    "only")
+        return _missing_module("pytorch_metric_learning")
+    if p == "pdist":
+        if geo != "sqeuclidean":
+            return ("the pdist provider is Wang & Isola's uniformity: squared Euclidean "
+                    "distances only (geometry sqeuclidean)")
+        return None
     if p in ("materialized", "gemm"):
         return None
     return f"unknown provider {p!r}"

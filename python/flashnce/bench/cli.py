@@ -1,5 +1,11 @@
 """``flashnce-bench``: sweep N, d, geometries, dtypes and providers; table, JSON/CSV, plots.
 
+Losses (``--loss``, see ``flashnce.bench.cases``): infonce (default), siglip, and the same-set
+losses supcon (labels arange(N) // 4, temperature 0.1), ntxent (two views of N // 2 samples,
+temperature 0.5) and uniformity (t = 2, normalised x; use ``-g sqeuclidean`` for the paper's
+metric). Every loss walks an N x N matrix, so times at one N compare across losses and with
+the GEMM of that N.
+
 The default run is the memory wall on CPU: symmetric cosine InfoNCE, fp32, d=128,
 N in {1024, 2048, 4096, 8192}, flashnce (backend "auto") against the materialised loss, with a
 plain GEMM of the same shape as the yardstick. It takes about a minute on 2 cores.
@@ -7,6 +13,8 @@ plain GEMM of the same shape as the yardstick. It takes about a minute on 2 core
     flashnce-bench                                   # the default sweep, saved + table
     flashnce-bench --plot --out bench/results --name cpu_default
     flashnce-bench --providers all --geometry cosine lorentz --dtype float32 bfloat16
+    flashnce-bench --loss supcon ntxent -p flashnce materialized pml
+    flashnce-bench --loss uniformity -g sqeuclidean -p flashnce pdist --mem-limit 8G
 """
 
 from __future__ import annotations
@@ -113,29 +121,35 @@ def _device(text: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="flashnce-bench",
-        description="Benchmark flashnce InfoNCE / SigLIP against the materialised loss, "
-                    "torch.compile and installed peers: time (fwd, bwd, fwd+bwd), peak "
-                    "memory, GFLOP/s.",
+        description="Benchmark flashnce InfoNCE / SigLIP / SupCon / NT-Xent / uniformity "
+                    "against the materialised loss, torch.compile and installed peers: time "
+                    "(fwd, bwd, fwd+bwd), peak memory, GFLOP/s.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("-n", "--n", type=_positive_int, nargs="+", default=list(DEFAULT_N),
                     help="batch sizes N (x and y are [N, d])")
     ap.add_argument("-d", "--d", type=_positive_int, nargs="+", default=[128],
                     help="feature dims")
     ap.add_argument("--loss", nargs="+", default=["infonce"], choices=list(C.LOSSES),
-                    help="losses to run (siglip: scale 10, bias -10)")
+                    help="losses to run: infonce; siglip (scale 10, bias -10); supcon "
+                         "(x [N, d], labels arange(N) // 4, temperature 0.1); ntxent (z1, z2 "
+                         "= x[:N//2], y[:N//2], temperature 0.5); uniformity (t = 2, "
+                         "normalised x; the paper's metric is -g sqeuclidean)")
     ap.add_argument("-g", "--geometry", nargs="+", default=["cosine"],
                     choices=list(__import__("flashnce").GEOMETRIES))
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=list(C.DTYPES))
     ap.add_argument("-p", "--providers", nargs="+", default=list(DEFAULT_PROVIDERS),
                     help="flashnce (backend auto), flashnce-<triton|cuda|cpu|torch>, "
-                         "materialized, compiled, open_clip, pykeops, inf_cl; or all, peers, "
-                         "flashnce-all")
+                         "materialized, compiled, open_clip, pykeops, inf_cl (infonce / "
+                         "siglip), pml (pytorch-metric-learning: supcon / ntxent), pdist "
+                         "(uniformity); or all, peers, flashnce-all")
     ap.add_argument("--no-gemm", action="store_true",
                     help="do not measure the plain-GEMM yardstick (no x GEMM ratios)")
     ap.add_argument("--device", type=_device,
                     default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--scale", type=float, default=None,
-                    help="logit scale (default: 1/0.07 for cosine, 1 otherwise)")
+                    help="logit scale (default: infonce 1/0.07 for cosine, 1 otherwise; "
+                         "siglip 10; supcon 10 and ntxent 2, i.e. 1 / temperature; "
+                         "uniformity t = 2)")
     ap.add_argument("--warmup", type=_nonnegative_int, default=1,
                     help="untimed passes per case")
     ap.add_argument("--repeats", type=_positive_int, default=3, help="timed passes per case")
@@ -313,7 +327,7 @@ def _report_only(args) -> int:
         raise SystemExit(f"flashnce-bench: --report {args.report} is not a flashnce-bench "
                          f"result file ({type(exc).__name__}: {exc})")
     print(R.format_table(rows))
-    print("\n".join(R.memory_wall(rows)))
+    print("\n".join(R.memory_wall(rows) + R.value_check(rows)))
     if args.plot:
         stem = Path(args.report).with_suffix("")
         print("wrote " + ", ".join(os.fspath(p) for p in R.plot(rows, stem, env)))
@@ -339,7 +353,7 @@ def main(argv=None) -> int:
           f"{(env['git_sha'] or 'unknown')[:10]}, {env['sweep_wall_s']:.0f} s, load average "
           f"{env['load_average_start']} -> {env['load_average_end']}\n")
     print(R.format_table(rows))
-    print("\n".join(R.memory_wall(rows)))
+    print("\n".join(R.memory_wall(rows) + R.value_check(rows)))
     if not args.no_save:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,9 @@ Isolation (default): every case runs in a fresh Python process. The parent enfor
 and ``mem_limit`` caps the child's address space growth above its inputs
 (``RLIMIT_AS``), so an oversize case fails fast with MemoryError instead of swapping.
 Outcomes: "ok", "oom", "timeout", "skipped", "error".
+
+Each "ok" result also carries ``loss_value``: the loss of the last timed pass (None for the
+gemm yardstick), so providers of one case can be checked to compute the same loss.
 """
 
 from __future__ import annotations
@@ -159,6 +162,14 @@ def measure(inputs, fn, *, device: str, warmup: int, repeats: int,
         for t in inputs:
             t.grad = None
 
+    # The value of the last scalar output (a loss), kept as a 0-d tensor (no host sync in the
+    # passes); a non-scalar output (the gemm yardstick) is not kept, so it cannot raise the peak.
+    last_value = []
+
+    def keep(out):
+        if isinstance(out, torch.Tensor) and out.dim() == 0:
+            last_value[:] = [out.detach()]
+
     def one_pass():
         clear_grads()
         if cuda:
@@ -169,6 +180,7 @@ def measure(inputs, fn, *, device: str, warmup: int, repeats: int,
             if backward:
                 out.backward()
             ev[2].record()
+            keep(out)
             torch.cuda.synchronize()
             return ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2]) if backward else math.nan
         t0 = time.perf_counter()
@@ -177,6 +189,7 @@ def measure(inputs, fn, *, device: str, warmup: int, repeats: int,
         if backward:
             out.backward()
         t2 = time.perf_counter()
+        keep(out)
         return (t1 - t0) * 1e3, (t2 - t1) * 1e3 if backward else math.nan
 
     for _ in range(warmup):
@@ -205,7 +218,8 @@ def measure(inputs, fn, *, device: str, warmup: int, repeats: int,
     clear_grads()
 
     res = {"repeats": len(fwd), "peak_mib": peak / MIB, "baseline_mib": baseline / MIB,
-           "mem_method": mem_method}
+           "mem_method": mem_method,
+           "loss_value": float(last_value[0]) if last_value else None}
     full = [f + b for f, b in zip(fwd, bwd)] if backward else list(fwd)
     for name, samples in (("fwd", fwd), ("bwd", bwd if backward else []), ("full", full)):
         p20, p50, p80 = quantiles(samples)
@@ -218,8 +232,7 @@ def _prepare(case: cases_mod.Case):
     inputs, fn = cases_mod.setup(case)
     info = {}
     if case.provider.startswith("flashnce"):
-        x, y = inputs
-        info["backend"] = cases_mod.resolve_flashnce_backend(case, x, y)
+        info["backend"] = cases_mod.resolve_flashnce_backend(case, *inputs)
     elif case.provider == "compiled":
         info["backend"] = "inductor"
     return inputs, fn, info

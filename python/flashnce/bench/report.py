@@ -20,7 +20,8 @@ ROW_FIELDS = (
     "loss", "provider", "backend", "geometry", "dtype", "device", "n", "d", "status",
     "fwd_ms", "fwd_p20_ms", "fwd_p80_ms", "bwd_ms", "bwd_p20_ms", "bwd_p80_ms",
     "full_ms", "full_p20_ms", "full_p80_ms", "peak_mib", "baseline_mib", "mem_method",
-    "gflops", "gemm_ms", "fwd_x_gemm", "full_x_gemm", "repeats", "wall_s", "note",
+    "gflops", "gemm_ms", "fwd_x_gemm", "full_x_gemm", "loss_value", "repeats", "wall_s",
+    "note",
 )
 ENV_FIELDS = ("device_name", "cpu_model", "cpu_flags", "threads", "torch_version", "triton_version",
               "flashnce_version", "git_sha", "git_dirty", "timestamp")
@@ -183,7 +184,8 @@ def _fmt(v, digits=3) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A markdown table per (geometry, dtype, d, device) group; skipped rows listed after."""
+    """A markdown table per (loss, geometry, dtype, d, device) group; skipped rows listed
+    after."""
     out = []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -225,8 +227,14 @@ def _times(theirs: float, ours: float, better: str, worse: str) -> str:
     return f"{ratio:.2g}x {better}" if ratio >= 1 else f"{1 / max(ratio, 1e-9):.2g}x {worse}"
 
 
+# The losses each flashnce row is held against in the summary lines (where they ran).
+_WALL_BASELINES = ("materialized", "pml", "pdist")
+
+
 def memory_wall(rows: list[dict]) -> list[str]:
-    """One line per group: flashnce against the materialised loss at the largest N both ran."""
+    """One line per group and baseline: flashnce against the materialised loss (and the
+    pytorch-metric-learning / torch.pdist peers of the same-set losses) at the largest N both
+    ran."""
     lines = []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -234,26 +242,51 @@ def memory_wall(rows: list[dict]) -> list[str]:
     for key, grows in groups.items():
         ok = {(r["provider"], r["n"]): r for r in grows if r["status"] == "ok"}
         ours = sorted(p for p in {r["provider"] for r in grows} if p.startswith("flashnce"))
-        for p in ours:
-            common = [n for (q, n) in ok if q == p and ("materialized", n) in ok]
-            if not common:
+        for base in _WALL_BASELINES:
+            compared = False
+            for p in ours:
+                common = [n for (q, n) in ok if q == p and (base, n) in ok]
+                if not common:
+                    continue
+                n = max(common)
+                a, b = ok[(p, n)], ok[(base, n)]
+                lines.append(
+                    f"{group_title(key)}, N={n}: {p} ({a.get('backend')}) "
+                    f"{a['peak_mib']:.1f} MiB, {a['full_ms']:.0f} ms vs {base} "
+                    f"{b['peak_mib']:.1f} MiB, {b['full_ms']:.0f} ms: "
+                    + _times(b["peak_mib"], a["peak_mib"], "less memory", "more memory") + ", "
+                    + _times(b["full_ms"], a["full_ms"], "faster", "slower"))
+                compared = True
+            if not compared:
                 continue
-            n = max(common)
-            a, b = ok[(p, n)], ok[("materialized", n)]
-            lines.append(
-                f"{group_title(key)}, N={n}: {p} ({a.get('backend')}) {a['peak_mib']:.1f} MiB, "
-                f"{a['full_ms']:.0f} ms vs materialized {b['peak_mib']:.1f} MiB, "
-                f"{b['full_ms']:.0f} ms: "
-                + _times(b["peak_mib"], a["peak_mib"], "less memory", "more memory") + ", "
-                + _times(b["full_ms"], a["full_ms"], "faster", "slower"))
-            failed = [r for r in grows if r["provider"] == "materialized"
+            failed = [r for r in grows if r["provider"] == base
                       and r["status"] in ("oom", "timeout")]
             for r in failed:
-                lines.append(f"  materialized at N={r['n']}: {r['status']}")
+                lines.append(f"  {base} at N={r['n']}: {r['status']}")
     return lines
 
 
-_ORDER = ("gemm", "flashnce", "materialized", "compiled", "open_clip", "pykeops", "inf_cl")
+def value_check(rows: list[dict], rtol: float = 1e-3) -> list[str]:
+    """Warnings where the loss providers of one case (group and N) disagree on the loss value
+    by more than ``rtol`` (relative to the largest magnitude): they should compute the same
+    loss. Rows without a value (the gemm yardstick, old result files) are ignored."""
+    lines = []
+    cases: dict[tuple, list[dict]] = {}
+    for r in rows:
+        v = r.get("loss_value")
+        if r["status"] == "ok" and isinstance(v, (int, float)) and math.isfinite(v):
+            cases.setdefault((group_key(r), r["n"]), []).append(r)
+    for (key, n), crows in cases.items():
+        values = [r["loss_value"] for r in crows]
+        spread = max(values) - min(values)
+        if spread > rtol * max(max(abs(v) for v in values), 1e-30):
+            lines.append(f"WARNING {group_title(key)}, N={n}: loss values disagree: " + ", ".join(
+                f"{r['provider']} {r['loss_value']:.6g}" for r in crows))
+    return lines
+
+
+_ORDER = ("gemm", "flashnce", "materialized", "compiled", "open_clip", "pykeops", "inf_cl",
+          "pml", "pdist")
 
 
 def _provider_order(p: str) -> tuple:
@@ -263,8 +296,17 @@ def _provider_order(p: str) -> tuple:
 
 # --------------------------------------------------------------------------- plots
 
+_LOSS_TITLES = {"infonce": "InfoNCE", "siglip": "SigLIP", "supcon": "SupCon",
+                "ntxent": "NT-Xent", "uniformity": "uniformity"}
+_N_LABELS = {"infonce": "N (batch = rows of x and of y)",
+             "siglip": "N (batch = rows of x and of y)",
+             "supcon": "N (rows of x; 4 per class)",
+             "ntxent": "N (rows of cat(z1, z2): 2 views x N/2)",
+             "uniformity": "N (rows of x)"}
+
+
 def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
-    """One PNG per (geometry, dtype, d, device) group: fwd+bwd time and peak memory against
+    """One PNG per (loss, geometry, dtype, d, device) group: fwd+bwd time and peak memory against
     N, log-log, one line per provider; failed points (oom / timeout) are marked with an x."""
     import matplotlib
     matplotlib.use("Agg")
@@ -314,7 +356,7 @@ def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
             ax.set_xscale("log", base=2)
             ax.set_xticks(n_ticks, [str(n) for n in n_ticks])
             ax.set_yscale("log")
-            ax.set_xlabel("N (batch = rows of x and of y)")
+            ax.set_xlabel(_N_LABELS.get(key[0], _N_LABELS["infonce"]))
             ax.set_ylabel(ylabel)
             ax.set_title(title)
             ax.grid(True, which="both", alpha=0.3)
@@ -323,7 +365,7 @@ def plot(rows: list[dict], prefix: Path, env: dict | None = None) -> list[Path]:
         if env:
             sub += f" | {env.get('device_name')}, {env.get('threads')} threads, " \
                    f"torch {env.get('torch_version')}"
-        fig.suptitle(f"flashnce InfoNCE: {sub}", fontsize=10)
+        fig.suptitle(f"flashnce {_LOSS_TITLES.get(key[0], key[0])}: {sub}", fontsize=10)
         fig.tight_layout()
         path = Path(f"{prefix}.png") if len(groups) == 1 else Path(
             f"{prefix}_{key[0]}_{key[1]}_{key[2]}_d{key[3]}_{key[4].replace(':', '')}.png")

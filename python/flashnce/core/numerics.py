@@ -5,19 +5,21 @@
 * ``clamp_kappa``: the relative floor of the distance clamps (euclidean D >= kappa (a + b),
   hyperbolic w >= kappa S_i S_j). It sits just above the fp32 (or fp64) rounding of a
   GEMM-built distance, so coincident points get finite, exactly-zero gradients.
-* ``MAX_RADIUS``: MERU caps the hyperbolic radius at asinh(2^15): beyond it the fp32 product
-  S_i S_j loses the angular resolution (docs/NUMERICS.md).
+* ``MAX_RADIUS``: the default cap of the hyperbolic radius rho (a ``max_radius`` parameter of
+  the losses), ``MAX_RADIUS_LIMIT`` the largest allowed: the fp32 L3 epilogue forms
+  S_i S_j = sinh rho_i sinh rho_j and w + q ~ 2 S_i S_j, finite up to rho ~ 44.3
+  (docs/NUMERICS.md section 6 says what angular resolution remains at large radii).
 * ``NORM_EPS``: the norm floor of directions (``F.normalize``'s eps): a zero feature maps to
   the origin / has cosine 0 with everything.
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 
-MAX_RADIUS = math.asinh(2.0**15)
+MAX_RADIUS = 40.0
+MAX_RADIUS_LIMIT = 44.0
 NORM_EPS = 1e-12
 
 

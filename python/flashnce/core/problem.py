@@ -18,17 +18,18 @@ from __future__ import annotations
 import torch
 
 from ..features import feature_stats, rowwise_dot
-from ..geometry import get_geometry, paired_logits
+from ..geometry import check_max_radius, get_geometry, paired_logits
 from ..validate import as_param, check_ball, check_features
 from . import spec
-from .numerics import clamp_kappa
+from .numerics import MAX_RADIUS, clamp_kappa
 from .relation import Relation
 from .tilespec import TileSpec
 
 
 class TileProblem:
     def __init__(self, x, y, geometry, scale, curvature, on_manifold, *, bias=0.0,
-                 features_checked=False, targets=None, with_positives=False):
+                 features_checked=False, targets=None, with_positives=False,
+                 max_radius=MAX_RADIUS):
         if not features_checked:  # the finite-value scan costs a host sync: do it once
             check_features(x, y)
         self.geo = get_geometry(geometry)
@@ -49,8 +50,9 @@ class TileProblem:
         self.targets = targets
         self.x_op, self.y_op, q_x, q_y, self.positive_dots = feature_stats(
             x, y, targets, with_positives, self.geo.scale_invariant)
-        self.x_scalars = self.geo.row_scalars(q_x, self.curvature, on_manifold)
-        self.y_scalars = self.geo.row_scalars(q_y, self.curvature, on_manifold)
+        max_radius = check_max_radius(max_radius)
+        self.x_scalars = self.geo.row_scalars(q_x, self.curvature, on_manifold, max_radius)
+        self.y_scalars = self.geo.row_scalars(q_y, self.curvature, on_manifold, max_radius)
         self.inv_sqrt_c = (self.curvature.rsqrt() if self.geo.uses_curvature
                            else torch.ones_like(self.curvature))
         self.theta = torch.stack([self.scale, self.inv_sqrt_c, self.bias])
@@ -82,8 +84,18 @@ class TileProblem:
                              self.theta[spec.THETA_INV_SQRT_C], self.kappa) + self.bias
 
 
-def per_row_losses(row_lse, col_lse, positive, symmetric: bool):
-    """InfoNCE per row: 1/2 (row - pos) + 1/2 (col - pos) symmetric, else row - pos."""
+def per_row_losses(row_lse, col_lse, positive, symmetric: bool, *, negatives_only=False):
+    """InfoNCE per row: 1/2 (row - pos) + 1/2 (col - pos) symmetric, else row - pos.
+
+    ``negatives_only``: the lse were taken over the negatives alone (the positives skipped);
+    then lse - pos = softplus(lse_neg - pos), which is >= 0, exact when the positive dominates
+    and 0 for a row without negatives (lse_neg = -inf).
+    """
+    if negatives_only:
+        sp = torch.nn.functional.softplus
+        if symmetric:
+            return 0.5 * sp(row_lse - positive) + 0.5 * sp(col_lse - positive)
+        return sp(row_lse - positive)
     if symmetric:
         return 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
     return row_lse - positive

@@ -155,3 +155,20 @@ def dense_roles(rel: Relation, n: int, m: int, device) -> torch.Tensor:
     if roles is None:
         roles = torch.full((n, m), NEGATIVE, dtype=torch.int8, device=device)
     return roles
+
+
+def exclusion_relation(csr, targets, n: int, m: int, cols_both) -> Relation:
+    """The csr relation that skips each row's excluded columns and its target (the target is
+    merged back as the positive): the union, sorted and deduplicated per row, O(nnz log nnz).
+    ``targets`` None means row i's target is column i."""
+    indptr, indices = csr
+    device = indices.device
+    rows = torch.repeat_interleave(torch.arange(n, device=device), indptr[1:] - indptr[:-1])
+    t = torch.arange(n, device=device) if targets is None else targets.to(device)
+    keys = torch.cat([rows * m + indices, torch.arange(n, device=device) * m + t])
+    keys = torch.unique(keys)  # sorted: by row, then column
+    rows, cols = keys // m, keys % m
+    new_indptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
+    new_indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n)[:n], 0)
+    roles = torch.full_like(cols, spec.ROLE_SKIP)
+    return Relation.csr(new_indptr, cols, roles, m, cols_both=cols_both)

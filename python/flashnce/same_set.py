@@ -1,0 +1,321 @@
+"""Same-set contrastive losses: SupCon and NT-Xent, every row against every other row.
+
+Both run one tile walk of the batch against itself with the self pairs skipped and no column
+statistic (``cols_both = 0``: the matrix is symmetric, the rows see everything):
+
+* ``supcon`` (Khosla et al. 2020, eq. 2, "L_out"): statistic ``masked_sum`` with the
+  ``labels`` relation, so each row's lse and the sum of its positives' logits come from the
+  same walk and the same arithmetic:
+
+      L_i = lse_{j != i} l_ij - (1 / |P(i)|) sum_{p in P(i)} l_ip,   P(i) = {j != i: y_j = y_i}
+
+  "L_in" (``variant="in"``) = lse_{j != i} l_ij - log mean_{p in P(i)} exp l_ip needs a second
+  lse over the positives alone: one walk per class (block of equal labels), see ``_lse_within``.
+  Rows without a positive are left out of the mean and counted (``return_count=True``).
+* ``ntxent`` (SimCLR): z = cat(z1, z2) [2N, d], the positive of row i is its partner i +- N;
+  statistic ``masked_sum`` with the ``targets`` relation (denominator = partner + negatives),
+  or ``lse`` with the partner skipped (``denominator="negatives"``: the decoupled form, DCL,
+  Yeh et al. 2022) plus the partner's logit in O(N d).
+
+Memory O(N d): the backward recomputes tiles from the saved (N, 2) states.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+from .core.numerics import MAX_RADIUS
+from .core.problem import TileProblem, reduce_losses
+from .core.relation import Relation
+from .distributed import (_grad_mask, _handshake, _shifted, all_gather_with_grad, check_group,
+                          gather_rows)
+from .validate import REDUCTIONS, autocast_off, check_choice, check_features
+
+VARIANTS = ("out", "in")
+DENOMINATORS = ("all", "negatives")
+
+
+def _temperature_scale(temperature):
+    """scale = 1 / temperature (a float, or a 1-element tensor that keeps its gradient)."""
+    if isinstance(temperature, torch.Tensor):
+        return 1.0 / temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a positive float or tensor, got "
+                        f"{type(temperature).__name__}")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite positive number, got {temperature}")
+    return 1.0 / float(temperature)
+
+
+def _check_labels_1d(labels, n: int, device) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be an integer tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) (one per embedding), got "
+                         f"{tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels are on {labels.device} but the embeddings on {device}")
+    return labels.to(torch.int64)
+
+
+def label_positive_counts(row_labels, col_labels, *, skip_self: bool,
+                          diag_offset: int = 0) -> torch.Tensor:
+    """|P(i)| = #{j: col_labels[j] == row_labels[i]} minus the self pair (i, i + diag_offset)
+    when it is skipped and has equal labels; O(N + M) (labels compacted by torch.unique)."""
+    n, m = row_labels.shape[0], col_labels.shape[0]
+    _, inverse = torch.unique(torch.cat([row_labels, col_labels]), return_inverse=True)
+    rows, cols = inverse[:n], inverse[n:]
+    counts = torch.bincount(cols, minlength=int(inverse.max()) + 1 if n + m else 0)[rows]
+    if skip_self and n and m:
+        j = torch.arange(n, device=counts.device) + diag_offset
+        valid = (j >= 0) & (j < m)
+        same = valid & (col_labels[j.clamp(0, m - 1)] == row_labels)
+        counts = counts - same.to(counts.dtype)
+    return counts
+
+
+def _lse_within(impl_for, x, y, rows_lab, cols_lab, prob):
+    """log sum_{p in P(i)} exp l_ip per row (-inf without positives): one walk per class,
+    rows of the class against its columns with the self pairs skipped. The columns of a class
+    begin with its rows in the same order (y[:N] is x), so the self pair of the a-th row is the
+    a-th column: diag_offset 0 inside the block."""
+    out = torch.full((x.shape[0],), float("-inf"), dtype=prob.theta.dtype, device=x.device)
+    for c in torch.unique(rows_lab).tolist():
+        r = (rows_lab == c).nonzero().squeeze(1)
+        k = (cols_lab == c).nonzero().squeeze(1)
+        if k.numel() < 2:
+            continue
+        xs, ys = prob.x_op[r], prob.y_op[k]
+        sub = Relation.none(skip_self=True, cols_both=0)
+        tspec = prob.tspec(sub)
+        impl = impl_for(xs, ys, tspec)
+        row, _ = impl.tile_stat(xs, ys, prob.x_scalars[r], prob.y_scalars[k], prob.theta, tspec)
+        out = out.index_put((r,), row)
+    return out
+
+
+def _supcon_rows(x, y, row_lab, col_lab, *, scale, variant, geometry, curvature, on_manifold,
+                 backend, max_radius=MAX_RADIUS):
+    """Per-row SupCon losses [N] (0 on rows without a positive) and |P(i)| [N]."""
+    prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, features_checked=True,
+                       max_radius=max_radius)
+    counts = label_positive_counts(row_lab, col_lab, skip_self=True)
+    has_pos = counts > 0
+    if variant == "out":
+        relation = Relation.labels(row_lab, col_lab, skip_self=True, cols_both=0)
+        tspec = prob.tspec(relation, "masked_sum")
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+        row, _ = impl.tile_stat(prob.x_op, prob.y_op, prob.x_scalars, prob.y_scalars,
+                                prob.theta, tspec)
+        mean_pos = row[:, 1] / counts.clamp_min(1).to(row.dtype)
+        per_row = row[:, 0] - mean_pos
+    else:
+        relation = Relation.none(skip_self=True, cols_both=0)
+        tspec = prob.tspec(relation)
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+        lse_all, _ = prob.stat(impl, relation)
+
+        def impl_for(a, b, ts):
+            return dispatch.select_backend(backend, a, b, ts)
+
+        lse_pos = _lse_within(impl_for, x, y, row_lab, col_lab, prob)
+        lse_pos = torch.where(has_pos, lse_pos, 0.0)
+        per_row = lse_all - lse_pos + counts.clamp_min(1).to(lse_all.dtype).log()
+    # Rows without a positive: exactly 0 (a select, so a -inf / NaN there cannot leak).
+    return torch.where(has_pos, per_row, 0.0), counts
+
+
+def _reduce_over_positive_rows(per_row, counts, reduction):
+    """'mean' over the rows that have a positive (0 when none has), 'sum', or 'none'."""
+    if reduction == "mean":
+        k = (counts > 0).sum()
+        return per_row.sum() / k.clamp_min(1).to(per_row.dtype)
+    return reduce_losses(per_row, reduction)
+
+
+@autocast_off(towers=1)
+def supcon(embeddings, labels, *, temperature=0.1, variant="out", geometry="cosine",
+           curvature=1.0, on_manifold=False, reduction="mean", backend="auto",
+           return_count=False, max_radius=MAX_RADIUS, group=None):
+    """Supervised contrastive loss (Khosla et al. 2020) without the N x N matrix.
+
+    embeddings [N, d], labels [N] (integers); l_ij = h(e_i, e_j) / temperature (h: the
+    geometry's similarity -- the cosine by default, as pytorch-metric-learning's SupConLoss;
+    minus a distance for the distance geometries), self pairs skipped, P(i) = {j != i :
+    labels_j = labels_i}:
+
+        variant "out" (eq. 2, the paper's choice):
+            L_i = lse_{j != i} l_ij - (1 / |P(i)|) sum_{p in P(i)} l_ip
+        variant "in":
+            L_i = lse_{j != i} l_ij - log((1 / |P(i)|) sum_{p in P(i)} exp l_ip)
+            (one extra walk per class: slow with many small classes)
+
+    Rows with no positive (a label seen once) have no loss: they are left out of the mean
+    (pytorch-metric-learning's convention; SupContrast's code counts them as 0 in its mean,
+    its earlier versions returned NaN), give 0
+    under reduction="none", and their number is returned with ``return_count=True``
+    (``(loss, rows_without_positive)``). A batch with no positive at all gives 0.
+
+    Args: temperature (float or tensor), geometry / curvature / on_manifold / backend /
+    max_radius as for ``flashnce.infonce``; reduction "mean" (over rows with a positive), "sum" or "none".
+    Returns fp32 (float64 for float64 inputs).
+    """
+    check_choice(variant, "variant", VARIANTS)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    dispatch.check_backend_name(backend)
+    if not isinstance(return_count, bool):
+        raise TypeError(f"return_count must be a bool, got {type(return_count).__name__}")
+    if group is not None:
+        return _distributed_supcon(embeddings, labels, group=group, temperature=temperature,
+                                   variant=variant, geometry=geometry, curvature=curvature,
+                                   on_manifold=on_manifold, reduction=reduction,
+                                   backend=backend, return_count=return_count,
+                                   max_radius=max_radius)
+    check_features(embeddings, embeddings)
+    lab = _check_labels_1d(labels, embeddings.shape[0], embeddings.device)
+    per_row, counts = _supcon_rows(
+        embeddings, embeddings, lab, lab, scale=_temperature_scale(temperature),
+        variant=variant, geometry=geometry, curvature=curvature, on_manifold=on_manifold,
+        backend=backend, max_radius=max_radius)
+    loss = _reduce_over_positive_rows(per_row, counts, reduction)
+    return (loss, int((counts == 0).sum())) if return_count else loss
+
+
+def _distributed_supcon(e, labels, *, group, temperature, variant, geometry, curvature,
+                        on_manifold, reduction, backend, return_count, max_radius):
+    """SupCon "out" across ranks: local rows against the all-gathered embeddings (gather)."""
+    check_group(group)
+    error, prob, impl, grad_mask, lab = None, None, None, 0, None
+    try:
+        if variant != "out":
+            raise ValueError("supcon(group=...) supports variant='out' only")
+        check_features(e, e)
+        lab = _check_labels_1d(labels, e.shape[0], e.device)
+        prob = TileProblem(e, e, geometry, _temperature_scale(temperature), curvature,
+                           on_manifold, features_checked=True, max_radius=max_radius)
+        tspec = prob.tspec(Relation.labels(lab, lab, skip_self=True, cols_both=0),
+                           "masked_sum")
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+        grad_mask = _grad_mask(e, e, prob)
+    except Exception as exc:  # re-raised on this rank after the handshake: no hang
+        error = exc
+    comm, _ = _handshake(group, e, e, None, error, grad_mask)
+    y_all = all_gather_with_grad(prob.y_op, comm)
+    b_all = all_gather_with_grad(prob.y_scalars, comm)
+    lab_all = gather_rows(lab, comm)
+    # Local row i is global row offset + i: its self pair is column i + offset.
+    tspec = _shifted(prob.tspec(Relation.labels(lab, lab_all, skip_self=True, cols_both=0),
+                                "masked_sum"), comm.offset, 0)
+    row, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec)
+    counts = label_positive_counts(lab, lab_all, skip_self=True, diag_offset=comm.offset)
+    has_pos = counts > 0
+    per_row = torch.where(has_pos, row[:, 0] - row[:, 1] / counts.clamp_min(1).to(row.dtype),
+                          0.0)
+    kept = has_pos.sum().reshape(1).to(torch.int64)
+    torch.distributed.all_reduce(kept, group=group)
+    if reduction == "none":
+        loss = per_row
+    elif reduction == "sum":
+        loss = per_row.sum() * comm.world
+    else:
+        loss = per_row.sum() * (comm.world / max(int(kept), 1))
+    missing = comm.total - int(kept)
+    return (loss, missing) if return_count else loss
+
+
+CONTRAST_MODES = ("all", "one")
+
+
+@autocast_off(towers=1)
+def supcon_views(features, labels=None, *, temperature=0.07, base_temperature=0.07,
+                 contrast_mode="all", geometry="dot", curvature=1.0, on_manifold=False,
+                 backend="auto", return_count=False):
+    """SupContrast's multi-view form (HobbitLong/SupContrast ``SupConLoss.forward``).
+
+    features [bsz, n_views, ...] (flattened to [bsz, n_views, d]); labels [bsz] or None
+    (SimCLR: the views of one sample are its positives). The contrast set is every view,
+    view-major (view 0 of every sample, then view 1, ...); anchors are every view
+    (``contrast_mode="all"``) or view 0 (``"one"``). The loss is (temperature /
+    base_temperature) times the mean of the "out" row losses over anchors with a positive.
+    geometry "dot" as the reference code (it expects L2-normalised features).
+    """
+    check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
+    dispatch.check_backend_name(backend)
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a tensor, got {type(features).__name__}")
+    if features.dim() < 3:
+        raise ValueError(f"features must be [bsz, n_views, ...] (at least 3 dimensions), got "
+                         f"shape {tuple(features.shape)}")
+    bsz, views = features.shape[:2]
+    features = features.reshape(bsz, views, -1)
+    contrast = torch.cat(torch.unbind(features, dim=1))  # [views * bsz, d], view-major
+    check_features(contrast, contrast)
+    if labels is None:
+        labels = torch.arange(bsz, device=features.device)
+    lab = _check_labels_1d(labels, bsz, features.device)
+    col_lab = lab.repeat(views)
+    anchors, row_lab = (contrast, col_lab) if contrast_mode == "all" else (features[:, 0], lab)
+    per_row, counts = _supcon_rows(
+        anchors, contrast, row_lab, col_lab, scale=_temperature_scale(temperature),
+        variant="out", geometry=geometry, curvature=curvature, on_manifold=on_manifold,
+        backend=backend)
+    factor = float(temperature) / _positive(base_temperature, "base_temperature")
+    loss = factor * _reduce_over_positive_rows(per_row, counts, "mean")
+    return (loss, int((counts == 0).sum())) if return_count else loss
+
+
+def _positive(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ValueError(f"{name} must be a number > 0, got {v!r}")
+    return float(v)
+
+
+@autocast_off
+def ntxent(z1, z2, *, temperature=0.5, geometry="cosine", denominator="all", curvature=1.0,
+           on_manifold=False, reduction="mean", backend="auto", max_radius=MAX_RADIUS):
+    """NT-Xent (SimCLR) over two views z1, z2 [N, d] without the 2N x 2N matrix.
+
+    z = cat(z1, z2); row i's positive is its partner p(i) = i +- N, self pairs are skipped;
+    l_ij = h(z_i, z_j) / temperature (cosine by default):
+
+        denominator "all" (SimCLR, lightly, pytorch-metric-learning's NTXentLoss with the two
+        views as labels):  L_i = lse_{j != i} l_ij - l_{i, p(i)}
+        denominator "negatives" (decoupled, DCL):  L_i = lse_{j != i, p(i)} l_ij - l_{i, p(i)}
+
+    reduction "mean" over the 2N rows (default), "sum", or "none" ([2N]: rows of z1 then z2).
+    temperature: lightly's default 0.5; SimCLR used 0.1 - 0.5, pytorch-metric-learning 0.07.
+    """
+    check_choice(denominator, "denominator", DENOMINATORS)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    dispatch.check_backend_name(backend)
+    check_features(z1, z2)
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape (two views of the same batch), "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    z = torch.cat([z1, z2])
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    scale = _temperature_scale(temperature)
+    if denominator == "all":
+        prob = TileProblem(z, z, geometry, scale, curvature, on_manifold, features_checked=True,
+                           max_radius=max_radius)
+        relation = Relation.targets(partner, skip_self=True, cols_both=0)
+        tspec = prob.tspec(relation, "masked_sum")
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+        row, _ = impl.tile_stat(prob.x_op, prob.y_op, prob.x_scalars, prob.y_scalars,
+                                prob.theta, tspec)
+        per_row = row[:, 0] - row[:, 1]
+    else:
+        prob = TileProblem(z, z, geometry, scale, curvature, on_manifold, features_checked=True,
+                           targets=partner, with_positives=True, max_radius=max_radius)
+        relation = Relation.targets(partner, skip_self=True, skip_positives=True, cols_both=0)
+        tspec = prob.tspec(relation)
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+        lse_neg, _ = prob.stat(impl, relation)
+        per_row = lse_neg - prob.positive_logits()
+    if n == 1 and denominator == "negatives":  # no negative at all: nothing to contrast
+        per_row = torch.where(torch.isfinite(per_row), per_row, 0.0)
+    return reduce_losses(per_row, reduction)
