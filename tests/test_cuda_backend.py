@@ -8,12 +8,15 @@ on a GPU.
    ``test_binding_parses`` parses the torch binding (csrc/cuda/tile_binding.cu) with the host
    compiler against the installed torch headers: the binding cannot be built with a CPU torch,
    but its use of the ATen / c10 API is checked.
-   ``test_kernels_under_cpu_emulation`` (lse) and ``test_pair_sum_under_cpu_emulation``
-   (pair_sum, with tile_forward_grad) run the kernels themselves, through the core's public
-   entry points, on the CPU (csrc/cuda/emulation, built once per session; g++ and the CUDA
-   headers needed; FLASHNCE_CUDA_EMULATION=0 skips) against a float64 evaluation of the
-   contract: every relation, both flags, row-only columns, fully skipped rows / columns, bias
-   and d_theta, every kind and dtype, shapes that are not tile multiples.
+   ``test_kernels_under_cpu_emulation`` (lse), ``test_pair_sum_under_cpu_emulation``
+   (pair_sum, with tile_forward_grad) and ``test_masked_sum_under_cpu_emulation`` (masked_sum)
+   run the kernels themselves, through the core's public entry points, on the CPU
+   (csrc/cuda/emulation, built once per session; g++ and the CUDA headers needed;
+   FLASHNCE_CUDA_EMULATION=0 skips) against a float64 evaluation of the contract: every
+   relation, both flags, row-only columns, fully skipped rows / columns, bias and d_theta, every
+   kind and dtype, shapes that are not tile multiples. ``test_masked_sum_against_dense_oracle``
+   also feeds problems built here to the emulated core (``emulate op``) and checks them against
+   the Python float64 oracle (``dense_tile_stat``, gradients by autograd).
 2. On a GPU: the generated matrix (test_tile_ops.py) runs the cuda backend over every kind x
    relation case x dtype against the float64 dense oracle. Here, the ops called directly on
    CUDA tensors: several row / column blocks and K chunks (both stats, and tile_fwd_grad for
@@ -30,6 +33,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +41,10 @@ from flashnce import _extension, dispatch
 from flashnce.core import spec
 
 from _helpers import tile_spec
-from _tile_cases import check_against_oracle, check_forward_grad, make_problem
+from _tile_cases import (TOL, check_against_oracle, check_forward_grad, check_grad, check_stat,
+                         make_problem, oracle, relation_case)
+from flashnce.backends.base import TileSpec
+from flashnce.core.relation import Relation, dense_roles
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -159,6 +166,171 @@ def test_pair_sum_under_cpu_emulation(emulator):
     _run_emulation(emulator, "pair_sum")
 
 
+def test_masked_sum_under_cpu_emulation(emulator):
+    """As above for masked_sum (SupCon: row_stat [N, 2] = (lse, sum of the positives' logits)):
+    tile_forward (lse exactly as the lse stat's checks, the masked sum exactly 0 for rows /
+    columns without a positive, (-inf, 0) for fully skipped ones), tile_backward (G = the lse
+    terms + (g_row[i, 1] + g_col[j, 1]) on positives; zero upstream gradients give exactly
+    nothing) and the refusal of tile_forward_grad, over the same relations, flags, offsets,
+    row-only columns, kinds, dtypes and shapes as pair_sum."""
+    _run_emulation(emulator, "masked_sum")
+
+
+# The emulation driver's `op` mode (emulate_tile.cpp run_op_file): one problem in a file, the
+# results of tile_forward, tile_backward (fed the forward's stats) and tile_forward_grad out.
+_OP_MAGIC = 0x464E4345
+_CORE_DTYPE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_CUDA_ERROR_NOT_SUPPORTED = 801  # cudaErrorNotSupported
+
+
+def _raw(t):
+    t = t.detach().cpu().contiguous()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def _emulated_op(exe, workdir, x, y, alpha, beta, theta, tspec, g_row, g_col):
+    """(status [3], (row, col), (dx, dy, d_alpha, d_beta, d_theta)) of the emulated core."""
+    n, m, k = x.shape[0], y.shape[0], x.shape[1]
+    opts = tspec.options(m)
+    rel = list(tspec.relation.tensors)
+    header = np.array([_OP_MAGIC, _CORE_DTYPE[x.dtype], *opts[:spec.NUM_OPTIONS], n, m, k,
+                       len(rel)] + [t.numel() for t in rel], dtype=np.int64)
+    src, dst = workdir / "op.in", workdir / "op.out"
+    src.write_bytes(b"".join([header.tobytes(), np.float64(tspec.kappa).tobytes()] +
+                             [_raw(t) for t in (x, y, alpha, beta, theta, *rel, g_row, g_col)]))
+    proc = subprocess.run([str(exe), "op", str(src), str(dst)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"emulate op failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    buf, at = dst.read_bytes(), 0
+
+    def take(shape, dtype):
+        nonlocal at
+        count = int(np.prod(shape))
+        raw = dtype in (torch.bfloat16, torch.float16)
+        npd = np.int16 if raw else {torch.float32: np.float32, torch.float64: np.float64,
+                                    torch.int64: np.int64}[dtype]
+        a = np.frombuffer(buf, dtype=npd, count=count, offset=at).copy()
+        at += a.nbytes
+        t = torch.from_numpy(a)
+        return (t.view(dtype) if raw else t).reshape(shape)
+
+    w = spec.STAT_INFO[tspec.stat]["state_width"]
+    m0, r = tspec.cols_both(m), spec.NUM_ROW_SCALARS[tspec.kind]
+    cd = alpha.dtype
+    status = take((3,), torch.int64).tolist()
+    row = take(spec.state_shape(tspec.stat, n), cd)
+    col = take(spec.state_shape(tspec.stat, m0), cd)
+    grads = (take((n, k), x.dtype), take((m, k), x.dtype), take((n, r), cd), take((m, r), cd),
+             take((spec.NUM_THETA,), cd))
+    assert w == 1 or row.shape == (n, w)
+    return status, (row, col), grads
+
+
+def _masked_sum_relation(name, n, m, g):
+    """relation_case's cases, plus relations whose positives are kept (masked sums != 0)."""
+    if name == "diagonal+2":
+        return Relation.diagonal(diag_offset=2)
+    if name == "diagonal_self-1":  # positives j = i, self pairs j = i - 1 skipped
+        return Relation.diagonal(diag_offset=-1, skip_self=True)
+    if name == "targets":
+        return Relation.targets(torch.randint(0, m, (n,), generator=g))
+    if name == "targets_self":  # positives t_i, self pairs j = i + 1 skipped (one set if equal)
+        return Relation.targets(torch.randint(0, m, (n,), generator=g), skip_self=True,
+                                diag_offset=1)
+    if name == "labels":
+        return Relation.labels(torch.randint(0, 3, (n,), generator=g),
+                               torch.randint(0, 3, (m,), generator=g))
+    if name == "labels_row_only":  # positives among the row-only columns too
+        return Relation.labels(torch.randint(0, 3, (n,), generator=g),
+                               torch.randint(0, 3, (m,), generator=g), cols_both=m - 9)
+    if name == "labels_self_row_only":
+        lab = torch.randint(0, 2, (max(n, m),), generator=g)
+        return Relation.labels(lab[:n], lab[:m], skip_self=True, cols_both=m // 2)
+    return relation_case(name, n, m, g)
+
+
+# (relation, (N, M, K)): N != M, odd sizes, several row / column blocks (fp64 tiles are 32),
+# N = 1; "csr" / "csr_self" have a fully skipped row (row 0) and column (column 1);
+# "labels_rows" is SupCon's shape (label positives, self skipped, no column stats).
+_MASKED_SUM_CASES = (
+    ("none", (37, 29, 5)), ("self+3", (40, 71, 6)), ("self-2", (45, 33, 3)),
+    ("diagonal+2", (35, 70, 6)), ("diagonal_self-1", (66, 41, 4)),
+    ("diagonal_skip", (33, 40, 3)), ("targets", (45, 66, 5)), ("targets_self", (41, 37, 7)),
+    ("targets_skip", (45, 66, 5)), ("labels", (50, 37, 5)), ("labels_self", (37, 50, 4)),
+    ("labels_skip", (39, 45, 6)), ("labels_row_only", (41, 70, 5)),
+    ("labels_self_row_only", (70, 44, 3)), ("csr", (70, 39, 6)), ("csr_self", (34, 34, 4)),
+    ("row_only_self", (39, 70, 5)), ("labels_rows", (45, 45, 5)), ("targets", (1, 67, 5)),
+    ("labels", (1, 1, 3)),
+)
+
+
+def _masked_sum_problem(kind, case, dtype, shape, seed):
+    n, m, _ = shape
+    x, y, alpha, beta, theta, tspec, *_ = make_problem(kind, "none", dtype, shape, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    rel = _masked_sum_relation(case, n, m, g)
+    tspec = TileSpec(kind, "masked_sum", rel, tspec.kappa)
+    cd = alpha.dtype
+    g_row = torch.randn(n, 2, generator=g, dtype=torch.float64).to(cd)
+    g_col = torch.randn(rel.m0(m), 2, generator=g, dtype=torch.float64).to(cd)
+    if n > 4:  # zero upstream gradients: both values of row 3, the lse's of row 4
+        g_row[3] = 0
+        g_row[4, 0] = 0
+    return x, y, alpha, beta, theta, tspec, g_row, g_col
+
+
+@pytest.mark.parametrize("kind", spec.KINDS)
+def test_masked_sum_against_dense_oracle(emulator, tmp_path, kind):
+    """The emulated core's masked_sum against dense_tile_stat(..., stat="masked_sum") in
+    float64: values (the -inf of fully skipped rows / columns, exact zeros of rows without a
+    positive) and the gradients of sum(row * g_row) + sum(col * g_col) (g_row [N, 2],
+    g_col [M0, 2], -inf entries left out as backends/dense.py backward_raw does), with exact
+    zeros for fully skipped rows / columns; value 0 bitwise the lse stat's; tile_fwd_grad
+    refused. Every relation with skip_self / skip_positives, diagonal offsets, row-only
+    columns, N = 1, odd sizes, N != M; fp64 for every kind, fp32 and bf16 for two kinds."""
+    dtypes = [torch.float64] + ([torch.float32, torch.bfloat16]
+                                if kind in ("dot", "hyperbolic") else [])
+    for dtype in dtypes:
+        for seed, (case, shape) in enumerate(_MASKED_SUM_CASES):
+            if dtype != torch.float64 and seed % 3:
+                continue  # the roles do not depend on the dtype: a third of the cases
+            problem = _masked_sum_problem(kind, case, dtype, shape, seed)
+            x, y, alpha, beta, theta, tspec, g_row, g_col = problem
+            where = f"{kind} {case} {tuple(shape)} {str(dtype)[6:]}"
+            status, (row, col), grads = _emulated_op(emulator, tmp_path, *problem)
+            assert status[:2] == [0, 0], f"{where}: status {status}"
+            assert status[2] == _CUDA_ERROR_NOT_SUPPORTED, f"{where}: tile_fwd_grad {status}"
+            want_row, want_col, want_grads = oracle(*problem)
+            t_stat, t_grad = TOL[dtype]
+            try:
+                check_stat("row_stat", row, want_row, t_stat)
+                check_stat("col_stat", col, want_col, t_stat)
+                for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads,
+                                           want_grads):
+                    check_grad(name, got, want, t_grad)
+                # Exact zeros: the masked sum of a row / column without a positive, and the
+                # gradients of fully skipped rows / columns.
+                n, m = x.shape[0], y.shape[0]
+                roles = dense_roles(tspec.relation.resolved(m), n, m, "cpu")
+                m0 = tspec.cols_both(m)
+                assert torch.all(row[~(roles == spec.ROLE_POSITIVE).any(1), 1] == 0)
+                assert torch.all(col[~(roles[:, :m0] == spec.ROLE_POSITIVE).any(0), 1] == 0)
+                dead_rows = (roles == spec.ROLE_SKIP).all(1)
+                dead_cols = (roles == spec.ROLE_SKIP).all(0)
+                assert torch.all(grads[0][dead_rows] == 0) and torch.all(grads[2][dead_rows] == 0)
+                assert torch.all(grads[1][dead_cols] == 0) and torch.all(grads[3][dead_cols] == 0)
+                # Value 0 is the lse stat itself: same folds, same merges, bitwise.
+                lse_spec = TileSpec(kind, "lse", tspec.relation, tspec.kappa)
+                _, (lse_row, lse_col), _ = _emulated_op(
+                    emulator, tmp_path, x, y, alpha, beta, theta, lse_spec, g_row[:, 0],
+                    g_col[:, 0])
+                assert torch.equal(row[:, 0], lse_row) and torch.equal(col[:, 0], lse_col)
+            except AssertionError as err:
+                raise AssertionError(f"{where}: {err}") from err
+
+
 # --------------------------------------------------------------------------------------------
 # Availability: refusals are explained (runs everywhere)
 # --------------------------------------------------------------------------------------------
@@ -228,7 +400,7 @@ KINDS = spec.KINDS
 def test_ops_multi_tile(kind, stat):
     """Several row and column blocks in both directions, K over several chunks."""
     _require_ops()
-    for case in ("none", "self+3", "labels_skip", "csr", "row_only_self"):
+    for case in ("none", "self+3", "labels_skip", "labels_self", "csr", "row_only_self"):
         problem = make_problem(kind, case, torch.float64, (517, 450, 70), device=DEVICE, seed=11,
                                stat=stat)
         check_against_oracle(_fwd, _bwd, problem)
@@ -292,12 +464,14 @@ def test_argument_errors():
     fails("must have 9 elements", tensors=[rel[0], rel[1][:5]])
 
 
-def test_fwd_grad_refuses_lse():
-    """tile_fwd_grad exists for stats whose G is local to the pair; lse is refused clearly."""
+@pytest.mark.parametrize("stat", ("lse", "masked_sum"))
+def test_fwd_grad_refuses_lse(stat):
+    """tile_fwd_grad exists for stats whose G is local to the pair; lse and masked_sum are
+    refused clearly."""
     _require_ops(ALL_OPS)
     x, y, alpha, beta, theta, tspec, *_ = make_problem("dot", "labels_skip", torch.float32,
-                                                       (7, 9, 4), device=DEVICE, stat="lse")
-    with pytest.raises(RuntimeError, match="statistic lse has no one-pass gradient"):
+                                                       (7, 9, 4), device=DEVICE, stat=stat)
+    with pytest.raises(RuntimeError, match=f"statistic {stat} has no one-pass gradient"):
         _fwd_grad(x, y, alpha, beta, theta, tspec)
 
 

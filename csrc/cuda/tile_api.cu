@@ -67,6 +67,7 @@ bool tile_stat_local_grad(int stat) {
   switch (stat) {
     case kStatLse: return false;
     case kStatPairSum: return true;
+    case kStatMaskedSum: return false;
   }
   return false;  // unknown stat id
 }

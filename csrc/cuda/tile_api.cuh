@@ -16,8 +16,12 @@
 //             d_theta = (sum G h, scale sum G h / k for the hyperbolic kind else 0, sum G).
 //   forward + gradient (stats whose G is local to the pair: pair_sum) the forward's stats and
 //             the backward's gradients for g_row = 1, g_col = 0, from one walk per direction.
-// Stats: lse (row / column log-sum-exp; empty: -inf) and pair_sum (row / column sums of
-// softplus(-z l), z = +1 on positives, -1 on negatives; empty: 0).
+// Stats: lse (row / column log-sum-exp; empty: -inf), pair_sum (row / column sums of
+// softplus(-z l), z = +1 on positives, -1 on negatives; empty: 0) and masked_sum (two values per
+// row: lse's, then the sum of l over the positive pairs; empty: (-inf, 0); G = lse's terms +
+// (g_row[i, 1] + g_col[j, 1]) on positives).
+// A stat's state has kStatStateWidth[stat] (spec.h) values per row: row_stat, col_stat, g_row
+// and g_col are [rows] for lse / pair_sum and row-major [rows, 2] for masked_sum.
 // Results are deterministic: no atomics, every reduction runs in a fixed order.
 #pragma once
 
@@ -86,7 +90,7 @@ struct TileGrads {
 // cudaErrorInvalidValue otherwise.
 bool tile_problem_valid(const TileProblem& problem);
 
-// row_stat [n] and col_stat [cols_both], compute dtype.
+// row_stat [n] and col_stat [cols_both] (times the stat's state width), compute dtype.
 cudaError_t tile_forward(const TileProblem& problem, void* row_stat, void* col_stat,
                          cudaStream_t stream);
 
@@ -94,7 +98,8 @@ cudaError_t tile_forward(const TileProblem& problem, void* row_stat, void* col_s
 // per-block partials of d_theta). Always > 0.
 size_t tile_backward_workspace_bytes(const TileProblem& problem);
 
-// Gradients; row_stat / g_row [n], col_stat / g_col [cols_both] in the compute dtype.
+// Gradients; row_stat / g_row [n], col_stat / g_col [cols_both] (times the stat's state
+// width) in the compute dtype.
 // `workspace` holds at least tile_backward_workspace_bytes(problem) bytes, 256-byte aligned,
 // contents ignored.
 cudaError_t tile_backward(const TileProblem& problem, const void* row_stat, const void* col_stat,
@@ -102,14 +107,15 @@ cudaError_t tile_backward(const TileProblem& problem, const void* row_stat, cons
                           void* workspace, cudaStream_t stream);
 
 // Whether statistic `stat` has a one-pass gradient (its G_ij is local to the pair, spec.py
-// STAT_INFO[stat]["local_grad"]): true for pair_sum, false for lse and unknown ids.
+// STAT_INFO[stat]["local_grad"]): true for pair_sum, false for lse, masked_sum and unknown
+// ids.
 bool tile_stat_local_grad(int stat);
 
 // tile_forward's row_stat / col_stat and tile_backward's gradients for g_row = 1 (all ones),
 // g_col = 0, from one walk per direction (the backward's two launches, each also folding the
 // statistic; no tile_forward launches, no saved statistics read). Same buffers and workspace
-// (tile_backward_workspace_bytes) as those two. A stat without a one-pass gradient (lse)
-// returns cudaErrorNotSupported, an invalid problem cudaErrorInvalidValue.
+// (tile_backward_workspace_bytes) as those two. A stat without a one-pass gradient (lse
+// or masked_sum) returns cudaErrorNotSupported, an invalid problem cudaErrorInvalidValue.
 cudaError_t tile_forward_grad(const TileProblem& problem, void* row_stat, void* col_stat,
                               const TileGrads& grads, void* workspace, cudaStream_t stream);
 

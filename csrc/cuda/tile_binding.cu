@@ -161,9 +161,16 @@ void check_cuda(cudaError_t err, const char* what) {
 
 // Names of the stats (python: spec.STATS), for messages.
 const char* stat_name(int stat) {
-  static const char* const names[] = {"lse", "pair_sum"};
+  static const char* const names[] = {"lse", "pair_sum", "masked_sum"};
   static_assert(sizeof(names) / sizeof(names[0]) == kNumStats, "one name per stat");
   return stat >= 0 && stat < kNumStats ? names[stat] : "?";
+}
+
+// A stat's state for `rows` rows: [rows] for one value per row, [rows, width] otherwise
+// (spec.py state_shape).
+at::Tensor stat_state(int stat, int64_t rows, const at::TensorOptions& opt) {
+  const int64_t w = kStatStateWidth[stat];
+  return w == 1 ? at::empty({rows}, opt) : at::empty({rows, w}, opt);
 }
 
 // Gradient outputs of tile_bwd / tile_fwd_grad: dx / dy in the input dtype, the rest in the
@@ -201,8 +208,8 @@ std::tuple<at::Tensor, at::Tensor> tile_fwd_cuda(const at::Tensor& x, const at::
   const c10::cuda::CUDAGuard guard(x.device());
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options, kappa);
   const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
-  at::Tensor row_stat = at::empty({p.pb.n}, fopt);
-  at::Tensor col_stat = at::empty({p.pb.cols_both}, fopt);
+  at::Tensor row_stat = stat_state(p.pb.stat, p.pb.n, fopt);
+  at::Tensor col_stat = stat_state(p.pb.stat, p.pb.cols_both, fopt);
   check_cuda(tile_forward(p.pb, row_stat.data_ptr(), col_stat.data_ptr(),
                           c10::cuda::getCurrentCUDAStream().stream()),
              "tile_fwd launch");
@@ -217,11 +224,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
   const c10::cuda::CUDAGuard guard(x.device());
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options, kappa);
   const int64_t n = p.pb.n, m0 = p.pb.cols_both, r = alpha.size(1);
-  TORCH_CHECK(row_stat.numel() == n && g_row.numel() == n,
-              "flashnce: row_stat and g_row must have N = ", n, " elements, got ",
-              row_stat.numel(), " and ", g_row.numel());
-  TORCH_CHECK(col_stat.numel() == m0 && g_col.numel() == m0,
-              "flashnce: col_stat and g_col must have M0 = cols_both = ", m0, " elements, got ",
+  const int64_t w = kStatStateWidth[p.pb.stat];  // values per row of the stat's state
+  TORCH_CHECK(row_stat.numel() == n * w && g_row.numel() == n * w,
+              "flashnce: row_stat and g_row must have N * width = ", n, " * ", w,
+              " elements (statistic ", stat_name(p.pb.stat), "), got ", row_stat.numel(),
+              " and ", g_row.numel());
+  TORCH_CHECK(col_stat.numel() == m0 * w && g_col.numel() == m0 * w,
+              "flashnce: col_stat and g_col must have M0 * width = cols_both * width = ", m0,
+              " * ", w, " elements (statistic ", stat_name(p.pb.stat), "), got ",
               col_stat.numel(), " and ", g_col.numel());
   const auto cd = compute_dtype(x.scalar_type());
   const at::Tensor rs = on_device(row_stat, x, cd), cs = on_device(col_stat, x, cd);
@@ -247,8 +257,8 @@ tile_fwd_grad_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& a
               " has no one-pass gradient: its G is not local to the pair (tile_fwd_grad "
               "serves pair_sum); use tile_fwd and tile_bwd");
   const auto fopt = x.options().dtype(compute_dtype(x.scalar_type()));
-  at::Tensor row_stat = at::empty({p.pb.n}, fopt);
-  at::Tensor col_stat = at::empty({p.pb.cols_both}, fopt);
+  at::Tensor row_stat = stat_state(p.pb.stat, p.pb.n, fopt);
+  at::Tensor col_stat = stat_state(p.pb.stat, p.pb.cols_both, fopt);
   GradOutputs o = grad_outputs(p, x, y, alpha.size(1));
   check_cuda(tile_forward_grad(p.pb, row_stat.data_ptr(), col_stat.data_ptr(), o.grads,
                                o.workspace.data_ptr(),

@@ -155,6 +155,8 @@ cudaError_t forward_kind(const TileProblem& pb, void* row_stat, void* col_stat,
     case kStatLse: return forward_impl<T, KIND, kStatLse>(pb, row_stat, col_stat, stream);
     case kStatPairSum:
       return forward_impl<T, KIND, kStatPairSum>(pb, row_stat, col_stat, stream);
+    case kStatMaskedSum:
+      return forward_impl<T, KIND, kStatMaskedSum>(pb, row_stat, col_stat, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -170,17 +172,22 @@ cudaError_t backward_kind(const TileProblem& pb, const void* row_stat, const voi
     case kStatPairSum:
       return backward_impl<T, KIND, kStatPairSum>(pb, row_stat, col_stat, g_row, g_col, out,
                                                   workspace, stream);
+    case kStatMaskedSum:
+      return backward_impl<T, KIND, kStatMaskedSum>(pb, row_stat, col_stat, g_row, g_col, out,
+                                                    workspace, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-// Only stats with a pair-local G (Stat::kLocalGrad) have a one-pass gradient; the others are
-// refused with cudaErrorNotSupported (tile_api.cu checks this first, with tile_stat_local_grad).
+// Only stats with a pair-local G (Stat::kLocalGrad) have a one-pass gradient; the others
+// (lse, masked_sum) are refused with cudaErrorNotSupported (tile_api.cu checks this first, with
+// tile_stat_local_grad).
 template <class T, int KIND>
 cudaError_t forward_grad_kind(const TileProblem& pb, void* row_stat, void* col_stat,
                               const TileGrads& out, void* workspace, cudaStream_t stream) {
   switch (pb.stat) {
     case kStatLse: return cudaErrorNotSupported;
+    case kStatMaskedSum: return cudaErrorNotSupported;
     case kStatPairSum:
       return forward_grad_impl<T, KIND, kStatPairSum>(pb, row_stat, col_stat, out, workspace,
                                                       stream);

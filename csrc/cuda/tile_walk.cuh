@@ -58,6 +58,16 @@ struct SharedTiles {
   Acc warp_partial[kWarps][kThetaPartials];
 };
 
+// The backward's shared tiles: for a stat of two values per row (masked_sum) also the inner
+// rows' upstream gradient of value 1 (value 0's is inner_g). Width 1 adds nothing, so the lse /
+// pair_sum kernels keep SharedTiles' layout.
+template <class T, int W>
+struct BwdShared : SharedTiles<T> {};
+template <class T>
+struct BwdShared<T, 2> : SharedTiles<T> {
+  typename Convert<T>::Acc inner_g1[TileTraits<T>::BN];
+};
+
 // One side of the walk: features [count, K], per-row scalars [count, R], and how many of its
 // rows (a prefix) have a statistic: all for x, the first M0 for y.
 template <class T>
@@ -167,8 +177,9 @@ __device__ __forceinline__ void for_each_entry(const WalkParams<T>& pr, const Sh
 }
 
 // Forward: stat_out[o] = Stat over the inner rows of the non-skipped logits, for the block's BM
-// outer rows. At least 4 blocks per SM (64 registers, the budget ptxas picks for the
-// relation-free walk): left free, the role pass leads it to ~96 registers and half the blocks.
+// outer rows (stat_out[o * W + v] for a stat of W = Stat::kWidth values per row). At least 4
+// blocks per SM (64 registers, the budget ptxas picks for the relation-free walk): left free,
+// the role pass leads it to ~96 registers and half the blocks.
 template <class T, int KIND, int STAT, bool kCols>
 __global__ void __launch_bounds__(kThreads, 4)
     tile_fwd_kernel(WalkParams<T> pr, typename Convert<T>::Acc* __restrict__ stat_out) {
@@ -209,14 +220,15 @@ __global__ void __launch_bounds__(kThreads, 4)
   for (int q = 0; q < RPW; ++q) {
     warp_merge<STAT, Acc>(st[q]);
     const int64_t go = o0 + warp * RPW + q;
-    if (lane == 0 && go < pr.outer.count) stat_out[go] = S::value(st[q]);
+    if (lane == 0 && go < pr.outer.count) S::store(stat_out, go, st[q]);
   }
 }
 
 // Backward for the block's outer rows: d_outer (fp32/fp64 accumulator, zeroed by the launcher)
 // += g_p X_inner, d_scalars = finalized row sums of G dl/d(outer scalars), and, when
 // theta_partials is set, this block's (sum G h, sum G) at [blockIdx.x] and
-// [gridDim.x + blockIdx.x].
+// [gridDim.x + blockIdx.x]. saved_* and g_* hold W = Stat::kWidth values per row (row-major
+// [rows, W]); G reads value 0 of the saved stats and, for W == 2, both upstream gradients.
 // kFwdGrad (tile_fwd_grad): g_row = 1, g_col = 0 and no saved statistics (saved_* and g_* are
 // not read), and stat_out[o] = the outer row's statistic for the rows that have one
 // (o < outer.stat_count). Without kFwdGrad, stat_out is not read and the code is the plain
@@ -240,10 +252,12 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int RPW = TT::BM / kWarps;
   constexpr int P = kThreads / TT::BK;  // outer rows per pass of the gradient GEMM
   static_assert(kThreads % TT::BK == 0 && TT::BM % P == 0, "gradient GEMM mapping");
+  constexpr int W = S::kWidth;  // values per row of the saved stats and upstream gradients
   static_assert(!kFwdGrad || S::kLocalGrad, "a one-pass gradient needs a pair-local G");
+  static_assert(W == 1 || (W == 2 && !S::kLocalGrad), "two values: grad + linear_grad");
 
-  __shared__ __align__(128) unsigned char smem_raw[sizeof(SharedTiles<T>)];
-  SharedTiles<T>& sm = *reinterpret_cast<SharedTiles<T>*>(smem_raw);
+  __shared__ __align__(128) unsigned char smem_raw[sizeof(BwdShared<T, W>)];
+  BwdShared<T, W>& sm = *reinterpret_cast<BwdShared<T, W>*>(smem_raw);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t o0 = static_cast<int64_t>(blockIdx.x) * TT::BM;
   const int64_t K = pr.k;
@@ -252,7 +266,9 @@ __global__ void __launch_bounds__(kThreads)
 
   CsrCursor cs = begin_outer<R>(sm, pr, o0);
   // Outer rows without a statistic (row-only columns) get g = 0: no term of their own.
+  // saved_o / g_o: value 0's saved stat and upstream gradient; g1_o: value 1's (W == 2).
   Acc saved_o[RPW], g_o[RPW], gsum[RPW][RS];
+  Acc g1_o[W == 2 ? RPW : 1];
   typename S::State st[kFwdGrad ? RPW : 1];  // kFwdGrad: the outer rows' statistics
 #pragma unroll
   for (int q = 0; q < RPW; ++q) {
@@ -261,8 +277,9 @@ __global__ void __launch_bounds__(kThreads)
     } else {
       const int64_t go = o0 + warp * RPW + q;
       const bool has = go < pr.outer.stat_count;
-      saved_o[q] = has ? saved_outer[go] : Acc(0);
-      g_o[q] = has ? g_outer[go] : Acc(0);
+      saved_o[q] = has ? saved_outer[go * W] : Acc(0);
+      g_o[q] = has ? g_outer[go * W] : Acc(0);
+      if constexpr (W == 2) g1_o[q] = has ? g_outer[go * W + 1] : Acc(0);
     }
 #pragma unroll
     for (int t = 0; t < RS; ++t) gsum[q][t] = Acc(0);
@@ -275,8 +292,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = threadIdx.x; c < TT::BN; c += kThreads) {
         const int64_t gi = i0 + c;
         const bool has = gi < pr.inner.stat_count;
-        sm.inner_saved[c] = has ? saved_inner[gi] : Acc(0);
-        sm.inner_g[c] = has ? g_inner[gi] : Acc(0);
+        sm.inner_saved[c] = has ? saved_inner[gi * W] : Acc(0);
+        sm.inner_g[c] = has ? g_inner[gi * W] : Acc(0);
+        if constexpr (W == 2) sm.inner_g1[c] = has ? g_inner[gi * W + 1] : Acc(0);
       }
     }
     compute_p_tile(sm.g, pr.outer.feat, pr.outer.count, pr.inner.feat, pr.inner.count, K, o0,
@@ -297,9 +315,13 @@ __global__ void __launch_bounds__(kThreads)
           g = S::fold_slope(st[q], l, pos);  // g_row = 1, g_col = 0
         else if constexpr (S::kLocalGrad)
           g = (g_o[q] + sm.inner_g[c]) * S::slope(l, pos);
-        else
+        else if constexpr (W == 1)
           g = S::grad(g_o[q], l, saved_o[q], pos) +
               S::grad(sm.inner_g[c], l, sm.inner_saved[c], pos);
+        else  // masked_sum: lse's two terms + the masked sum's
+          g = S::grad(g_o[q], l, saved_o[q], pos) +
+              S::grad(sm.inner_g[c], l, sm.inner_saved[c], pos) +
+              S::linear_grad(g1_o[q] + sm.inner_g1[c], pos);
         RowScalars<Acc> ga = scalars_at<Acc, 0>(sm.outer_scalars, 0);  // zeros
         RowScalars<Acc> gb = ga;
         gp = E::grad(ev, p, a, b, ksc, g * scale, ga, gb);
@@ -345,7 +367,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int q = 0; q < RPW; ++q) {
       warp_merge<STAT, Acc>(st[q]);
       const int64_t go = o0 + warp * RPW + q;
-      if (lane == 0 && go < pr.outer.stat_count) stat_out[go] = S::value(st[q]);
+      if (lane == 0 && go < pr.outer.stat_count) S::store(stat_out, go, st[q]);
     }
   }
 

@@ -1,19 +1,25 @@
 // Executes the CUDA tile core (tile_api.cu, tile_launch.cuh, tile_walk.cuh) on the CPU through
 // cuda_emulation.h and compares it with a naive float64 evaluation of the contract
 // (python/flashnce/core/spec.py): the shared epilogue and plain loops over the materialised
-// N x M roles. Checked, for each statistic (lse, pair_sum): row / column stats (and their
-// empty values: -inf for lse, exactly 0 for pair_sum), dx, dy, d_alpha, d_beta, d_theta, exact
+// N x M roles. Checked, for each statistic (lse, pair_sum, masked_sum): row / column stats (and
+// their empty values: -inf for lse, exactly 0 for pair_sum, (-inf, 0) for masked_sum, whose
+// masked sum is also exactly 0 for a row / column without a positive), dx, dy, d_alpha,
+// d_beta, d_theta, exact
 // zeros for fully skipped rows / columns, for every relation (none, diagonal with offsets,
 // targets, labels, csr with skip and positive roles), both flags, row-only columns
 // (cols_both < M), a bias, large logits, every epilogue kind and dtype, shapes that are not tile
 // multiples (N = 1 and N = 0 included). For pair_sum also tile_forward_grad: its stats bitwise
 // equal to tile_forward's (same folds, same order), its gradients against the float64 backward
-// with g_row = 1, g_col = 0; for lse its refusal. It checks the walk and the launchers
+// with g_row = 1, g_col = 0; for lse and masked_sum its refusal. It checks the walk and the
+// launchers
 // (indices, roles, shared-memory phases, reductions, workspace, finalize), not the GPU itself.
 // Build and run (tests/test_cuda_backend.py does this when g++ and the CUDA headers are present):
 //   g++ -std=c++20 -O1 -pthread -Icsrc -Icsrc/cuda -I$CUDA_HOME/include \
-//       csrc/cuda/emulation/emulate_tile.cpp -o emulate && ./emulate [quick] [lse|pair_sum]
-// (no stat argument: both).
+//       csrc/cuda/emulation/emulate_tile.cpp -o emulate && ./emulate [quick] [STAT...]
+// (STAT: lse, pair_sum, masked_sum; none: all of them).
+// `./emulate op IN OUT` runs one problem read from a file through the three entry points and
+// writes the results (the format at run_op_file), so that tests/test_cuda_backend.py can check
+// the emulated kernels against the Python float64 oracle (backends/dense.py) as well.
 #include "cuda_emulation.h"
 // (the emulation header must come first)
 #include "tile_api.cu"
@@ -188,7 +194,9 @@ double pair_slope(double l, bool positive) {
   return -z / (1.0 + std::exp(z * l));
 }
 
-const char* stat_name(int stat) { return stat == kStatLse ? "lse" : "pair_sum"; }
+const char* stat_name(int stat) {
+  return stat == kStatLse ? "lse" : stat == kStatPairSum ? "pair_sum" : "masked_sum";
+}
 
 template <class T, int KIND>
 int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
@@ -232,10 +240,15 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
   const Acc theta[3] = {Acc(cs.scale), Acc(0.9), Acc(0.3)};  // scale, inv_sqrt_c, bias
   const double scale = theta[0], ksc = theta[1], bias = theta[2];
   const double kappa = std::is_same<T, double>::value ? 1e-14 : 1e-6;
-  std::vector<Acc> g_row(n), g_col(m0);
+  const bool sum = stat == kStatPairSum, msum = stat == kStatMaskedSum;
+  const int64_t w = kStatStateWidth[stat];  // values per row of the state (masked_sum: 2)
+  std::vector<Acc> g_row(n * w), g_col(m0 * w);
   for (auto& v : g_row) v = static_cast<Acc>(unif(rng) - 1.0);
   for (auto& v : g_col) v = static_cast<Acc>(unif(rng) - 1.0);
-  if (n > 3) g_row[3] = Acc(0);  // a zero upstream gradient must contribute exactly nothing
+  // A zero upstream gradient must contribute exactly nothing (masked_sum: row 3 both values,
+  // row 4 the lse's alone, next to a non-zero masked-sum gradient).
+  if (n > 3) for (int64_t v = 0; v < w; ++v) g_row[3 * w + v] = Acc(0);
+  if (msum && n > 4) g_row[4 * w] = Acc(0);
   Relation rel;
   rel.draw(cs, rng);
 
@@ -256,15 +269,21 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
       if (role[i * m + j] != 0)
         L[i * m + j] = scale * E64::eval(p, sc(ad, i), sc(bd, j), ksc, kappa).h + bias;
     }
-  const bool sum = stat == kStatPairSum;
-  std::vector<double> rs(n), cst(m0);
+  // Stats [n, w] / [m0, w]: value 0 (lse or pair_sum), for masked_sum value 1 = the sum of the
+  // positives' logits.
+  std::vector<double> rs(n * w), cst(m0 * w);
   for (int64_t i = 0; i < n; ++i) {
     if (sum) {
       rs[i] = 0;
       for (int64_t j = 0; j < m; ++j)
         if (role[i * m + j] != 0) rs[i] += pair_f(L[i * m + j], role[i * m + j] == 1);
     } else {
-      rs[i] = lse(std::vector<double>(L.begin() + i * m, L.begin() + (i + 1) * m));
+      rs[i * w] = lse(std::vector<double>(L.begin() + i * m, L.begin() + (i + 1) * m));
+    }
+    if (msum) {
+      rs[i * w + 1] = 0;
+      for (int64_t j = 0; j < m; ++j)
+        if (role[i * m + j] == 1) rs[i * w + 1] += L[i * m + j];
     }
   }
   for (int64_t j = 0; j < m0; ++j) {
@@ -275,15 +294,22 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
       for (int64_t i = 0; i < n; ++i)
         if (role[i * m + j] != 0) cst[j] += pair_f(L[i * m + j], role[i * m + j] == 1);
     } else {
-      cst[j] = lse(colv);
+      cst[j * w] = lse(colv);
+    }
+    if (msum) {
+      cst[j * w + 1] = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (role[i * m + j] == 1) cst[j * w + 1] += L[i * m + j];
     }
   }
-  std::vector<bool> row_live(n, false), col_live(m, false);
+  std::vector<bool> row_live(n, false), col_live(m, false), row_pos(n, false), col_pos(m, false);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j)
+    for (int64_t j = 0; j < m; ++j) {
       if (role[i * m + j] != 0) row_live[i] = col_live[j] = true;
+      if (role[i * m + j] == 1) row_pos[i] = col_pos[j] = true;
+    }
 
-  // The float64 backward for upstream gradients (gr [n], gc [m0]).
+  // The float64 backward for upstream gradients (gr [n, w], gc [m0, w]).
   struct Grads {
     std::vector<double> dx, dy, da, db, dth;
   };
@@ -302,8 +328,10 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
           g = (double(gr[i]) + (j < m0 ? double(gc[j]) : 0.0)) *
               pair_slope(l, role[i * m + j] == 1);
         } else {
-          g = gr[i] * std::exp(l - rs[i]);
-          if (j < m0) g += gc[j] * std::exp(l - cst[j]);
+          g = gr[i * w] * std::exp(l - rs[i * w]);
+          if (j < m0) g += gc[j * w] * std::exp(l - cst[j * w]);
+          if (msum && role[i * m + j] == 1)
+            g += double(gr[i * w + 1]) + (j < m0 ? double(gc[j * w + 1]) : 0.0);
         }
         RowScalars<double> ga{}, gb{};
         const double gp = E64::grad(ev, P[i * m + j], ai, bj, ksc, g * scale, ga, gb);
@@ -359,7 +387,7 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
     }
   };
   auto make_out = [&] {
-    return Out{std::vector<Acc>(n + 1, Acc(7)), std::vector<Acc>(m0 + 1, Acc(7)),
+    return Out{std::vector<Acc>(n * w + 1, Acc(7)), std::vector<Acc>(m0 * w + 1, Acc(7)),
                std::vector<T>(n * K + 1, from_double<T>(7)),
                std::vector<T>(m * K + 1, from_double<T>(7)), std::vector<Acc>(n * R + 1, Acc(7)),
                std::vector<Acc>(m * R + 1, Acc(7)), std::vector<Acc>(3, Acc(7))};
@@ -371,11 +399,19 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
 
   auto check_stats = [&](const char* tag, const Out& o) {
     const std::string t = tag;
-    const double e_row = rel_err(dbl(o.row_stat, n), rs), e_col = rel_err(dbl(o.col_stat, m0), cst);
+    const double e_row = rel_err(dbl(o.row_stat, n * w), rs);
+    const double e_col = rel_err(dbl(o.col_stat, m0 * w), cst);
     if (!(e_row <= tol)) fail((t + "row_stat").c_str(), e_row);
     if (!(e_col <= tol)) fail((t + "col_stat").c_str(), e_col);
-    if (to_double(o.row_stat[n]) != 7 || to_double(o.col_stat[m0]) != 7)
+    if (to_double(o.row_stat[n * w]) != 7 || to_double(o.col_stat[m0 * w]) != 7)
       fail((t + "stat written past the end").c_str(), 1);
+    // masked_sum: exactly 0 for a row / column without a positive (empty ones included).
+    for (int64_t i = 0; i < n; ++i)
+      if (msum && !row_pos[i] && o.row_stat[i * w + 1] != Acc(0))
+        fail((t + "masked sum of a row without positives != 0").c_str(), 1);
+    for (int64_t j = 0; j < m0; ++j)
+      if (msum && !col_pos[j] && o.col_stat[j * w + 1] != Acc(0))
+        fail((t + "masked sum of a column without positives != 0").c_str(), 1);
     // Empty rows / columns: exactly the stat's empty value (lse's -inf is exact in rel_err).
     for (int64_t i = 0; i < n; ++i)
       if (sum && !row_live[i] && o.row_stat[i] != Acc(0))
@@ -427,13 +463,14 @@ int run_case(const Case& cs, int stat, double tol, std::mt19937_64& rng) {
     fail("tile_backward status", INFINITY);
   check_grads("", bwd, reference_grads(g_row, g_col));
 
-  // One-pass forward + gradient (g_row = 1, g_col = 0): pair_sum only, lse refused.
+  // One-pass forward + gradient (g_row = 1, g_col = 0): pair_sum only, lse / masked_sum
+  // refused.
   Out fg = make_out();
   poison_workspace();
   const cudaError_t st = tile_forward_grad(pb, fg.row_stat.data(), fg.col_stat.data(),
                                            fg.grads(), wsp, nullptr);
   if (!sum) {
-    if (st != cudaErrorNotSupported) fail("tile_forward_grad of lse not refused", INFINITY);
+    if (st != cudaErrorNotSupported) fail("tile_forward_grad not refused", INFINITY);
     return failures;
   }
   if (st != cudaSuccess) fail("tile_forward_grad status", INFINITY);
@@ -525,11 +562,13 @@ int check_refusals() {
   // tile_forward_grad: invalid problems as above, and a stat without a pair-local G.
   std::vector<double> out(8);
   TileGrads g{out.data(), out.data(), out.data(), out.data(), out.data()};
-  pb = base; pb.stat = kStatLse;
-  if (tile_forward_grad(pb, out.data(), out.data(), g, out.data(), nullptr) !=
-      cudaErrorNotSupported) {
-    std::printf("FAIL: tile_forward_grad of lse was not refused\n");
-    ++f;
+  for (int stat : {int(kStatLse), int(kStatMaskedSum)}) {
+    pb = base; pb.stat = stat;
+    if (tile_forward_grad(pb, out.data(), out.data(), g, out.data(), nullptr) !=
+        cudaErrorNotSupported) {
+      std::printf("FAIL: tile_forward_grad of %s was not refused\n", stat_name(stat));
+      ++f;
+    }
   }
   pb = base; pb.stat = kNumStats;
   if (tile_forward_grad(pb, out.data(), out.data(), g, out.data(), nullptr) !=
@@ -538,17 +577,123 @@ int check_refusals() {
     ++f;
   }
   if (tile_stat_local_grad(kStatLse) || !tile_stat_local_grad(kStatPairSum) ||
-      tile_stat_local_grad(kNumStats)) {
+      tile_stat_local_grad(kStatMaskedSum) || tile_stat_local_grad(kNumStats)) {
     std::printf("FAIL: tile_stat_local_grad\n");
     ++f;
   }
   return f;
 }
 
+// ./emulate op IN OUT. IN (written by tests/test_cuda_backend.py, little-endian):
+//   int64 header[12] = {kOpMagic, dtype (DType), kind, stat, relation, flags, diag_offset,
+//                       cols_both, n, m, k, number of relation tensors}
+//   int64 lengths of the relation tensors; double kappa
+//   x [n, k], y [m, k] (input dtype; 16-bit types as their raw bits), alpha [n, r], beta [m, r],
+//   theta [3] (compute dtype), the relation tensors (int64), g_row [n * w], g_col [cols_both * w]
+//   (compute dtype; w = kStatStateWidth[stat], r = num_row_scalars(kind))
+// OUT: int64 status[3] = cudaError_t of tile_forward, tile_backward (fed the forward's stats),
+//   tile_forward_grad; then row_stat [n * w], col_stat [cols_both * w], and tile_backward's
+//   dx [n, k], dy [m, k], d_alpha [n, r], d_beta [m, r], d_theta [3]; then, when
+//   tile_forward_grad succeeded, its row_stat, col_stat, dx, dy, d_alpha, d_beta, d_theta.
+constexpr int64_t kOpMagic = 0x464e4345;  // "ECNF"
+
+int run_op_file(const char* in_path, const char* out_path) {
+  FILE* in = std::fopen(in_path, "rb");
+  if (!in) { std::printf("op: cannot open %s\n", in_path); return 2; }
+  bool ok = true;
+  auto read = [&](void* p, size_t bytes) {
+    ok = ok && (bytes == 0 || std::fread(p, 1, bytes, in) == bytes);
+  };
+  int64_t h[12] = {};
+  read(h, sizeof(h));
+  if (!ok || h[0] != kOpMagic || h[1] < 0 || h[1] > 3 || h[2] < 0 || h[2] >= kNumEpilogueKinds ||
+      h[3] < 0 || h[3] >= kNumStats || h[11] < 0 || h[11] > 6) {
+    std::printf("op: bad header in %s\n", in_path);
+    return 2;
+  }
+  TileProblem pb;
+  pb.dtype = static_cast<DType>(h[1]);
+  pb.kind = int(h[2]); pb.stat = int(h[3]); pb.relation = int(h[4]); pb.flags = h[5];
+  pb.diag_offset = h[6]; pb.cols_both = h[7]; pb.n = h[8]; pb.m = h[9]; pb.k = h[10];
+  const int64_t n = pb.n, m = pb.m, K = pb.k, m0 = pb.cols_both;
+  const int64_t w = kStatStateWidth[pb.stat], r = num_row_scalars(pb.kind);
+  const size_t es = pb.dtype == DType::kFloat64 ? 8 : pb.dtype == DType::kFloat32 ? 4 : 2;
+  const size_t as = pb.dtype == DType::kFloat64 ? 8 : 4;
+  std::vector<int64_t> lens(h[11]);
+  read(lens.data(), lens.size() * sizeof(int64_t));
+  read(&pb.kappa, sizeof(double));
+  auto blob = [&](size_t count, size_t elem) {
+    std::vector<unsigned char> b(count * elem + 8);
+    read(b.data(), count * elem);
+    return b;
+  };
+  auto x = blob(n * K, es), y = blob(m * K, es), a = blob(n * r, as), b = blob(m * r, as);
+  auto theta = blob(3, as);
+  std::vector<std::vector<int64_t>> rel(lens.size());
+  for (size_t t = 0; t < lens.size(); ++t) {
+    rel[t].resize(lens[t] + 1);
+    read(rel[t].data(), lens[t] * sizeof(int64_t));
+  }
+  auto g_row = blob(n * w, as), g_col = blob(m0 * w, as);
+  std::fclose(in);
+  if (!ok) { std::printf("op: %s is too short\n", in_path); return 2; }
+  pb.x = x.data(); pb.y = y.data(); pb.alpha = a.data(); pb.beta = b.data();
+  pb.theta = theta.data();
+  RelationIndex& ix = pb.index;
+  auto tensor = [&](size_t t) { return t < rel.size() ? rel[t].data() : nullptr; };
+  switch (pb.relation) {
+    case kRelTargets: ix.targets = tensor(0); break;
+    case kRelLabels: ix.row_labels = tensor(0); ix.col_labels = tensor(1); break;
+    case kRelCsr:
+      ix.indptr = tensor(0); ix.indices = tensor(1); ix.roles = tensor(2);
+      ix.t_indptr = tensor(3); ix.t_indices = tensor(4); ix.t_roles = tensor(5);
+      ix.nnz = lens.size() > 1 ? lens[1] : 0;
+      break;
+    default: break;
+  }
+  struct Out {
+    std::vector<unsigned char> row, col, dx, dy, da, db, dth;
+  };
+  auto make_out = [&] {
+    auto z = [](size_t bytes) { return std::vector<unsigned char>(bytes + 8, 0x7f); };
+    return Out{z(n * w * as), z(m0 * w * as), z(n * K * es), z(m * K * es), z(n * r * as),
+               z(m * r * as), z(3 * as)};
+  };
+  auto grads = [](Out& o) {
+    return TileGrads{o.dx.data(), o.dy.data(), o.da.data(), o.db.data(), o.dth.data()};
+  };
+  const size_t ws_bytes = tile_backward_workspace_bytes(pb);
+  std::vector<unsigned char> ws(ws_bytes + 256);
+  void* wsp = ws.data() + (256 - reinterpret_cast<uintptr_t>(ws.data()) % 256) % 256;
+  Out fwd = make_out(), fg = make_out();
+  int64_t status[3];
+  status[0] = tile_forward(pb, fwd.row.data(), fwd.col.data(), nullptr);
+  std::memset(wsp, 0x7f, ws_bytes);
+  status[1] = tile_backward(pb, fwd.row.data(), fwd.col.data(), g_row.data(), g_col.data(),
+                            grads(fwd), wsp, nullptr);
+  std::memset(wsp, 0x7f, ws_bytes);
+  status[2] = tile_forward_grad(pb, fg.row.data(), fg.col.data(), grads(fg), wsp, nullptr);
+  FILE* out = std::fopen(out_path, "wb");
+  if (!out) { std::printf("op: cannot write %s\n", out_path); return 2; }
+  auto write = [&](const std::vector<unsigned char>& v) {
+    ok = ok && (v.size() == 8 || std::fwrite(v.data(), 1, v.size() - 8, out) == v.size() - 8);
+  };
+  ok = std::fwrite(status, sizeof(status), 1, out) == 1;
+  for (const Out* o : {&fwd, &fg}) {
+    if (o == &fg && status[2] != cudaSuccess) break;
+    for (const auto* v : {&o->row, &o->col, &o->dx, &o->dy, &o->da, &o->db, &o->dth}) write(*v);
+  }
+  ok = std::fclose(out) == 0 && ok;
+  if (!ok) { std::printf("op: writing %s failed\n", out_path); return 2; }
+  return 0;
+}
+
 }  // namespace
 
-// ./emulate [quick] [lse|pair_sum]: quick runs fp64 only; a stat name restricts to that stat.
+// ./emulate [quick] [lse|pair_sum|masked_sum]...: quick runs fp64 only; stat names restrict
+// the run to those stats. ./emulate op IN OUT: one problem from a file (run_op_file).
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "op") return run_op_file(argv[2], argv[3]);
   bool quick = false;
   std::vector<int> stats;
   for (int a = 1; a < argc; ++a) {
@@ -556,12 +701,13 @@ int main(int argc, char** argv) {
     if (arg == "quick") quick = true;
     else if (arg == "lse") stats.push_back(kStatLse);
     else if (arg == "pair_sum") stats.push_back(kStatPairSum);
+    else if (arg == "masked_sum") stats.push_back(kStatMaskedSum);
     else {
-      std::printf("usage: %s [quick] [lse|pair_sum]...\n", argv[0]);
+      std::printf("usage: %s [quick] [lse|pair_sum|masked_sum]... | op IN OUT\n", argv[0]);
       return 2;
     }
   }
-  if (stats.empty()) stats = {kStatLse, kStatPairSum};
+  if (stats.empty()) stats = {kStatLse, kStatPairSum, kStatMaskedSum};
   int failures = check_refusals();
   for (int stat : stats) {
     std::mt19937_64 rng(1234 + stat);

@@ -43,4 +43,5 @@ CPU = CompiledOpBackend("cpu", "cpu", _extension.why_unavailable, 2**31,
                         "dimensions must be below 2**31 (BLAS int32 sizes)",
                         ("lse", "pair_sum", "masked_sum"))
 CUDA = CompiledOpBackend("cuda", "cuda", _extension.why_cuda_unavailable, 2**35,
-                         "2**35 rows or more do not fit the CUDA grid", ("lse", "pair_sum"))
+                         "2**35 rows or more do not fit the CUDA grid",
+                         ("lse", "pair_sum", "masked_sum"))
