@@ -129,7 +129,7 @@ class _FeatureStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x, y, targets, with_positives: bool, scale_invariant: bool):
+    def forward(x, y, targets, with_positives: bool, scale_invariant: bool, same_set: bool):
         q_x, q_y = rowwise_dot(x, x), rowwise_dot(y, y)
         if with_positives:
             y_pos = y if targets is not None else y[: x.shape[0]]
@@ -140,9 +140,10 @@ class _FeatureStats(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, targets, with_positives, scale_invariant = inputs
+        x, y, targets, with_positives, scale_invariant, same_set = inputs
         ctx.save_for_backward(x, y, targets, output[2], output[3])
         ctx.with_positives, ctx.scale_invariant = with_positives, scale_invariant
+        ctx.same_set = same_set
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -166,11 +167,15 @@ class _FeatureStats(torch.autograd.Function):
                 _add_scaled_rows(dy[:n], x, g_p)
             elif dy is not None:
                 _scatter_add_scaled_rows(dy, x, g_p, targets)
+        if ctx.same_set and dx is not None and dy is not None:
+            # y is a view of x: hand autograd one gradient (dX += dY in place), not two N x d
+            # tensors for it to add into a third.
+            dx, dy = dx.add_(dy), None
         if ctx.scale_invariant:
             for grad, feats, q in ((dx, x, q_x), (dy, y, q_y)):
                 if grad is not None:
                     _project_out_radial(grad, feats, q)
-        return dx, dy, None, None, None
+        return dx, dy, None, None, None, None
 
 
 def _project_out_radial(grad, feats, q):
@@ -190,6 +195,7 @@ def feature_stats(x, y, targets=None, with_positives=False, scale_invariant=Fals
     or views; the backward adds into a contiguous non-view gradient in place, which would be
     wrong for a tensor that autograd also hands to some other input.
     """
-    if y is x:  # same-set losses: dynamo refuses one tensor passed twice to a Function
+    same_set = y is x
+    if same_set:  # same-set losses: dynamo refuses one tensor passed twice to a Function
         y = x.view_as(x)
-    return _FeatureStats.apply(x, y, targets, with_positives, scale_invariant)
+    return _FeatureStats.apply(x, y, targets, with_positives, scale_invariant, same_set)
