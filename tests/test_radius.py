@@ -114,3 +114,30 @@ def test_wordnet_style_pair_is_no_longer_distorted():
     row, _ = flashnce.pairwise_lse(a, b, geometry="poincare", backend="torch")
     want = _l3_distance(20.0, 20.0, math.cos(2.5))
     assert want > 38 and abs(-float(row.detach()) - want) < 1e-9
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("geometry", ("euclidean", "poincare", "lorentz"))
+def test_points_paired_with_themselves_have_distance_zero(backend, geometry):
+    """y is x: the positive pairs are coincident by index, so their distance is exactly 0
+    (before: the clamp floor, 1.2 at radius 7.5 in fp32, biased the loss)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 8, generator=g)
+    if geometry == "euclidean":  # far from the origin, close to each other: a large floor
+        x = x * 0.5
+        x[:, 0] += 100.0
+    else:  # radius 7.5: the fp32 floor puts a point at distance ~1.2 from itself
+        k = 2.0 if geometry == "poincare" else 1.0
+        x = x / x.norm(dim=1, keepdim=True) * 7.5 / k
+    require_backend(backend, x)
+    x = x.requires_grad_()
+    per_row = flashnce.infonce(x, x, geometry=geometry, scale=0.5, backend=backend,
+                               reduction="none")
+    x64 = x.detach().double()
+    logits = flashnce.reference_logits(x64, x64, geometry=geometry, scale=0.5)
+    logits.fill_diagonal_(0.0)  # the exact self distance
+    want = 0.5 * (torch.logsumexp(logits, 1) + torch.logsumexp(logits, 0))
+    err = (per_row.detach().double() - want).abs().max().item()
+    assert err < 1e-4 * max(1.0, want.abs().max().item()), err
+    (gx,) = torch.autograd.grad(per_row.sum(), x)
+    assert torch.isfinite(gx).all()

@@ -70,10 +70,20 @@ class TileProblem:
         """logit(x_i, y_{t_i}) for every row i (t = targets, or i when None), O(N).
 
         Needs ``with_positives=True``: the dots come from ``feature_stats``.
+
+        When y is x and t = i, every positive pair is a point with itself: the distance
+        kinds (euclidean, hyperbolic) then take the exact distance 0 instead of the
+        clamp floor that a computed one would hit (docs/NUMERICS.md section 6).
         """
         sy = self.y_scalars
         sy = sy[: self.x_scalars.shape[0]] if self.targets is None else sy[self.targets]
-        return self._logits(self.positive_dots, self.x_scalars, sy)
+        logits = self._logits(self.positive_dots, self.x_scalars, sy)
+        if self.x is self.y and self.targets is None and self.geo.kind in (
+                "euclidean", "hyperbolic"):
+            # scale * 0 + bias, still a function of scale and bias (their gradients).
+            logits = logits.detach() * 0.0 + (self.theta[spec.THETA_SCALE] * 0.0
+                                              + self.bias)
+        return logits
 
     def logits_of_pairs(self, ex, ey, sx, sy):
         """logit(ex_i, ey_i) of operand rows paired elementwise, with their per-row scalars."""
