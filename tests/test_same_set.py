@@ -176,8 +176,10 @@ def test_supcon_module_matches_supcontrast(contrast_mode, with_labels):
 
 def test_supcon_bad_inputs():
     e = torch.randn(5, 3)
-    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+    with pytest.raises(TypeError, match="labels must have an integer dtype"):
         flashnce.supcon(e, torch.zeros(5))
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        flashnce.supcon(e, [0, 1, 0, 1, 0])
     with pytest.raises(ValueError, match=r"labels must have shape \(5,\)"):
         flashnce.supcon(e, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):

@@ -41,6 +41,8 @@ upstream tile ``G = dL/dlogit`` with the partial derivatives.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 from dataclasses import dataclass
@@ -139,8 +141,6 @@ def _warn_past_cap(rho: torch.Tensor, max_radius: float) -> None:
 
 def _caller_stacklevel() -> int:
     """The warnings stacklevel of the first frame outside flashnce and torch (the caller)."""
-    import os
-    import sys
     roots = (os.path.dirname(os.path.abspath(__file__)),
              os.path.dirname(os.path.abspath(torch.__file__)))
     frame, level = sys._getframe(1), 1

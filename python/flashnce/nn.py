@@ -27,16 +27,10 @@ from .core.numerics import MAX_RADIUS
 from .geometry import check_max_radius, get_geometry
 from .losses import infonce, siglip
 from .same_set import CONTRAST_MODES, DENOMINATORS, ntxent, supcon_views
-from .validate import check_choice
+from .validate import check_choice, check_positive_number
 
 __all__ = ["ContrastiveLoss", "ClipLoss", "NTXentLoss", "SigLipLoss", "SigmoidContrastiveLoss",
            "SupConLoss"]
-
-
-def _positive_float(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return float(v)
 
 
 class ContrastiveLoss(nn.Module):
@@ -70,14 +64,14 @@ class ContrastiveLoss(nn.Module):
         super().__init__()
         self.geometry = get_geometry(geometry).name
         self._uses_curvature = get_geometry(geometry).uses_curvature
-        scale_init = _positive_float(scale_init, "scale_init")
-        self.max_scale = None if max_scale is None else _positive_float(max_scale, "max_scale")
+        scale_init = check_positive_number(scale_init, "scale_init")
+        self.max_scale = None if max_scale is None else check_positive_number(max_scale, "max_scale")
         if self.max_scale is not None and scale_init > self.max_scale:
             raise ValueError(f"scale_init={scale_init} exceeds max_scale={self.max_scale}")
-        curvature_init = _positive_float(curvature_init, "curvature_init")
+        curvature_init = check_positive_number(curvature_init, "curvature_init")
         if not isinstance(curvature_range, (tuple, list)) or len(curvature_range) != 2:
             raise ValueError(f"curvature_range must be a pair (lo, hi), got {curvature_range!r}")
-        lo, hi = (_positive_float(v, "curvature_range bounds") for v in curvature_range)
+        lo, hi = (check_positive_number(v, "curvature_range bounds") for v in curvature_range)
         if lo > hi:
             raise ValueError(f"curvature_range must have lo <= hi, got {curvature_range!r}")
         if not lo <= curvature_init <= hi:
@@ -302,8 +296,8 @@ class SupConLoss(nn.Module):
         check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
         get_geometry(geometry)
         dispatch.check_backend_name(backend)
-        self.temperature = _positive_float(temperature, "temperature")
-        self.base_temperature = _positive_float(base_temperature, "base_temperature")
+        self.temperature = check_positive_number(temperature, "temperature")
+        self.base_temperature = check_positive_number(base_temperature, "base_temperature")
         self.contrast_mode, self.geometry, self.backend = contrast_mode, geometry, backend
         self.rows_without_positive = 0
 
@@ -333,7 +327,7 @@ class NTXentLoss(nn.Module):
         check_choice(denominator, "denominator", DENOMINATORS)
         get_geometry(geometry)
         dispatch.check_backend_name(backend)
-        self.temperature = _positive_float(temperature, "temperature")
+        self.temperature = check_positive_number(temperature, "temperature")
         self.geometry, self.denominator, self.backend = geometry, denominator, backend
 
     def forward(self, z1, z2):

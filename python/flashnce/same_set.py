@@ -30,7 +30,8 @@ from .core.problem import TileProblem, reduce_losses
 from .core.relation import Relation
 from .distributed import (_grad_mask, _handshake, _shifted, all_gather_with_grad, check_group,
                           gather_rows)
-from .validate import REDUCTIONS, autocast_off, check_choice, check_features
+from .validate import (REDUCTIONS, autocast_off, check_choice, check_features,
+                       check_label_tensor, check_positive_number)
 
 VARIANTS = ("out", "in")
 DENOMINATORS = ("all", "negatives")
@@ -46,19 +47,6 @@ def _temperature_scale(temperature):
     if not temperature > 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite positive number, got {temperature}")
     return 1.0 / float(temperature)
-
-
-def _check_labels_1d(labels, n: int, device) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be an integer tensor, got {type(labels).__name__}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) (one per embedding), got "
-                         f"{tuple(labels.shape)}")
-    if labels.device != device:
-        raise ValueError(f"labels are on {labels.device} but the embeddings on {device}")
-    return labels.to(torch.int64)
 
 
 def label_positive_counts(row_labels, col_labels, *, skip_self: bool,
@@ -77,21 +65,21 @@ def label_positive_counts(row_labels, col_labels, *, skip_self: bool,
     return counts
 
 
-def _lse_within(impl_for, x, y, rows_lab, cols_lab, prob):
+def _lse_within(prob, rows_lab, cols_lab, backend):
     """log sum_{p in P(i)} exp l_ip per row (-inf without positives): one walk per class,
     rows of the class against its columns with the self pairs skipped. The columns of a class
     begin with its rows in the same order (y[:N] is x), so the self pair of the a-th row is the
     a-th column: diag_offset 0 inside the block."""
-    out = torch.full((x.shape[0],), float("-inf"), dtype=prob.theta.dtype, device=x.device)
+    out = prob.x_scalars.new_full((prob.x_op.shape[0],), float("-inf"),
+                                  dtype=prob.theta.dtype)
+    tspec = prob.tspec(Relation.none(skip_self=True, cols_both=0))
     for c in torch.unique(rows_lab).tolist():
         r = (rows_lab == c).nonzero().squeeze(1)
         k = (cols_lab == c).nonzero().squeeze(1)
         if k.numel() < 2:
             continue
         xs, ys = prob.x_op[r], prob.y_op[k]
-        sub = Relation.none(skip_self=True, cols_both=0)
-        tspec = prob.tspec(sub)
-        impl = impl_for(xs, ys, tspec)
+        impl = dispatch.select_backend(backend, xs, ys, tspec)
         row, _ = impl.tile_stat(xs, ys, prob.x_scalars[r], prob.y_scalars[k], prob.theta, tspec)
         out = out.index_put((r,), row)
     return out
@@ -117,11 +105,7 @@ def _supcon_rows(x, y, row_lab, col_lab, *, scale, variant, geometry, curvature,
         tspec = prob.tspec(relation)
         impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
         lse_all, _ = prob.stat(impl, relation)
-
-        def impl_for(a, b, ts):
-            return dispatch.select_backend(backend, a, b, ts)
-
-        lse_pos = _lse_within(impl_for, x, y, row_lab, col_lab, prob)
+        lse_pos = _lse_within(prob, row_lab, col_lab, backend)
         lse_pos = torch.where(has_pos, lse_pos, 0.0)
         per_row = lse_all - lse_pos + counts.clamp_min(1).to(lse_all.dtype).log()
     # Rows without a positive: exactly 0 (a select, so a -inf / NaN there cannot leak).
@@ -175,7 +159,7 @@ def supcon(embeddings, labels, *, temperature=0.1, variant="out", geometry="cosi
                                    backend=backend, return_count=return_count,
                                    max_radius=max_radius)
     check_features(embeddings, embeddings)
-    lab = _check_labels_1d(labels, embeddings.shape[0], embeddings.device)
+    lab = check_label_tensor(labels, "labels", embeddings.shape[0], embeddings.device)
     per_row, counts = _supcon_rows(
         embeddings, embeddings, lab, lab, scale=_temperature_scale(temperature),
         variant=variant, geometry=geometry, curvature=curvature, on_manifold=on_manifold,
@@ -193,7 +177,7 @@ def _distributed_supcon(e, labels, *, group, temperature, variant, geometry, cur
         if variant != "out":
             raise ValueError("supcon(group=...) supports variant='out' only")
         check_features(e, e)
-        lab = _check_labels_1d(labels, e.shape[0], e.device)
+        lab = check_label_tensor(labels, "labels", e.shape[0], e.device)
         prob = TileProblem(e, e, geometry, _temperature_scale(temperature), curvature,
                            on_manifold, features_checked=True, max_radius=max_radius)
         tspec = prob.tspec(Relation.labels(lab, lab, skip_self=True, cols_both=0),
@@ -255,22 +239,16 @@ def supcon_views(features, labels=None, *, temperature=0.07, base_temperature=0.
     check_features(contrast, contrast)
     if labels is None:
         labels = torch.arange(bsz, device=features.device)
-    lab = _check_labels_1d(labels, bsz, features.device)
+    lab = check_label_tensor(labels, "labels", bsz, features.device)
     col_lab = lab.repeat(views)
     anchors, row_lab = (contrast, col_lab) if contrast_mode == "all" else (features[:, 0], lab)
     per_row, counts = _supcon_rows(
         anchors, contrast, row_lab, col_lab, scale=_temperature_scale(temperature),
         variant="out", geometry=geometry, curvature=curvature, on_manifold=on_manifold,
         backend=backend)
-    factor = float(temperature) / _positive(base_temperature, "base_temperature")
+    factor = float(temperature) / check_positive_number(base_temperature, "base_temperature")
     loss = factor * _reduce_over_positive_rows(per_row, counts, "mean")
     return (loss, int((counts == 0).sum())) if return_count else loss
-
-
-def _positive(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ValueError(f"{name} must be a number > 0, got {v!r}")
-    return float(v)
 
 
 @autocast_off

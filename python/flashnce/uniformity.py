@@ -22,15 +22,9 @@ from . import dispatch
 from .core.numerics import MAX_RADIUS
 from .core.problem import TileProblem
 from .core.relation import Relation
-from .validate import autocast_off, check_features
+from .validate import autocast_off, check_features, check_positive_number
 
 _ALIGN_GEOMETRIES = ("euclidean", "sqeuclidean", "poincare", "lorentz")
-
-
-def _positive_number(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return float(v)
 
 
 @autocast_off(towers=1)
@@ -48,7 +42,7 @@ def uniformity(x, *, t=2.0, geometry="sqeuclidean", normalize=True, curvature=1.
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     if not isinstance(t, torch.Tensor):
-        t = _positive_number(t, "t")
+        t = check_positive_number(t, "t")
     check_features(x, x)
     n = x.shape[0]
     if n < 2:
@@ -70,7 +64,7 @@ def alignment(x, y, *, alpha=2.0, geometry="euclidean", curvature=1.0, on_manifo
     Euclidean distance of normalised features -- normalise them yourself, as the paper's
     encoder does). Geometries: "euclidean" / "sqeuclidean" (d = |x_i - y_i|), "poincare",
     "lorentz" (the geodesic distance, inputs as for ``flashnce.infonce``). O(N d)."""
-    alpha = _positive_number(alpha, "alpha")
+    alpha = check_positive_number(alpha, "alpha")
     if geometry not in _ALIGN_GEOMETRIES:
         raise ValueError(f"alignment needs a distance geometry ({', '.join(_ALIGN_GEOMETRIES)}),"
                          f" got {geometry!r}")

@@ -125,6 +125,13 @@ def _check_norm_range(name: str, max_abs: float, t: torch.Tensor) -> None:
             f"{bound:.3g} at dim {t.shape[1]}); rescale the features (cosine is scale-invariant)")
 
 
+def check_positive_number(v, name: str) -> float:
+    """A finite Python number > 0 (not a bool), as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
 def as_param(value, name: str, like: torch.Tensor, *, positive: bool) -> torch.Tensor:
     """A scalar parameter (Python number or 1-element tensor) as a 0-d tensor on x's device.
 
@@ -205,7 +212,9 @@ def check_targets(targets, n: int, m: int, device):
     return targets
 
 
-def _label_tensor(t, name: str, n: int, device) -> torch.Tensor:
+def check_label_tensor(t, name: str, n: int, device) -> torch.Tensor:
+    """One side's class labels: an integer tensor [n] on ``device`` -> int64 (a new tensor,
+    or the caller's when it already is one; never modified)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be an integer tensor, got {type(t).__name__}")
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
@@ -228,12 +237,12 @@ def check_labels(labels, n: int, m: int, device):
         if len(labels) != 2:
             raise ValueError(f"labels must be one tensor or a pair (x_labels, y_labels), got "
                              f"a sequence of {len(labels)}")
-        return (_label_tensor(labels[0], "x_labels", n, device),
-                _label_tensor(labels[1], "y_labels", m, device))
+        return (check_label_tensor(labels[0], "x_labels", n, device),
+                check_label_tensor(labels[1], "y_labels", m, device))
     if n != m:
         raise ValueError(f"one labels tensor serves both sides only when N == M (got N={n}, "
                          f"M={m}); pass (x_labels, y_labels)")
-    t = _label_tensor(labels, "labels", n, device)
+    t = check_label_tensor(labels, "labels", n, device)
     return t, t
 
 
