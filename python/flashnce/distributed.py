@@ -456,7 +456,9 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
     """``flashnce.infonce(..., group=...)``; see the module docstring for the convention."""
     check_group(group)
     error, prob, impl, grad_mask = None, None, None, 0
-    relation = Relation.none()
+    # As in the single-process loss, the walk skips the positives (global diagonal, or the
+    # global targets) and each row's loss is softplus(lse_neg - l_pos).
+    relation = Relation.diagonal(skip_positives=True)
     try:
         dispatch.check_backend_name(backend)
         check_choice(reduction, "reduction", REDUCTIONS)
@@ -464,6 +466,8 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         if not isinstance(symmetric, bool):
             raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
         _check_local(x, y, symmetric, targets, group_mode)
+        if targets is not None:
+            relation = Relation.targets(targets, skip_positives=True)
         # Without targets the positives (x_i, y_i) are local rows: feature_stats gives their
         # dots, and their gradients join the kernel's dX / dY in place.
         prob = TileProblem(x, y, geometry, scale, curvature, on_manifold, features_checked=True,

@@ -1,7 +1,8 @@
 """Public losses on the tile walk: argument checks and O(N d) PyTorch around one statistic.
 
-``pairwise_lse`` is the ``lse`` statistic itself; ``infonce`` is lse (relation none: its
-positives are added in O(N) from the same epilogue spec) plus the positive logits;
+``pairwise_lse`` is the ``lse`` statistic itself; ``infonce`` is lse over the negatives (the
+diagonal / targets / exclusion relation with the positives skipped) and softplus(lse_neg -
+l_pos) per row, the positives' logits added in O(N) from the same epilogue spec;
 ``siglip`` is the ``pair_sum`` statistic with the diagonal (or label) relation.
 """
 
@@ -148,8 +149,7 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
                        max_radius=max_radius)
     impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, prob.tspec(relation))
     row_neg, col_neg = prob.stat(impl, relation)
-    per_row = per_row_losses(row_neg, col_neg, prob.positive_logits(), symmetric,
-                             negatives_only=True)
+    per_row = per_row_losses(row_neg, col_neg, prob.positive_logits(), symmetric)
     return reduce_losses(per_row, reduction)
 
 

@@ -94,21 +94,14 @@ class TileProblem:
                              self.theta[spec.THETA_INV_SQRT_C], self.kappa) + self.bias
 
 
-def per_row_losses(row_lse, col_lse, positive, symmetric: bool, *, negatives_only=False):
-    """InfoNCE per row: 1/2 (row - pos) + 1/2 (col - pos) symmetric, else row - pos.
-
-    ``negatives_only``: the lse were taken over the negatives alone (the positives skipped);
-    then lse - pos = softplus(lse_neg - pos), which is >= 0, exact when the positive dominates
-    and 0 for a row without negatives (lse_neg = -inf).
-    """
-    if negatives_only:
-        sp = torch.nn.functional.softplus
-        if symmetric:
-            return 0.5 * sp(row_lse - positive) + 0.5 * sp(col_lse - positive)
-        return sp(row_lse - positive)
+def per_row_losses(row_neg, col_neg, positive, symmetric: bool):
+    """InfoNCE per row from the lse over the negatives alone (the walk skipped the positives):
+    lse - pos = softplus(lse_neg - pos), which is >= 0, exact when the positive dominates and
+    0 for a row without negatives (lse_neg = -inf). Symmetric: the mean of both directions."""
+    sp = torch.nn.functional.softplus
     if symmetric:
-        return 0.5 * (row_lse - positive) + 0.5 * (col_lse - positive)
-    return row_lse - positive
+        return 0.5 * sp(row_neg - positive) + 0.5 * sp(col_neg - positive)
+    return sp(row_neg - positive)
 
 
 def reduce_losses(per_row, reduction: str):
