@@ -178,71 +178,38 @@ def _flashnce_backend(provider: str) -> str:
     return "auto" if provider == "flashnce" else provider.split("-", 1)[1]
 
 
-def setup_flashnce(case: Case):
+def _loss_fn(case: Case, prefix: str, cast, **extra):
+    """fn(*loss_inputs(case)) -> the loss of ``case``: ``flashnce.<prefix><loss>`` (prefix ""
+    for the memory-linear losses, "reference_" for the materialised oracles) with the case's
+    geometry, scale / temperature (and labels / bias), each input passed through ``cast``,
+    ``extra`` keywords added (the backend)."""
     import flashnce
 
-    backend = _flashnce_backend(case.provider)
-    inputs = loss_inputs(case)
-    geometry, scale = case.geometry, case.logit_scale
-
+    loss = getattr(flashnce, prefix + case.loss)
+    kw = dict(geometry=case.geometry, **extra)
     if case.loss == "siglip":
-        def fn(x, y):
-            return flashnce.siglip(x, y, geometry=geometry, scale=scale, bias=SIGLIP_BIAS,
-                                   backend=backend)
+        kw.update(scale=case.logit_scale, bias=SIGLIP_BIAS)
     elif case.loss == "supcon":
-        labels, temperature = supcon_labels(case.n, case.device), case.temperature
-
-        def fn(x):
-            return flashnce.supcon(x, labels, temperature=temperature, geometry=geometry,
-                                   backend=backend)
+        labels = supcon_labels(case.n, case.device)
+        kw.update(temperature=case.temperature)
+        return lambda x: loss(cast(x), labels, **kw)
     elif case.loss == "ntxent":
-        temperature = case.temperature
-
-        def fn(z1, z2):
-            return flashnce.ntxent(z1, z2, temperature=temperature, geometry=geometry,
-                                   backend=backend)
+        kw.update(temperature=case.temperature)
     elif case.loss == "uniformity":
-        def fn(x):
-            return flashnce.uniformity(x, t=scale, geometry=geometry, normalize=True,
-                                       backend=backend)
+        kw.update(t=case.logit_scale, normalize=True)
+        return lambda x: loss(cast(x), **kw)
     else:
-        def fn(x, y):
-            return flashnce.infonce(x, y, geometry=geometry, scale=scale, backend=backend)
+        kw.update(scale=case.logit_scale)
+    return lambda a, b: loss(cast(a), cast(b), **kw)
 
-    return inputs, fn
+
+def setup_flashnce(case: Case):
+    fn = _loss_fn(case, "", lambda t: t, backend=_flashnce_backend(case.provider))
+    return loss_inputs(case), fn
 
 
 def setup_materialized(case: Case):
-    from flashnce.reference import (reference_infonce, reference_ntxent, reference_siglip,
-                                    reference_supcon, reference_uniformity)
-
-    inputs = loss_inputs(case)
-    geometry, scale = case.geometry, case.logit_scale
-
-    if case.loss == "siglip":
-        def fn(x, y):
-            return reference_siglip(x.float(), y.float(), geometry=geometry, scale=scale,
-                                    bias=SIGLIP_BIAS)
-    elif case.loss == "supcon":
-        labels, temperature = supcon_labels(case.n, case.device), case.temperature
-
-        def fn(x):
-            return reference_supcon(x.float(), labels, temperature=temperature,
-                                    geometry=geometry)
-    elif case.loss == "ntxent":
-        temperature = case.temperature
-
-        def fn(z1, z2):
-            return reference_ntxent(z1.float(), z2.float(), temperature=temperature,
-                                    geometry=geometry)
-    elif case.loss == "uniformity":
-        def fn(x):
-            return reference_uniformity(x.float(), t=scale, normalize=True, geometry=geometry)
-    else:
-        def fn(x, y):
-            return reference_infonce(x.float(), y.float(), geometry=geometry, scale=scale)
-
-    return inputs, fn
+    return loss_inputs(case), _loss_fn(case, "reference_", lambda t: t.float())
 
 
 def setup_compiled(case: Case):
