@@ -382,9 +382,12 @@ def _grad_mask(x, y, prob) -> int:
     return sum(int(bool(f)) << k for k, f in enumerate(flags))
 
 
-def _handshake(group, x, y, targets, error, grad_mask):
+def _handshake(group, x, y, targets, error, grad_mask,
+               targets_name="targets (global column indices)"):
     """One all-gather of [ok, n_x, n_y, d, dtype, targets min, targets max, grad mask] per
-    rank; raise on every rank if any rank failed validation or the ranks disagree."""
+    rank; raise on every rank if any rank failed validation or the ranks disagree (targets
+    must be global indices into the concatenated y; ``targets_name`` names them in the error).
+    Returns the Comm of the x rows and the y sizes per rank."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     ok = error is None
     has_t = ok and targets is not None and targets.numel() > 0
@@ -420,8 +423,8 @@ def _handshake(group, x, y, targets, error, grad_mask):
     m_total = sum(row[2] for row in rows)
     for q, row in enumerate(rows):
         if row[6] >= 0 and (row[5] < 0 or row[6] >= m_total):
-            raise ValueError(f"targets are global column indices in [0, {m_total}); rank {q} "
-                             f"passed values in [{row[5]}, {row[6]}]")
+            raise ValueError(f"{targets_name} must be in [0, {m_total}); rank {q} passed "
+                             f"values in [{row[5]}, {row[6]}]")
     return comm, tuple(row[2] for row in rows)
 
 
@@ -560,3 +563,41 @@ def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels
                            "pair_sum")
     return pair_sum_loss(impl, prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec,
                          reduction, rows=comm.total, factor=factor)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic helpers for the same-set losses and Wang & Isola's terms (group=): a differentiable
+# all-reduce (alignment's global sum). Added for ntxent / uniformity / alignment(group=).
+# --------------------------------------------------------------------------------------------
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """sum over ranks of ``t``, the same on every rank. Every rank returns (a function of)
+    the global sum, so the gradient reaching rank r's ``t`` is the sum over ranks of the
+    upstream gradients: the backward all-reduces them too."""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        ctx.group = group
+        out = t.detach().clone().contiguous()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.detach().clone().contiguous()
+        dist.all_reduce(g, group=ctx.group)
+        return g, None
+
+
+def all_reduce_with_grad(t: torch.Tensor, group) -> torch.Tensor:
+    """sum_r t_r on every rank; d/dt_r of sum_q f(out_q) = sum_q f'(out_q) (all-reduced)."""
+    return _AllReduceSum.apply(t, group)
+
+
+def grad_mask_of(x, y, scale=None, curvature=None, bias=None) -> int:
+    """``_grad_mask``'s bits (grad enabled, x, y, scale, curvature, bias) for a loss without
+    a TileProblem; a missing parameter does not require grad."""
+    flags = (torch.is_grad_enabled(), x.requires_grad, y.requires_grad,
+             *(p is not None and p.requires_grad for p in (scale, curvature, bias)))
+    return sum(int(bool(f)) << k for k, f in enumerate(flags))

@@ -65,11 +65,15 @@ def label_positive_counts(row_labels, col_labels, *, skip_self: bool,
     return counts
 
 
-def _lse_within(prob, rows_lab, cols_lab, backend):
+def _lse_within(prob, rows_lab, cols_lab, backend, cols=None, row_start=0):
     """log sum_{p in P(i)} exp l_ip per row (-inf without positives): one walk per class,
-    rows of the class against its columns with the self pairs skipped. The columns of a class
-    begin with its rows in the same order (y[:N] is x), so the self pair of the a-th row is the
-    a-th column: diag_offset 0 inside the block."""
+    rows of the class against its columns with the self pairs skipped. The rows are columns
+    row_start, row_start + 1, ... of the columns (y[:N] is x in one process; the local block
+    of the gathered columns across ranks), so the columns of a class contain its rows in the
+    same order, after the class's ``before`` columns ahead of row_start: the self pair of the
+    a-th row is the (before + a)-th column of the block. ``cols``: (operand, scalars) of the
+    columns, the problem's y by default."""
+    y_op, y_scalars = (prob.y_op, prob.y_scalars) if cols is None else cols
     out = prob.x_scalars.new_full((prob.x_op.shape[0],), float("-inf"),
                                   dtype=prob.theta.dtype)
     tspec = prob.tspec(Relation.none(skip_self=True, cols_both=0))
@@ -78,9 +82,11 @@ def _lse_within(prob, rows_lab, cols_lab, backend):
         k = (cols_lab == c).nonzero().squeeze(1)
         if k.numel() < 2:
             continue
-        xs, ys = prob.x_op[r], prob.y_op[k]
+        before = int((cols_lab[:row_start] == c).sum()) if row_start else 0
+        xs, ys = prob.x_op[r], y_op[k]
         impl = dispatch.select_backend(backend, xs, ys, tspec)
-        row, _ = impl.tile_stat(xs, ys, prob.x_scalars[r], prob.y_scalars[k], prob.theta, tspec)
+        row, _ = impl.tile_stat(xs, ys, prob.x_scalars[r], y_scalars[k], prob.theta,
+                                _shifted(tspec, before, 0))
         out = out.index_put((r,), row)
     return out
 
@@ -146,6 +152,13 @@ def supcon(embeddings, labels, *, temperature=0.1, variant="out", geometry="cosi
     Args: temperature (float or tensor), geometry / curvature / on_manifold / backend /
     max_radius as for ``flashnce.infonce``; reduction "mean" (over rows with a positive), "sum" or "none".
     Returns fp32 (float64 for float64 inputs).
+
+    ``group`` (a torch.distributed process group; gather mode, both variants): each rank
+    passes its local rows and their labels (uneven sizes allowed, every rank >= 1 row); the
+    global batch is their concatenation in rank order, positives on other ranks count, and
+    the returned loss follows the DDP convention of ``flashnce.distributed``: "mean" is
+    (W / K) * sum of the local rows' losses (K = global rows with a positive), "sum" W * that
+    sum, "none" the local rows' losses; ``return_count`` gives the global count.
     """
     check_choice(variant, "variant", VARIANTS)
     check_choice(reduction, "reduction", REDUCTIONS)
@@ -168,21 +181,29 @@ def supcon(embeddings, labels, *, temperature=0.1, variant="out", geometry="cosi
     return (loss, int((counts == 0).sum())) if return_count else loss
 
 
+def _supcon_walk_spec(prob, row_lab, col_lab, variant):
+    """The walk of every row against all columns: "out" masked_sum over the labels relation
+    (lse and the positives' logit sum), "in" the plain lse (self pairs skipped)."""
+    if variant == "out":
+        return prob.tspec(Relation.labels(row_lab, col_lab, skip_self=True, cols_both=0),
+                          "masked_sum")
+    return prob.tspec(Relation.none(skip_self=True, cols_both=0))
+
+
 def _distributed_supcon(e, labels, *, group, temperature, variant, geometry, curvature,
                         on_manifold, reduction, backend, return_count, max_radius):
-    """SupCon "out" across ranks: local rows against the all-gathered embeddings (gather)."""
+    """SupCon across ranks: local rows against the all-gathered embeddings (gather). "in"
+    adds, per class of the local rows, the lse of its local rows against the gathered columns
+    of that class (``_lse_within`` on the gathered block, self pairs at global indices)."""
     check_group(group)
     error, prob, impl, grad_mask, lab = None, None, None, 0, None
     try:
-        if variant != "out":
-            raise ValueError("supcon(group=...) supports variant='out' only")
         check_features(e, e)
         lab = check_label_tensor(labels, "labels", e.shape[0], e.device)
         prob = TileProblem(e, e, geometry, _temperature_scale(temperature), curvature,
                            on_manifold, features_checked=True, max_radius=max_radius)
-        tspec = prob.tspec(Relation.labels(lab, lab, skip_self=True, cols_both=0),
-                           "masked_sum")
-        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op,
+                                       _supcon_walk_spec(prob, lab, lab, variant))
         grad_mask = _grad_mask(e, e, prob)
     except Exception as exc:  # re-raised on this rank after the handshake: no hang
         error = exc
@@ -191,13 +212,19 @@ def _distributed_supcon(e, labels, *, group, temperature, variant, geometry, cur
     b_all = all_gather_with_grad(prob.y_scalars, comm)
     lab_all = gather_rows(lab, comm)
     # Local row i is global row offset + i: its self pair is column i + offset.
-    tspec = _shifted(prob.tspec(Relation.labels(lab, lab_all, skip_self=True, cols_both=0),
-                                "masked_sum"), comm.offset, 0)
+    tspec = _shifted(_supcon_walk_spec(prob, lab, lab_all, variant), comm.offset, 0)
     row, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec)
     counts = label_positive_counts(lab, lab_all, skip_self=True, diag_offset=comm.offset)
     has_pos = counts > 0
-    per_row = torch.where(has_pos, row[:, 0] - row[:, 1] / counts.clamp_min(1).to(row.dtype),
-                          0.0)
+    n_pos = counts.clamp_min(1).to(row.dtype)
+    if variant == "out":
+        per_row = row[:, 0] - row[:, 1] / n_pos
+    else:
+        lse_pos = _lse_within(prob, lab, lab_all, backend, cols=(y_all, b_all),
+                              row_start=comm.offset)
+        per_row = row - torch.where(has_pos, lse_pos, 0.0) + n_pos.log()
+    # Rows without a positive: exactly 0 (a select, so a -inf / NaN there cannot leak).
+    per_row = torch.where(has_pos, per_row, 0.0)
     kept = has_pos.sum().reshape(1).to(torch.int64)
     torch.distributed.all_reduce(kept, group=group)
     if reduction == "none":
@@ -253,7 +280,8 @@ def supcon_views(features, labels=None, *, temperature=0.07, base_temperature=0.
 
 @autocast_off
 def ntxent(z1, z2, *, temperature=0.5, geometry="cosine", denominator="all", curvature=1.0,
-           on_manifold=False, reduction="mean", backend="auto", max_radius=MAX_RADIUS):
+           on_manifold=False, reduction="mean", backend="auto", max_radius=MAX_RADIUS,
+           group=None):
     """NT-Xent (SimCLR) over two views z1, z2 [N, d] without the 2N x 2N matrix.
 
     z = cat(z1, z2); row i's positive is its partner p(i) = i +- N, self pairs are skipped;
@@ -265,7 +293,21 @@ def ntxent(z1, z2, *, temperature=0.5, geometry="cosine", denominator="all", cur
 
     reduction "mean" over the 2N rows (default), "sum", or "none" ([2N]: rows of z1 then z2).
     temperature: lightly's default 0.5; SimCLR used 0.1 - 0.5, pytorch-metric-learning 0.07.
+
+    ``group`` (a torch.distributed process group; gather mode): each rank passes its local
+    views z1_r, z2_r [n_r, d] (uneven n_r allowed, every rank >= 1 row); the global batch is
+    z1 = cat_r z1_r, z2 = cat_r z2_r (rank order, N = sum n_r), so row i's partner is i +- N
+    globally. Rank r's 2 n_r rows (z1_r then z2_r) run against the all-gathered views, and it
+    returns, under the DDP convention of ``flashnce.distributed``, "mean": (W / 2N) * sum of
+    its rows' losses, "sum": W * that sum, "none": its rows' losses [2 n_r] (z1_r rows then
+    z2_r rows, each its single-process value). mean_r loss_r is the single-process loss,
+    z.grad_r = W dL/dz_r and mean_r temperature.grad_r = dL/dtemperature.
     """
+    if group is not None:
+        return _distributed_ntxent(z1, z2, group=group, temperature=temperature,
+                                   geometry=geometry, denominator=denominator,
+                                   curvature=curvature, on_manifold=on_manifold,
+                                   reduction=reduction, backend=backend, max_radius=max_radius)
     check_choice(denominator, "denominator", DENOMINATORS)
     check_choice(reduction, "reduction", REDUCTIONS)
     dispatch.check_backend_name(backend)
@@ -297,3 +339,65 @@ def ntxent(z1, z2, *, temperature=0.5, geometry="cosine", denominator="all", cur
     if n == 1 and denominator == "negatives":  # no negative at all: nothing to contrast
         per_row = torch.where(torch.isfinite(per_row), per_row, 0.0)
     return reduce_losses(per_row, reduction)
+
+
+def _distributed_ntxent(z1, z2, *, group, temperature, geometry, denominator, curvature,
+                        on_manifold, reduction, backend, max_radius):
+    """NT-Xent across ranks (gather): local rows z_r = cat(z1_r, z2_r) against the gathered
+    z_q of every rank. The gathered columns are ordered rank by rank ([z1_0; z2_0; z1_1; ...],
+    not cat(z1, z2)): a row's lse and positive do not depend on the column order, and this
+    order makes z_r one block of the gather (global column 2 offset + i is local row i, and
+    row i's partner is column 2 offset + (i +- n_r))."""
+    check_group(group)
+    error, prob, impl, grad_mask, z, relation = None, None, None, 0, z1, None
+    try:
+        dispatch.check_backend_name(backend)
+        check_choice(denominator, "denominator", DENOMINATORS)
+        check_choice(reduction, "reduction", REDUCTIONS)
+        check_features(z1, z2)
+        if z1.shape != z2.shape:
+            raise ValueError(f"z1 and z2 must have the same shape on each rank (two views of "
+                             f"its rows), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        n = z1.shape[0]
+        z = torch.cat([z1, z2])
+        partner = ((torch.arange(2 * n) + n) % (2 * n)).to(z.device)  # local indices
+        negatives = denominator == "negatives"
+        # "negatives": the partner's logit comes from the local pair (O(n d)), as in one process.
+        prob = TileProblem(z, z, geometry, _temperature_scale(temperature), curvature,
+                           on_manifold, features_checked=True,
+                           targets=partner if negatives else None, with_positives=negatives,
+                           max_radius=max_radius)
+        relation = _ntxent_relation(partner, negatives)
+        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op,
+                                       prob.tspec(relation, _ntxent_stat(negatives)))
+        grad_mask = _grad_mask(z1, z2, prob)
+    except Exception as exc:  # re-raised on this rank after the handshake: no hang
+        error = exc
+    comm, _ = _handshake(group, z, z, None, error, grad_mask)  # sizes 2 n_r
+    y_all = all_gather_with_grad(prob.y_op, comm)
+    b_all = all_gather_with_grad(prob.y_scalars, comm)
+    # Local row i is gathered column comm.offset + i (its self pair); partners likewise.
+    relation = _ntxent_relation(relation.tensors[0] + comm.offset, negatives)
+    tspec = _shifted(prob.tspec(relation, _ntxent_stat(negatives)), comm.offset, 0)
+    row, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec)
+    if negatives:
+        per_row = row - prob.positive_logits()
+        if comm.total == 2:  # one pair in the whole batch: nothing to contrast
+            per_row = torch.where(torch.isfinite(per_row), per_row, 0.0)
+    else:
+        per_row = row[:, 0] - row[:, 1]
+    if reduction == "none":
+        return per_row
+    # mean over ranks of the returned losses = the global loss (DDP averages gradients).
+    factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
+    return per_row.sum() * factor
+
+
+def _ntxent_stat(negatives: bool) -> str:
+    return "lse" if negatives else "masked_sum"
+
+
+def _ntxent_relation(partner, negatives: bool) -> Relation:
+    """Self pairs skipped; the partner is the positive of "all" (masked_sum: lse and the
+    partner's logit in one walk) or skipped too for "negatives" (lse over the negatives)."""
+    return Relation.targets(partner, skip_self=True, skip_positives=negatives, cols_both=0)
