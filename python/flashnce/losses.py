@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch
+from .core.margin import check_margin
 from .core.numerics import MAX_RADIUS
 from .core.problem import TileProblem, pair_sum_loss, per_row_losses, reduce_losses
 from .core.relation import Relation
@@ -47,8 +48,8 @@ def pairwise_lse(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifo
 @autocast_off
 def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=False,
             symmetric=True, targets=None, negatives=None, exclude=None, exclude_labels=None,
-            reduction="mean", backend="auto", group=None, group_mode="gather",
-            max_radius=MAX_RADIUS):
+            margin=0.0, margin_type="cosface", reduction="mean", backend="auto", group=None,
+            group_mode="gather", max_radius=MAX_RADIUS):
     """InfoNCE / CLIP loss over pairwise logits in any geometry, memory O((N + M) d).
 
     symmetric=True (CLIP):  x [N, d], y [N, d]; positives are (x_i, y_i);
@@ -78,6 +79,11 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
         exclude_labels: one-way only; ``(x_labels [N], y_labels [M])`` or one tensor when
             N == M: columns sharing the row's label are left out, except the target (whose
             label must be the row's).
+        margin, margin_type: a margin on every positive logit, l' = scale * h' + bias:
+            "cosface" h' = h - margin (any geometry), "arcface" h' = cos(theta + margin)
+            (cosine only, 0 < margin < pi); 0 (default) is no margin. Both directions of the
+            symmetric loss see the same l'_ii. See ``flashnce.core.margin`` (and
+            ``flashnce.margin_softmax`` for class centres).
         reduction: "mean" (default), "sum", or "none" (per-row losses [N]).
         backend: "auto", "triton", "cuda", "cpu", "torch" or "reference" (materialised
             N x M logits, O(N M) memory: a baseline and oracle, never picked by "auto").
@@ -97,9 +103,11 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
     Returns the loss in fp32 (float64 for float64 inputs).
     """
     check_choice(group_mode, "group_mode", GROUP_MODES)  # checked with or without a group
+    margin_fn = check_margin(margin, margin_type, geometry, allow_zero=True)
     if group is not None:
         for name, value in (("negatives", negatives), ("exclude", exclude),
-                            ("exclude_labels", exclude_labels)):
+                            ("exclude_labels", exclude_labels),
+                            ("margin", margin_fn)):
             if value is not None:
                 raise ValueError(f"{name}= is not supported with group= yet (single process "
                                  f"only)")
@@ -149,7 +157,7 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
                        max_radius=max_radius)
     impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, prob.tspec(relation))
     row_neg, col_neg = prob.stat(impl, relation)
-    per_row = per_row_losses(row_neg, col_neg, prob.positive_logits(), symmetric)
+    per_row = per_row_losses(row_neg, col_neg, prob.positive_logits(margin_fn), symmetric)
     return reduce_losses(per_row, reduction)
 
 

@@ -25,12 +25,14 @@ from . import dispatch
 from .distributed import GROUP_MODES
 from .core.numerics import MAX_RADIUS
 from .geometry import check_max_radius, get_geometry
+from .class_softmax import margin_softmax
+from .core.margin import check_margin
 from .losses import infonce, siglip
 from .same_set import CONTRAST_MODES, DENOMINATORS, ntxent, supcon_views
 from .validate import check_choice, check_positive_number
 
-__all__ = ["ContrastiveLoss", "ClipLoss", "NTXentLoss", "SigLipLoss", "SigmoidContrastiveLoss",
-           "SupConLoss"]
+__all__ = ["ArcFaceLoss", "ContrastiveLoss", "ClipLoss", "CosFaceLoss", "NTXentLoss",
+           "SigLipLoss", "SigmoidContrastiveLoss", "SupConLoss"]
 
 
 class ContrastiveLoss(nn.Module):
@@ -337,3 +339,104 @@ class NTXentLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, geometry={self.geometry!r}, "
                 f"denominator={self.denominator!r}")
+
+
+def class_shard(num_classes: int, rank: int, world: int) -> tuple[int, int]:
+    """(first class, number of classes) of rank's contiguous shard: the first
+    num_classes % world ranks hold one class more."""
+    base, extra = divmod(num_classes, world)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+class _MarginSoftmaxLoss(nn.Module):
+    """Class centres [C, d] (or this rank's shard of them) and ``flashnce.margin_softmax``."""
+
+    margin_type = ""
+
+    def __init__(self, num_classes, embedding_size, margin, scale, *, geometry="cosine",
+                 backend="auto", group=None):
+        super().__init__()
+        for name, v in (("num_classes", num_classes), ("embedding_size", embedding_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        dispatch.check_backend_name(backend)
+        self.geometry, self.backend, self.group = get_geometry(geometry).name, backend, group
+        self.scale = check_positive_number(scale, "scale")
+        self.margin_radians = self._radians(margin)
+        check_margin(self.margin_radians, self.margin_type, self.geometry, allow_zero=False)
+        self.num_classes = num_classes
+        rank, world = (0, 1) if group is None else (dist.get_rank(group),
+                                                    dist.get_world_size(group))
+        self.class_offset, local = class_shard(num_classes, rank, world)
+        if local == 0:
+            raise ValueError(f"num_classes={num_classes} < world size {world}: every rank "
+                             f"must hold at least one class")
+        # pytorch-metric-learning holds W [embedding_size, num_classes] (normal init): its
+        # transpose, the centres one per row, is what the walk reads.
+        self.centres = nn.Parameter(torch.empty(local, embedding_size))
+        nn.init.normal_(self.centres)
+
+    def _radians(self, margin):
+        return margin
+
+    def forward(self, embeddings, labels):
+        centres = self.centres
+        if isinstance(embeddings, torch.Tensor) and embeddings.dtype != centres.dtype:
+            centres = centres.to(embeddings.dtype)  # as PML's cast_types; autograd keeps it
+        return margin_softmax(embeddings, centres, labels, margin_type=self.margin_type,
+                              scale=self.scale, margin=self.margin_radians,
+                              geometry=self.geometry, backend=self.backend, group=self.group)
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, embedding_size={self.centres.shape[1]}, "
+                f"margin={self.margin}, scale={self.scale}, geometry={self.geometry!r}"
+                + (f", classes [{self.class_offset}, "
+                   f"{self.class_offset + self.centres.shape[0]}) on this rank"
+                   if self.group is not None else ""))
+
+
+class ArcFaceLoss(_MarginSoftmaxLoss):
+    """ArcFace (Deng et al. 2019) with learnable class centres, no N x C logits.
+
+    pytorch-metric-learning's constructor and call: ``ArcFaceLoss(num_classes,
+    embedding_size, margin=28.6, scale=64)``, ``loss(embeddings [N, d], labels [N])``; the
+    margin is in **degrees** there and here (28.6 deg = 0.5 rad; ``flashnce.margin_softmax``
+    takes radians). The centres are ``self.centres`` [num_classes, embedding_size] (PML's
+    ``W`` transposed: ``centres.data.copy_(pml_loss.W.t())``). PML's weight regularisers and
+    reducers are not supported.
+
+    ``group=``: model-parallel classes; this rank holds the contiguous shard
+    [class_offset, class_offset + centres.shape[0]) (keep the module out of DDP: its
+    gradient is already exact, see ``flashnce.class_shards``).
+    """
+
+    margin_type = "arcface"
+
+    def __init__(self, num_classes, embedding_size, margin=28.6, scale=64, *, backend="auto",
+                 group=None):
+        self.margin = margin
+        super().__init__(num_classes, embedding_size, margin, scale, backend=backend,
+                         group=group)
+
+    def _radians(self, margin):
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise TypeError(f"margin must be a number of degrees, got {type(margin).__name__}")
+        return math.radians(margin)
+
+
+class CosFaceLoss(_MarginSoftmaxLoss):
+    """CosFace (Wang et al. 2018) with learnable class centres, no N x C logits.
+
+    pytorch-metric-learning's constructor and call: ``CosFaceLoss(num_classes,
+    embedding_size, margin=0.35, scale=64)``, ``loss(embeddings, labels)``; centres and
+    ``group=`` as ``ArcFaceLoss``. ``geometry`` other than "cosine" subtracts the margin from
+    that geometry's similarity (e.g. minus the hyperbolic distance to a prototype).
+    """
+
+    margin_type = "cosface"
+
+    def __init__(self, num_classes, embedding_size, margin=0.35, scale=64, *,
+                 geometry="cosine", backend="auto", group=None):
+        self.margin = margin
+        super().__init__(num_classes, embedding_size, margin, scale, geometry=geometry,
+                         backend=backend, group=group)

@@ -187,3 +187,27 @@ def reference_uniformity(x, *, t=2.0, normalize=True, **geometry_kwargs):
     eye = torch.eye(n, dtype=torch.bool, device=logits.device)
     return torch.logsumexp(logits.masked_fill(eye, float("-inf")).reshape(-1), 0) - math.log(
         n * (n - 1))
+
+
+def reference_margin_softmax(x, centres, labels, *, margin_type="arcface", scale=64.0,
+                             margin=None, reduction="mean", **geometry_kwargs):
+    """ArcFace / CosFace via ``F.cross_entropy`` on the materialised [N, C] logits, the target
+    logit replaced as insightface writes it (see ``flashnce.margin_softmax``): ArcFace
+    s cos(acos(c) + m) with c = clamp(cos, +-(1 - 1e-6)), or s (c - m sin m) where
+    acos(c) + m > pi; CosFace s (h - m)."""
+    if margin is None:
+        margin = {"arcface": 0.5, "cosface": 0.35}[margin_type]
+    h = reference_logits(x, centres, scale=1.0, **geometry_kwargs)
+    rows = torch.arange(h.shape[0], device=h.device)
+    target = h[rows, labels]
+    if margin_type == "arcface":
+        c = target.clamp(-1 + 1e-6, 1 - 1e-6)
+        theta = torch.acos(c)
+        target = torch.where(theta + margin <= math.pi, torch.cos(theta + margin),
+                             c - margin * math.sin(margin))
+    else:
+        target = target - margin
+    s = _as_tensor(scale, h)
+    logits = (s * h).index_put((rows, labels), s * target)
+    per_row = F.cross_entropy(logits, labels, reduction="none")
+    return _reduce(per_row, reduction)

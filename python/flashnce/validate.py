@@ -226,6 +226,17 @@ def check_label_tensor(t, name: str, n: int, device) -> torch.Tensor:
     return t.to(torch.int64).contiguous()
 
 
+def check_class_labels(labels, n: int, num_classes: int, device, *, check_range=True):
+    """Class ids [N] (any integer dtype) -> int64, each in [0, num_classes)."""
+    lab = check_label_tensor(labels, "labels", n, device)
+    if check_range and n and lab.device.type != "meta" and not _tracing():
+        lo, hi = (int(v) for v in torch.aminmax(lab))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must be class indices in [0, {num_classes}) (the rows "
+                             f"of centres), got values in [{lo}, {hi}]")
+    return lab
+
+
 def check_labels(labels, n: int, m: int, device):
     """Class labels of both sides for label relations (pairs with equal labels are positives):
     None, one integer tensor [N] for both sides (needs N == M), or a pair (x_labels [N],

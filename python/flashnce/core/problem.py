@@ -9,8 +9,9 @@
   added in place into the kernel's dX / dY;
 * theta = (scale, 1/sqrt(c), bias) [3] in the compute dtype, differentiable in the caller's
   tensors;
-* ``stat(backend, relation)`` runs one tile statistic; ``positive_logits()`` gives the
-  O(N) logits of the positive pairs from the same epilogue spec.
+* ``stat(backend, relation)`` runs one tile statistic; ``positive_logits(margin)`` gives the
+  O(N) logits of the positive pairs from the same epilogue spec (with a margin on them:
+  ``flashnce.core.margin``).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class TileProblem:
         return backend.tile_stat(self.x_op, self.y_op, self.x_scalars, self.y_scalars,
                                  self.theta, self.tspec(relation, stat))
 
-    def positive_logits(self):
-        """logit(x_i, y_{t_i}) for every row i (t = targets, or i when None), O(N).
+    def positive_similarity(self):
+        """h(x_i, y_{t_i}) for every row i (t = targets, or i when None), O(N): the positive
+        pairs' similarity at scale 1 (logit = scale * h + bias).
 
         Needs ``with_positives=True``: the dots come from ``feature_stats``.
 
@@ -77,21 +79,30 @@ class TileProblem:
         """
         sy = self.y_scalars
         sy = sy[: self.x_scalars.shape[0]] if self.targets is None else sy[self.targets]
-        logits = self._logits(self.positive_dots, self.x_scalars, sy)
+        h = self._similarity(self.positive_dots, self.x_scalars, sy)
         if self.x is self.y and self.targets is None and self.geo.kind in (
                 "euclidean", "hyperbolic"):
-            # scale * 0 + bias, still a function of scale and bias (their gradients).
-            logits = logits.detach() * 0.0 + (self.theta[spec.THETA_SCALE] * 0.0
-                                              + self.bias)
-        return logits
+            h = h.detach() * 0.0
+        return h
 
-    def logits_of_pairs(self, ex, ey, sx, sy):
+    def positive_logits(self, margin=None):
+        """logit of the positive pairs [N]: scale * h' + bias, h' = margin(h) when a margin
+        (``flashnce.core.margin.Margin``) is given, else h."""
+        return self.logits_from_similarity(self.positive_similarity(), margin)
+
+    def logits_of_pairs(self, ex, ey, sx, sy, margin=None):
         """logit(ex_i, ey_i) of operand rows paired elementwise, with their per-row scalars."""
-        return self._logits(rowwise_dot(ex, ey), sx, sy)
+        return self.logits_from_similarity(self._similarity(rowwise_dot(ex, ey), sx, sy),
+                                           margin)
 
-    def _logits(self, p, sx, sy):
-        return paired_logits(self.geo.kind, p, sx, sy, self.theta[spec.THETA_SCALE],
-                             self.theta[spec.THETA_INV_SQRT_C], self.kappa) + self.bias
+    def logits_from_similarity(self, h, margin=None):
+        if margin is not None:
+            h = margin(h)
+        return self.theta[spec.THETA_SCALE] * h + self.bias
+
+    def _similarity(self, p, sx, sy):
+        return paired_logits(self.geo.kind, p, sx, sy, 1.0, self.theta[spec.THETA_INV_SQRT_C],
+                             self.kappa)
 
 
 def per_row_losses(row_neg, col_neg, positive, symmetric: bool):
