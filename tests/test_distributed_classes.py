@@ -92,6 +92,24 @@ def _module_run(world, rank, group):
     return dict(loss=loss.detach(), x=xr.grad, w=mod.centres.grad, offset=off, k=k)
 
 
+def _infonce_margin_run(world, rank, group):
+    """Symmetric infonce(margin=) across ranks (gather and ring): the margin logit of each
+    diagonal positive is computed where the pair lives."""
+    out = {}
+    g = torch.Generator().manual_seed(5)
+    n = sum(ROWS[world])
+    x, y = (torch.randn(n, DIM, generator=g, dtype=torch.float64) for _ in range(2))
+    lo, k = list(_spans(ROWS[world]))[rank]
+    for mode in ("gather", "ring"):
+        xr = x[lo:lo + k].clone().requires_grad_(True)
+        yr = y[lo:lo + k].clone().requires_grad_(True)
+        loss = flashnce.infonce(xr, yr, scale=4.0, margin=0.3, margin_type="arcface",
+                                group=group, group_mode=mode)
+        loss.backward()
+        out[mode] = dict(loss=loss.detach(), x=xr.grad, y=yr.grad)
+    return out
+
+
 def _error_run(world, rank, group):
     """Bad input on one rank raises on every rank (no hang)."""
     out = {}
@@ -122,7 +140,8 @@ def _worker(rank, world, store_dir):
                 results[case] = _run(world, rank, group, case)
             except Exception:
                 results[case] = traceback.format_exc()
-        for name, fn in (("module", _module_run), ("errors", _error_run)):
+        for name, fn in (("module", _module_run), ("errors", _error_run),
+                         ("infonce_margin", _infonce_margin_run)):
             try:
                 results[name] = fn(world, rank, group)
             except Exception:
@@ -206,3 +225,19 @@ def test_bad_input_raises_on_every_rank(spawned):
         # The rank with the other dim names it; the others say that rank rejected its inputs.
         want = "dim" if rank == world - 1 else f"rank(s) [{world - 1}] rejected"
         assert r["dim"] != "no error" and want in r["dim"], (rank, r)
+
+
+@pytest.mark.parametrize("mode", ("gather", "ring"))
+def test_infonce_margin_across_ranks(spawned, mode):
+    world, per_rank = spawned
+    res = [r[mode] for r in _results(per_rank, "infonce_margin")]
+    g = torch.Generator().manual_seed(5)
+    n = sum(ROWS[world])
+    x, y = (torch.randn(n, DIM, generator=g, dtype=torch.float64).requires_grad_(True)
+            for _ in range(2))
+    want = flashnce.infonce(x, y, scale=4.0, margin=0.3, margin_type="arcface",
+                            backend="reference")
+    want.backward()
+    _close(torch.stack([r["loss"] for r in res]).mean(), want.detach(), "mean_r loss_r")
+    _close(torch.cat([r["x"] for r in res]) / world, x.grad, "x_r.grad / W")
+    _close(torch.cat([r["y"] for r in res]) / world, y.grad, "y_r.grad / W")

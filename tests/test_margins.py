@@ -228,9 +228,5 @@ def test_bad_input_gets_clear_errors():
         flashnce.nn.ArcFaceLoss(0, 8)
     with pytest.raises(ValueError, match="ArcFace margin"):
         flashnce.nn.ArcFaceLoss(10, 8, margin=180.0)  # degrees, as pytorch-metric-learning
-    with pytest.raises(ValueError, match="margin"):
-        flashnce.infonce(x, x, margin=0.2, group=_FakeGroup())
-
-
-class _FakeGroup:
-    """Anything non-None: margin= with group= is refused before the group is looked at."""
+    with pytest.raises(ValueError, match="ArcFace margin"):
+        flashnce.infonce(x, x, margin=4.0, margin_type="arcface")

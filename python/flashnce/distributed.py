@@ -405,7 +405,7 @@ def _handshake(group, x, y, targets, error, grad_mask,
     if bad:
         if error is not None:
             raise error
-        raise RuntimeError(f"flashnce.infonce(group=...): rank(s) {bad} rejected their inputs "
+        raise RuntimeError(f"flashnce (group=...): rank(s) {bad} rejected their inputs "
                            f"(see the error on those ranks); no feature collective was started")
     dims = {row[3] for row in rows}
     dtypes = {row[4] for row in rows}
@@ -455,7 +455,8 @@ def _check_local(x, y, symmetric, targets, mode):
 
 
 def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, on_manifold,
-                        symmetric, targets, reduction, backend, max_radius=MAX_RADIUS):
+                        symmetric, targets, reduction, backend, max_radius=MAX_RADIUS,
+                        margin=None):
     """``flashnce.infonce(..., group=...)``; see the module docstring for the convention."""
     check_group(group)
     error, prob, impl, grad_mask = None, None, None, 0
@@ -503,9 +504,9 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
 
     if targets is not None:  # gather mode only (checked): positives among the gathered columns
         positive = prob.logits_of_pairs(prob.x_op, y_all[targets], prob.x_scalars,
-                                        b_all[targets])
+                                        b_all[targets], margin)
     else:
-        positive = prob.positive_logits()
+        positive = prob.positive_logits(margin)
     per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
     if reduction == "none":
         return per_row

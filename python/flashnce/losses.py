@@ -106,15 +106,15 @@ def infonce(x, y, *, geometry="cosine", scale=1.0, curvature=1.0, on_manifold=Fa
     margin_fn = check_margin(margin, margin_type, geometry, allow_zero=True)
     if group is not None:
         for name, value in (("negatives", negatives), ("exclude", exclude),
-                            ("exclude_labels", exclude_labels),
-                            ("margin", margin_fn)):
+                            ("exclude_labels", exclude_labels)):
             if value is not None:
                 raise ValueError(f"{name}= is not supported with group= yet (single process "
                                  f"only)")
         return distributed_infonce(
             x, y, group=group, group_mode=group_mode, geometry=geometry, scale=scale,
             curvature=curvature, on_manifold=on_manifold, symmetric=symmetric,
-            targets=targets, reduction=reduction, backend=backend, max_radius=max_radius)
+            targets=targets, reduction=reduction, backend=backend, max_radius=max_radius,
+            margin=margin_fn)
     dispatch.check_backend_name(backend)
     check_choice(reduction, "reduction", REDUCTIONS)
     if not isinstance(symmetric, bool):

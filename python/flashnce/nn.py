@@ -321,20 +321,22 @@ class SupConLoss(nn.Module):
 class NTXentLoss(nn.Module):
     """NT-Xent (SimCLR) over two views: forward(z1 [N, d], z2 [N, d]) -> loss (lightly's
     ``NTXentLoss(temperature=0.5)`` call convention, cosine similarity). See
-    ``flashnce.ntxent`` (``denominator="negatives"`` for the decoupled form)."""
+    ``flashnce.ntxent`` (``denominator="negatives"`` for the decoupled form; ``group=`` for
+    the views of every rank, DDP convention)."""
 
     def __init__(self, temperature=0.5, *, geometry="cosine", denominator="all",
-                 backend="auto"):
+                 backend="auto", group=None):
         super().__init__()
         check_choice(denominator, "denominator", DENOMINATORS)
         get_geometry(geometry)
         dispatch.check_backend_name(backend)
         self.temperature = check_positive_number(temperature, "temperature")
         self.geometry, self.denominator, self.backend = geometry, denominator, backend
+        self.group = group
 
     def forward(self, z1, z2):
         return ntxent(z1, z2, temperature=self.temperature, geometry=self.geometry,
-                      denominator=self.denominator, backend=self.backend)
+                      denominator=self.denominator, backend=self.backend, group=self.group)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, geometry={self.geometry!r}, "
