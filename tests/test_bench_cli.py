@@ -4,8 +4,11 @@
 import csv
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,3 +310,18 @@ def test_loss_choices_in_help():
     with pytest.raises(SystemExit):
         cli.parse_args(["--loss", "triplet"])
     assert all(loss in cli.__doc__ for loss in C.LOSSES)
+
+
+def test_gpu_validate_script_fails_early_without_a_gpu():
+    """bench/gpu/validate.sh stops at once (exit 2, a message saying why) where there is no
+    CUDA device, before building or benchmarking anything."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would run the whole validation")
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not available to run bench/gpu/validate.sh")
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu" / "validate.sh"
+    env = {k: v for k, v in os.environ.items() if k != "FLASHNCE_VALIDATE_SMOKE"}
+    out = subprocess.run(["bash", str(script), "/nonexistent"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert "no CUDA device" in out.stderr

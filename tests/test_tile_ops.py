@@ -69,13 +69,23 @@ def _budget_per_stat(backend):
     return out
 
 
+def _device(name: str) -> str:
+    """cuda for the cuda backend, and for triton when its kernels are compiled (a GPU run
+    with TRITON_INTERPRET=0, bench/gpu/validate.sh); cpu otherwise (the interpreter)."""
+    from flashnce.backends import triton as triton_backend
+
+    if name == "cuda" or (name == "triton" and not triton_backend.INTERPRETED):
+        return "cuda"
+    return "cpu"
+
+
 def _available():
     out = []
     for name, backend in dispatch.BACKENDS.items():
         if name == "reference":  # it *is* the oracle here; test_backends checks it
             continue
         why = backend.unavailable()
-        if name == "cuda" and why is None and not torch.cuda.is_available():
+        if why is None and _device(name) == "cuda" and not torch.cuda.is_available():
             why = "no CUDA device"
         out.append((name, backend, why))
     return out
@@ -97,8 +107,8 @@ for _name, _backend, _why in _available():
 def test_matches_dense_oracle(backend_name, case):
     stat, kind, rel_case, dtype, shape = case
     backend = dispatch.BACKENDS[backend_name]
-    device = "cuda" if backend_name == "cuda" else "cpu"
-    problem = make_problem(kind, rel_case, dtype, shape, device=device, stat=stat)
+    problem = make_problem(kind, rel_case, dtype, shape, device=_device(backend_name),
+                           stat=stat)
     x, y, *_ = problem
     assert backend.not_supported_reasons(x, y, problem[5]) == []
     check_against_oracle(backend.forward_raw, backend.backward_raw, problem)
