@@ -14,6 +14,8 @@
 // options [6] = (kind, stat, relation, flags, diag_offset, cols_both = M0); kappa: the distance
 // clamp constant. The logits are l_ij = scale * h_kind(<x_i, y_j>, alpha_i, beta_j) + bias;
 // d_theta = (sum G h, scale * sum G h / inv_sqrt_c for the hyperbolic kind else 0, sum G).
+// flags may carry kFlagSameOperand (y is x; CPU kernel only): tile_bwd / tile_fwd_grad then
+// return dx = dX + dY and an empty dy [0, K].
 // Autograd and fake (meta) functions are registered from Python once this library is loaded.
 #include <torch/library.h>
 

@@ -129,7 +129,8 @@ def test_spec_header_matches_python():
                     ("NUM_OPTIONS", "kNumOptions"), ("THETA_SCALE", "kThetaScale"),
                     ("THETA_INV_SQRT_C", "kThetaInvSqrtC"), ("THETA_BIAS", "kThetaBias"),
                     ("NUM_THETA", "kNumTheta"), ("FLAG_SKIP_SELF", "kFlagSkipSelf"),
-                    ("FLAG_SKIP_POSITIVES", "kFlagSkipPositives"), ("ROLE_SKIP", "kRoleSkip"),
+                    ("FLAG_SKIP_POSITIVES", "kFlagSkipPositives"),
+                    ("FLAG_SAME_OPERAND", "kFlagSameOperand"), ("ROLE_SKIP", "kRoleSkip"),
                     ("ROLE_POSITIVE", "kRolePositive")):
         value = re.search(rf"\b{cpp} = (\d+)", text)
         assert value is not None and int(value.group(1)) == getattr(spec, py), cpp

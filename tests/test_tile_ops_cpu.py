@@ -299,7 +299,7 @@ def _opts(**changes):
     (_opts(stat=len(spec.STATS)), [], "unknown statistic"),
     (_opts(stat=-1), [], "unknown statistic"),
     (_opts(relation=5), [], "unknown relation"),
-    (_opts(flags=4), [], "unknown relation flags"),
+    (_opts(flags=8), [], "unknown relation flags"),
     (_opts(cols_both=6), [], "cols_both"),
     (_opts(cols_both=-1), [], "cols_both"),
     (_opts(relation=spec.relation_id("none")), [torch.zeros(6, dtype=torch.int64)],

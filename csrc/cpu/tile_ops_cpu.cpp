@@ -42,17 +42,21 @@ at::ScalarType compute_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The options vector (spec.h kOpt*), checked.
+// The options vector (spec.h kOpt*), checked. flags holds the relation flags only; the
+// backward-mode bit kFlagSameOperand is split off into same_operand.
 struct Options {
   int64_t kind, stat, relation, flags, diag_offset, m0;
+  bool same_operand;
 };
 
 Options parse_options(at::IntArrayRef options, int64_t m) {
   TORCH_CHECK(static_cast<int64_t>(options.size()) == kNumOptions, "flashnce: options must have ",
               kNumOptions, " entries (kind, stat, relation, flags, diag_offset, cols_both), got ",
               options.size());
-  Options o{options[kOptKind],  options[kOptStat],       options[kOptRelation],
-            options[kOptFlags], options[kOptDiagOffset], options[kOptColsBoth]};
+  const int64_t flags = options[kOptFlags];
+  Options o{options[kOptKind],         options[kOptStat],       options[kOptRelation],
+            flags & ~kFlagSameOperand, options[kOptDiagOffset], options[kOptColsBoth],
+            (flags & kFlagSameOperand) != 0};
   TORCH_CHECK(o.kind >= 0 && o.kind < kNumEpilogueKinds, "flashnce: unknown epilogue kind ",
               o.kind, " (known: 0..", kNumEpilogueKinds - 1, ")");
   TORCH_CHECK(o.stat >= 0 && o.stat < kNumStats, "flashnce: unknown statistic ", o.stat,
@@ -158,9 +162,13 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& y, const at::Tensor& alp
   check_inputs(x, y, alpha, beta, theta, p.opt.kind);
   p.rel = make_relation(p.opt.relation, p.opt.flags, p.opt.diag_offset, relation, x.size(0),
                         y.size(0));
+  // Same operand: the caller vouches that y is x; the shapes are what can be checked here.
+  TORCH_CHECK(!p.opt.same_operand || x.sizes() == y.sizes(),
+              "flashnce: the same-operand flag needs y of x's shape, got ", x.sizes(), " and ",
+              y.sizes());
   const auto cd = compute_dtype(x.scalar_type());
   p.xc = x.to(cd).contiguous();
-  p.yc = y.to(cd).contiguous();
+  p.yc = p.opt.same_operand ? p.xc : y.to(cd).contiguous();  // one widened copy for y is x
   p.ac = alpha.to(cd).contiguous();
   p.bt = beta.to(cd).t().contiguous();
   const at::Tensor th = theta.to(at::kCPU, at::kDouble).contiguous();
@@ -209,22 +217,26 @@ std::tuple<at::Tensor, at::Tensor> tile_fwd_cpu(const at::Tensor& x, const at::T
   return {row_stat, col_stat};
 }
 
-// The gradients of one backward walk: zero-initialised in the compute dtype (dX, dY widened
-// back to the input dtype by finish()), d_theta written from the walk's sums.
+// The gradients of one backward walk: zero-initialised in the compute dtype (dX, dY converted
+// back to the input dtype by finish()), d_theta written from the walk's sums. Same operand:
+// dy is empty [0, K] and the walk accumulates dY into dx (dx = dX + dY, converted once).
 struct Grads {
   at::Tensor dx, dy, d_alpha, d_betaT, d_theta;
+  bool same_operand;
 
   Grads(const Prepared& p, int64_t n, int64_t m, int64_t r)
       : dx(at::zeros_like(p.xc)),
-        dy(at::zeros_like(p.yc)),
+        dy(p.opt.same_operand ? at::empty({0, p.yc.size(1)}, p.yc.options())
+                              : at::zeros_like(p.yc)),
         d_alpha(at::zeros({n, r}, p.xc.options())),
         d_betaT(at::zeros({r, m}, p.xc.options())),
-        d_theta(at::zeros({kNumTheta}, p.xc.options())) {}
+        d_theta(at::zeros({kNumTheta}, p.xc.options())),
+        same_operand(p.opt.same_operand) {}
 
   template <class T>
   BackwardOut<T> out() {
-    return BackwardOut<T>{dx.data_ptr<T>(), dy.data_ptr<T>(), d_alpha.data_ptr<T>(),
-                          d_betaT.data_ptr<T>()};
+    return BackwardOut<T>{dx.data_ptr<T>(), same_operand ? nullptr : dy.data_ptr<T>(),
+                          d_alpha.data_ptr<T>(), d_betaT.data_ptr<T>()};
   }
 
   // d_theta = (d scale, d inv_sqrt_c, d bias): l = scale h + bias and, for the hyperbolic

@@ -14,6 +14,13 @@
 // accumulators (and, for the one pass, the column sums to per-part O(M) states merged in part
 // order). Nothing is atomic, so a run is bitwise reproducible for a given thread count.
 // Workspace: (threads - 1) x ~4 MiB dY accumulators, O(threads R M) and one tile per thread.
+//
+// Same operand (BackwardOut::dy == nullptr, spec.h kFlagSameOperand: y is x, M = N): dY is
+// accumulated into dx (dx = dX + dY). dY row j is dx row j, owned by the part whose row range
+// holds j, so no part may write it during the parallel region: every part (part 0 too)
+// accumulates the super-block's dY privately and the part-order reduction after the region
+// adds the copies into dx rows [c0, c1). One part alone owns every row and adds dY straight
+// into dx. Workspace: threads x ~4 MiB (none with one part); no N x K dY.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -37,7 +44,7 @@ namespace FLASHNCE_ISA {
 template <class T>
 struct BackwardOut {
   T* dx;
-  T* dy;
+  T* dy;  // nullptr: same operand (y is x), dY accumulated into dx
   T* d_alpha;
   T* d_betaT;
   double sum_gh = 0;  // sum_ij G_ij h_ij
@@ -112,16 +119,20 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
   const int64_t n = pb.n, m = pb.m, kdim = pb.k;
   const int64_t nblocks = (n + kBlockN - 1) / kBlockN;
   const int64_t nparts = num_parts(nblocks);
-  T* const dy = out.dy;
+  const bool same = out.dy == nullptr;
+  // Where the reduced dY goes: dx itself for the same operand (its M = N rows are x's).
+  T* const dy = same ? out.dx : out.dy;
   T* const d_alpha = out.d_alpha;
   T* const d_betaT = out.d_betaT;
   // Columns are walked in super-blocks; within one, the parts (row ranges) run in parallel and
   // each accumulates the super-block's dY privately: part 0 straight into dy, the others into
   // a super_m x K buffer that is reduced into dy in part order before the next super-block.
   // Workspace O(threads super_m K), not O(threads M K). dX rows and d_alpha stay owned by one
-  // part; d_beta (O(R M) per part) keeps whole-M per-part accumulators.
+  // part; d_beta (O(R M) per part) keeps whole-M per-part accumulators. Same operand with
+  // several parts: part 0 has a buffer too (its dy is dx, whose rows other parts own).
   const int64_t super_m = nparts > 1 ? std::min(m, super_block_cols<T>(kdim)) : m;
-  std::vector<std::vector<T>> dy_extra(nparts - 1);
+  const int64_t first_buffered = same && nparts > 1 ? 0 : 1;  // parts >= this use a buffer
+  std::vector<std::vector<T>> dy_extra(nparts - first_buffered);
   std::vector<T> dbeta_parts((nparts - 1) * R * m, T(0));
   std::vector<double> gh_parts(nparts, 0.0), g_parts(nparts, 0.0);
   // One pass: per-part column sums over all M columns (row-only ones dropped at the end).
@@ -132,15 +143,14 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
     const int64_t c1 = std::min(m, c0 + super_m), mc = c1 - c0;
     for_each_part(nparts, [&](int64_t part) {
       T* dy_part = dy + c0 * kdim;
-      T* dbeta = d_betaT;
-      if (part > 0) {
-        std::vector<T>& buf = dy_extra[part - 1];
+      T* dbeta = part > 0 ? dbeta_parts.data() + (part - 1) * R * m : d_betaT;
+      if (part >= first_buffered) {
+        std::vector<T>& buf = dy_extra[part - first_buffered];
         if (buf.empty())
           buf.assign(super_m * kdim, T(0));  // first touch by the part's own thread
         else
           std::fill(buf.begin(), buf.begin() + mc * kdim, T(0));
         dy_part = buf.data();
-        dbeta = dbeta_parts.data() + (part - 1) * R * m;
       }
       std::vector<T> tile(kBlockN * kBlockM), col_factor(kBlockM);
       std::vector<int32_t> skip_cols(kBlockM), pos_cols(S::kNeedsPositives ? kBlockM : 0);
@@ -196,12 +206,13 @@ void backward_walk(const Problem<T>& pb, const RelationView& rel, const Backward
       gh_parts[part] += gh_part;
       g_parts[part] += g_part;
     });
-    // Reduce this super-block's per-part dY in part order (deterministic, no atomics).
+    // Reduce this super-block's per-part dY in part order (deterministic, no atomics); for
+    // the same operand into dx rows [c0, c1), which the region above has finished writing.
     if (nparts > 1) {
       at::parallel_for(0, mc, 256, [&](int64_t b, int64_t e) {
         T* dst = dy + c0 * kdim;
-        for (int64_t part = 1; part < nparts; ++part) {
-          const T* src = dy_extra[part - 1].data();
+        for (int64_t part = first_buffered; part < nparts; ++part) {
+          const T* src = dy_extra[part - first_buffered].data();
           for (int64_t idx = b * kdim; idx < e * kdim; ++idx) dst[idx] += src[idx];
         }
       });

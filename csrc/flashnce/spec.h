@@ -5,7 +5,7 @@
 //   options[kOptKind]       epilogue kind (EpilogueKind in geometry.h)
 //   options[kOptStat]       statistic (Stat)
 //   options[kOptRelation]   relation (Relation); its index tensors arrive as Tensor[] relation
-//   options[kOptFlags]      kFlagSkipSelf | kFlagSkipPositives
+//   options[kOptFlags]      kFlagSkipSelf | kFlagSkipPositives (| kFlagSameOperand, CPU)
 //   options[kOptDiagOffset] self / diagonal pairs are j == i + offset
 //   options[kOptColsBoth]   M0: columns j >= M0 are seen by rows only
 //   theta = (scale, inv_sqrt_c, bias); logit = scale * h + bias
@@ -46,7 +46,11 @@ constexpr int64_t kRolePositive = 1;
 
 constexpr int64_t kFlagSkipSelf = 1;
 constexpr int64_t kFlagSkipPositives = 2;
-constexpr int64_t kAllFlags = kFlagSkipSelf | kFlagSkipPositives;
+constexpr int64_t kAllFlags = kFlagSkipSelf | kFlagSkipPositives;  // the relation flags
+// Backward mode, not a relation flag: y is x (M = N, same values); tile_bwd / tile_fwd_grad
+// return dX + dY as dx and an empty dy [0, K]; the forward ignores it. Only kernels that
+// implement it accept it (CPU); the others refuse it as an unknown flag.
+constexpr int64_t kFlagSameOperand = 4;
 
 constexpr int kOptKind = 0;
 constexpr int kOptStat = 1;

@@ -16,6 +16,10 @@ Autograd runs its backward after all of their consumers, so it receives the kern
 opmath: the backward's peak is dX + dY + the kernel's workspace; nothing else of size N x d is
 allocated outside the kernel (the CPU kernel itself widens bf16/fp16 inputs to fp32).
 
+Same-set losses (y is x): a backend that supports ``spec.FLAG_SAME_OPERAND`` returns dX + dY
+as dX and no dY, and every term of y's side is added into that one gradient, so the peak is
+dX + the kernel's workspace; otherwise dY is added into dX here.
+
 Temporaries (the products of the row dots, fp32 copies of bf16 rows) are bounded by working
 in row chunks of about 4 MiB; under torch.compile one expression is used instead, which
 inductor fuses without materialising it.
@@ -152,7 +156,13 @@ class _FeatureStats(torch.autograd.Function):
         x, y, targets, q_x, q_y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad[:2]
         dx = _owned_gradient(g_x, x) if need_x else None
-        dy = _owned_gradient(g_y, y, other=g_x) if need_y else None
+        if ctx.same_set and g_y is None:
+            # y is x and the kernel returned dX + dY as dX (spec.FLAG_SAME_OPERAND), or y's
+            # alias got no gradient: y's terms below go into the one gradient, and no N x d
+            # dY is allocated.
+            dy = dx
+        else:
+            dy = _owned_gradient(g_y, y, other=g_x) if need_y else None
         # Path 2: d|x_i|^2 / dx_i = 2 x_i.
         if dx is not None and g_qx is not None:
             _add_scaled_rows(dx, x, 2.0 * g_qx)
@@ -167,7 +177,9 @@ class _FeatureStats(torch.autograd.Function):
                 _add_scaled_rows(dy[:n], x, g_p)
             elif dy is not None:
                 _scatter_add_scaled_rows(dy, x, g_p, targets)
-        if ctx.same_set and dx is not None and dy is not None:
+        if dy is dx:
+            dy = None  # already one gradient
+        elif ctx.same_set and dx is not None and dy is not None:
             # y is a view of x: hand autograd one gradient (dX += dY in place), not two N x d
             # tensors for it to add into a third.
             dx, dy = dx.add_(dy), None

@@ -24,6 +24,12 @@ backends go through the one autograd Function ``flashnce.core.autograd.TileStat`
 defaults to ``forward_raw`` then ``backward_raw`` (two walks); backends with a one-pass walk
 override it.
 
+Same operand: when y is x (``flashnce.core.autograd.same_operand``: the same-set losses) and
+the backend declares ``supports_same_operand``, ``tile_stat`` sets ``spec.FLAG_SAME_OPERAND``
+in the call's flags, and the backward returns dX + dY as dX and an empty dY (autograd gets
+None for y): one N x d gradient instead of two alive at once. Elsewhere dX and dY come back
+separately and ``flashnce.features`` adds them. The statistics are the same either way.
+
 Capabilities (devices, dtypes, kinds, stats, relations) are data: ``not_supported_reasons``
 is derived from them plus ``unavailable()`` (resolved once, at import, by ``dispatch``) and
 ``input_reasons`` (limits that depend on the input, e.g. sizes). The test matrix is generated
@@ -35,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..core import spec
-from ..core.autograd import row_sum_function, tile_stat_function
+from ..core.autograd import row_sum_function, same_operand, tile_stat_function, with_same_operand
 from ..core.tilespec import TileSpec
 from ..validate import functorch_transform
 
@@ -56,6 +62,8 @@ class Backend:
     # torch.func.grad needs every autograd.Function on the path to support functorch: true
     # of the Python backends, not of the compiled ops' registered autograd.
     supports_func_grad = True
+    # Whether the backward honours spec.FLAG_SAME_OPERAND (dX + dY returned as dX, dY empty).
+    supports_same_operand = False
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run in this process at all (None when it can)."""
@@ -108,9 +116,14 @@ class Backend:
                                   torch.ones_like(row), torch.zeros_like(col))
         return (row, col, *grads)
 
+    def operand_spec(self, x, y, tspec: TileSpec) -> TileSpec:
+        """tspec with FLAG_SAME_OPERAND when y is x and this backend supports it."""
+        return with_same_operand(tspec, self.supports_same_operand and same_operand(x, y))
+
     def tile_stat(self, x, y, alpha, beta, theta, tspec: TileSpec):
         """Differentiable (row_stat, col_stat) in x, y, alpha, beta and theta."""
-        return tile_stat_function(self, x, y, alpha, beta, theta, tspec)
+        return tile_stat_function(self, x, y, alpha, beta, theta,
+                                  self.operand_spec(x, y, tspec))
 
     def row_sum(self, x, y, alpha, beta, theta, tspec: TileSpec):
         """Differentiable sum_i row_stat[i] from one walk (stats with a local G)."""
@@ -151,4 +164,4 @@ class OpBackend(Backend):
                   tspec.options(y.shape[0]), tspec.kappa)
 
     def tile_stat(self, x, y, alpha, beta, theta, tspec: TileSpec):
-        return self.forward_raw(x, y, alpha, beta, theta, tspec)
+        return self.forward_raw(x, y, alpha, beta, theta, self.operand_spec(x, y, tspec))

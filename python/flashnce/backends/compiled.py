@@ -9,9 +9,11 @@ only in what they accept, which is data here. Availability is resolved once at i
 cpu: fused forward (row and column statistics in one pass over the tiles) and fused backward
 (each tile recomputed once, both gradient GEMMs on it), parallel over row blocks,
 deterministic for a given thread count; ``tile_fwd_grad`` (pair_sum) is the backward walk
-that also folds the forward sums.
+that also folds the forward sums. Supports ``spec.FLAG_SAME_OPERAND`` (dY accumulated into
+dX for y is x, no N x K dY).
 cuda: forward by row blocks and by column blocks, backward likewise; no atomics; bf16 / fp16
-tiles on tensor cores with fp32 accumulation.
+tiles on tensor cores with fp32 accumulation. No same-operand backward yet (dX and dY come
+back separately and ``flashnce.features`` adds them).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class CompiledOpBackend(OpBackend):
     fwd_grad_op_name = "tile_fwd_grad"  # one pass for stats with a local G (pair_sum)
 
     def __init__(self, name: str, device: str, why, max_rows: int, size_note: str,
-                 stats: tuple):
+                 stats: tuple, supports_same_operand: bool = False):
         self.name, self.devices, self.stats = name, (device,), stats
+        self.supports_same_operand = supports_same_operand
         self._why, self._max_rows, self._size_note = why, max_rows, size_note
 
     def unavailable(self):
@@ -41,7 +44,7 @@ class CompiledOpBackend(OpBackend):
 
 CPU = CompiledOpBackend("cpu", "cpu", _extension.why_unavailable, 2**31,
                         "dimensions must be below 2**31 (BLAS int32 sizes)",
-                        ("lse", "pair_sum", "masked_sum"))
+                        ("lse", "pair_sum", "masked_sum"), supports_same_operand=True)
 CUDA = CompiledOpBackend("cuda", "cuda", _extension.why_cuda_unavailable, 2**35,
                          "2**35 rows or more do not fit the CUDA grid",
                          ("lse", "pair_sum", "masked_sum"))

@@ -32,6 +32,7 @@ BLOCK_M = 512
 class TorchBlockwise(Backend):
     name = "torch"
     devices = None  # any device PyTorch runs on
+    supports_same_operand = True  # the column GEMM then adds into dX (y is x)
 
     @staticmethod
     def _tiles(n, m):
@@ -103,12 +104,17 @@ class TorchBlockwise(Backend):
 
     def _gradient_walk(self, x, y, alpha, beta, theta, tspec: TileSpec, tile_g):
         """dX, dY, d_alpha, d_beta, d_theta from each tile's G = tile_g(logits, roles, i0, i1,
-        j0, c1) (c1: end of the tile's columns that have a column state)."""
+        j0, c1) (c1: end of the tile's columns that have a column state). Same operand
+        (spec.FLAG_SAME_OPERAND, y is x): the columns' gradient goes into dX too and dY is
+        empty."""
         cd = compute_dtype(x.dtype)
-        xc, yc = x.to(cd), y.to(cd)
+        same = bool(tspec.relation.flags & spec.FLAG_SAME_OPERAND)
+        xc = x.to(cd)
+        yc = xc if same else y.to(cd)
         n, m = x.shape[0], y.shape[0]
         m0 = tspec.cols_both(m)
-        dx, dy = torch.zeros_like(xc), torch.zeros_like(yc)
+        dx = torch.zeros_like(xc)
+        dy = dx if same else torch.zeros_like(yc)
         d_alpha, d_beta = torch.zeros_like(alpha), torch.zeros_like(beta)
         sum_gh = torch.zeros((), dtype=cd, device=x.device)
         sum_g = torch.zeros((), dtype=cd, device=x.device)
@@ -125,7 +131,8 @@ class TorchBlockwise(Backend):
             sum_gh += gh_t
             sum_g += g.sum()
         d_theta = theta_grad(sum_gh, sum_g, theta, tspec.kind)
-        return dx.to(x.dtype), dy.to(y.dtype), d_alpha, d_beta, d_theta
+        dy = y.new_empty((0, y.shape[1])) if same else dy.to(y.dtype)
+        return dx.to(x.dtype), dy, d_alpha, d_beta, d_theta
 
 
 BACKEND = TorchBlockwise()

@@ -15,6 +15,11 @@ allocated); a second backward through the same graph reruns the walk.
 
 The relation's index tensors are passed to ``apply`` as tensors, not hidden inside the spec,
 so that ``torch.compile`` sees them as graph inputs.
+
+Same operand (``spec.FLAG_SAME_OPERAND``, set by ``Backend.operand_spec`` when
+``same_operand(x, y)`` and the backend supports it): the raw backward returns dX + dY as dX
+and an empty dY; these Functions (and ``flashnce.core.library``'s) hand autograd that dX for
+x and None for y, so one N x d gradient reaches ``flashnce.features`` instead of two.
 """
 
 from __future__ import annotations
@@ -36,6 +41,49 @@ def theta_grad(sum_gh, sum_g, theta, kind: str):
     scale, k = theta[spec.THETA_SCALE], theta[spec.THETA_INV_SQRT_C]
     d_k = scale * sum_gh / k if kind == "hyperbolic" else torch.zeros_like(sum_gh)
     return torch.stack([sum_gh, d_k, sum_g]).to(theta.dtype)
+
+
+def same_operand(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether y is x for a tile walk's backward: a gradient of x + the gradient of y may be
+    returned as x's alone (``spec.FLAG_SAME_OPERAND``).
+
+    True for one tensor, or for two views of one base with the same geometry (the same-set
+    losses: ``flashnce.features`` hands them two views of the batch), both requiring grad:
+    both gradients then reach the base through the same view, so their sum is what autograd
+    would form. Storage sharing alone is not enough (``y = x.detach()`` shares storage but
+    takes no gradient; two leaves may share one storage). Under dynamo tracing only identity
+    counts (it cannot read storage offsets); the eager path is the one whose memory matters.
+    """
+    if y is x:
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    base = x._base
+    return (base is not None and y._base is base and x.requires_grad and y.requires_grad
+            and x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
+            and x.storage_offset() == y.storage_offset())
+
+
+def with_same_operand(tspec, on: bool = True):
+    """tspec with the relation's FLAG_SAME_OPERAND bit set (on) or as it is."""
+    if not on:
+        return tspec
+    rel = tspec.relation
+    return replace(tspec, relation=replace(rel, flags=rel.flags | spec.FLAG_SAME_OPERAND))
+
+
+def is_same_operand(flags: int) -> bool:
+    """Whether an options vector's flags ask for the same-operand backward."""
+    return bool(flags & spec.FLAG_SAME_OPERAND)
+
+
+def autograd_grads(grads, flags: int) -> list:
+    """A raw backward's (dX, dY, d_alpha, d_beta, d_theta) as autograd's input gradients: dY
+    is None when it was merged into dX (FLAG_SAME_OPERAND; the raw dY is empty)."""
+    grads = list(grads)
+    if is_same_operand(flags):
+        grads[1] = None
+    return grads
 
 
 class _TileStat(torch.autograd.Function):
@@ -61,6 +109,7 @@ class _TileStat(torch.autograd.Function):
         g_row = torch.zeros_like(row) if g_row is None else g_row.contiguous()
         g_col = torch.zeros_like(col) if g_col is None else g_col.contiguous()
         grads = ctx.backend.backward_raw(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col)
+        grads = autograd_grads(grads, tspec.relation.flags)
         return (*grads, None, None, *([None] * len(rel_tensors)))
 
 
@@ -86,7 +135,7 @@ class _RowSum(torch.autograd.Function):
         # The inputs too (references, no copies): a second backward recomputes from them. The
         # gradients are held on ctx, not saved: the first backward scales them in place, which
         # save_for_backward's version check would refuse at a second unpacking.
-        ctx.grads = grads
+        ctx.grads = autograd_grads(grads, tspec.relation.flags)
         ctx.save_for_backward(x, y, alpha, beta, theta, *rel_tensors)
         ctx.tspec, ctx.backend, ctx.n_rel = tspec, backend, len(rel_tensors)
         ctx.mark_non_differentiable(*grads)
@@ -101,14 +150,16 @@ class _RowSum(torch.autograd.Function):
             # First backward: the saved gradients become the returned ones, scaled in place
             # (flashnce.features then adds into dX in place): nothing of size N x d is
             # allocated here.
-            grads, ctx.grads = [t.mul_(g.to(t.dtype)) for t in ctx.grads], None
+            grads, ctx.grads = [None if t is None else t.mul_(g.to(t.dtype))
+                                for t in ctx.grads], None
         else:
             # A second backward through the same graph (retain_graph=True, gradcheck): the
             # saved gradients are used up, so the walk runs again.
             x, y, alpha, beta, theta, *rel = ctx.saved_tensors
             tspec = replace(ctx.tspec, relation=replace(ctx.tspec.relation, tensors=tuple(rel)))
             _, _, *fresh = ctx.backend.forward_grad_raw(x, y, alpha, beta, theta, tspec)
-            grads = [(t * g).to(t.dtype) for t in fresh]
+            grads = [None if t is None else (t * g).to(t.dtype)
+                     for t in autograd_grads(fresh, tspec.relation.flags)]
         return (*grads, None, None, *([None] * ctx.n_rel))
 
 

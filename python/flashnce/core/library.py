@@ -7,6 +7,10 @@ one pair of fake functions serves the C++ ops (the Triton ops trace their launch
 their own fakes under the interpreter). Saved for backward: x, y, alpha, beta, theta, the
 relation tensors and both stats -- no N x M tensor.
 
+With ``spec.FLAG_SAME_OPERAND`` in the options (y is x) the backward op returns dX + dY as
+dX and an empty dY [0, K] (so does the fake); the registered backward gives autograd None
+for y.
+
 The backward op has no derivative of its own: under create_graph the registered backward marks
 its outputs (``_NotTwiceDifferentiable``), so a second-order gradient raises instead of
 returning 0.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import spec
+from .autograd import autograd_grads, is_same_operand
 from .numerics import compute_dtype
 
 # (forward op, backward op) pairs with the contract's schema.
@@ -41,7 +46,9 @@ def _fake_fwd(x, y, alpha, beta, theta, relation, options, kappa):
 
 def _fake_bwd(x, y, alpha, beta, theta, relation, options, kappa, row_stat, col_stat, g_row,
               g_col):
-    return (torch.empty_like(x), torch.empty_like(y), torch.empty_like(alpha),
+    dy = (y.new_empty((0, y.shape[1])) if is_same_operand(options[spec.OPT_FLAGS])
+          else torch.empty_like(y))
+    return (torch.empty_like(x), dy, torch.empty_like(alpha),
             torch.empty_like(beta), torch.empty_like(theta))
 
 
@@ -96,8 +103,10 @@ def _make_backward(bwd_name: str):
             grads = _op(bwd_name)(
                 x, y, alpha, beta, theta, list(relation), ctx.options, ctx.kappa, row_stat,
                 col_stat, g_row.to(row_stat.dtype), g_col.to(col_stat.dtype))
+        grads = autograd_grads(grads, ctx.options[spec.OPT_FLAGS])  # dY None if merged
         if graph:
-            grads = [_NotTwiceDifferentiable.apply(t, anchor) for t in grads]
+            grads = [None if t is None else _NotTwiceDifferentiable.apply(t, anchor)
+                     for t in grads]
         # One None per relation tensor: autograd wants the structure of the inputs.
         return (*grads, [None] * len(relation), None, None)
 

@@ -50,7 +50,8 @@ local G (``lse``) is refused.
 * row_stat [N], col_stat [M0] (M0 = options[OPT_COLS_BOTH]) in the compute dtype, and the
   upstream gradients g_row [N], g_col [M0] (zeros where the caller has none).
 * dX, dY in the input dtype, freshly allocated, aliasing nothing (``flashnce.features`` adds
-  into them in place); d_alpha [N, r], d_beta [M, r], d_theta [3] in the compute dtype with
+  into them in place; with FLAG_SAME_OPERAND dX is dX + dY and dY is empty [0, K]);
+  d_alpha [N, r], d_beta [M, r], d_theta [3] in the compute dtype with
   d_theta = (sum G h, scale * sum G h / k for the hyperbolic kind else 0, sum G).
 
 Relations (pair roles; precedence skip > positive > negative):
@@ -73,6 +74,19 @@ Flags (options[OPT_FLAGS], bit set), applied on top of any relation:
                           block relative to the row block).
 * FLAG_SKIP_POSITIVES  -- the relation's positives are skipped (e.g. a margin loss adds its
                           positive analytically).
+
+Backward mode flag (options[OPT_FLAGS], bit FLAG_SAME_OPERAND; not a relation flag, so not in
+ALL_FLAGS, and a backend honours it only where ``supports_same_operand``, backends/base.py):
+
+* FLAG_SAME_OPERAND    -- y is x: the same operand (M = N, same values), as in the same-set
+                          losses that walk a batch against itself. The statistics are
+                          unchanged (the forward ignores the bit); ``tile_bwd`` /
+                          ``tile_fwd_grad`` return dX + dY (the whole gradient of the shared
+                          operand) as dX and an empty dY [0, K], so only one N x K gradient
+                          exists. alpha and beta stay separate operands with separate
+                          gradients (they may differ). The caller vouches that y is x
+                          (``flashnce.core.autograd.same_operand``); the CPU kernel checks
+                          the shapes only, and reads x for y.
 
 Row-only columns: options[OPT_COLS_BOTH] = M0 <= M. Columns j >= M0 are seen only by rows:
 they enter row statistics, have no column statistic (col_stat and g_col have M0 entries),
@@ -155,7 +169,8 @@ ROLE_POSITIVE = 1
 
 FLAG_SKIP_SELF = 1
 FLAG_SKIP_POSITIVES = 2
-ALL_FLAGS = FLAG_SKIP_SELF | FLAG_SKIP_POSITIVES
+ALL_FLAGS = FLAG_SKIP_SELF | FLAG_SKIP_POSITIVES  # the relation flags
+FLAG_SAME_OPERAND = 4  # backward mode: dX + dY returned as dX, dY empty (see above)
 
 # --- options vector layout --------------------------------------------------------------------
 OPT_KIND = 0
