@@ -12,10 +12,11 @@ statistic (``cols_both = 0``: the matrix is symmetric, the rows see everything):
   "L_in" (``variant="in"``) = lse_{j != i} l_ij - log mean_{p in P(i)} exp l_ip needs a second
   lse over the positives alone: one walk per class (block of equal labels), see ``_lse_within``.
   Rows without a positive are left out of the mean and counted (``return_count=True``).
-* ``ntxent`` (SimCLR): z = cat(z1, z2) [2N, d], the positive of row i is its partner i +- N;
-  statistic ``masked_sum`` with the ``targets`` relation (denominator = partner + negatives),
-  or ``lse`` with the partner skipped (``denominator="negatives"``: the decoupled form, DCL,
-  Yeh et al. 2022) plus the partner's logit in O(N d).
+* ``ntxent`` (SimCLR): z = cat(z1, z2) [2N, d], the positive of row i is its partner i +- N:
+  three ``lse`` walks over the blocks (z1 x z1 and z2 x z2 with self pairs skipped, z1 x z2
+  with the partners skipped, row and column statistics), merged per row by logaddexp, and the
+  partner's logit in O(N d): softplus(lse_neg - l_partner) (denominator "all") or
+  lse_neg - l_partner ("negatives": the decoupled form, DCL, Yeh et al. 2022). No copy of z.
 
 Memory O(N d): the backward recomputes tiles from the saved (N, 2) states.
 """
@@ -316,29 +317,46 @@ def ntxent(z1, z2, *, temperature=0.5, geometry="cosine", denominator="all", cur
         raise ValueError(f"z1 and z2 must have the same shape (two views of the same batch), "
                          f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n = z1.shape[0]
-    z = torch.cat([z1, z2])
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     scale = _temperature_scale(temperature)
-    if denominator == "all":
-        prob = TileProblem(z, z, geometry, scale, curvature, on_manifold, features_checked=True,
-                           max_radius=max_radius)
-        relation = Relation.targets(partner, skip_self=True, cols_both=0)
-        tspec = prob.tspec(relation, "masked_sum")
-        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
-        row, _ = impl.tile_stat(prob.x_op, prob.y_op, prob.x_scalars, prob.y_scalars,
-                                prob.theta, tspec)
-        per_row = row[:, 0] - row[:, 1]
+    kw = dict(features_checked=True, max_radius=max_radius)
+    # Three walks over the blocks of the 2N x 2N matrix, no copy of cat(z1, z2): z1 x z1 and
+    # z2 x z2 with the self pairs skipped (row statistics; the same operand, so one gradient
+    # each), z1 x z2 with its diagonal (the partners) skipped, whose row statistic is z1's
+    # side and column statistic z2's (the logits are symmetric in their two arguments).
+    # 3 N^2 pairs instead of the 4 N^2 of one walk over z without column statistics.
+    self_rel = Relation.none(skip_self=True, cols_both=0)
+    cross = TileProblem(z1, z2, geometry, scale, curvature, on_manifold, with_positives=True,
+                        **kw)
+    cross_rel = Relation.diagonal(skip_positives=True)
+    row_12, col_12 = cross.stat(dispatch.select_backend(
+        backend, cross.x_op, cross.y_op, cross.tspec(cross_rel)), cross_rel)
+    # Memory: each walk returns a gradient for all of its rows, so the backward holds the
+    # within-view gradients next to the cross walk's dX and dY until autograd adds them: about
+    # one [2N, d] beyond the gradients, what one walk over z spent on its copy of
+    # cat(z1, z2) (building the cross walk first measured lowest of the three orders).
+    lse_neg = []
+    for z_v, cross_lse in ((z1, row_12), (z2, col_12)):
+        prob = TileProblem(z_v, z_v, geometry, scale, curvature, on_manifold, **kw)
+        within, _ = prob.stat(dispatch.select_backend(
+            backend, prob.x_op, prob.y_op, prob.tspec(self_rel)), self_rel)
+        lse_neg.append(_logaddexp(within, cross_lse))
+    lse_neg = torch.cat(lse_neg)
+    positive = cross.positive_logits().repeat(2)
+    if denominator == "all":  # lse over j != i (partner included) - l_partner, >= 0
+        per_row = torch.nn.functional.softplus(lse_neg - positive)
     else:
-        prob = TileProblem(z, z, geometry, scale, curvature, on_manifold, features_checked=True,
-                           targets=partner, with_positives=True, max_radius=max_radius)
-        relation = Relation.targets(partner, skip_self=True, skip_positives=True, cols_both=0)
-        tspec = prob.tspec(relation)
-        impl = dispatch.select_backend(backend, prob.x_op, prob.y_op, tspec)
-        lse_neg, _ = prob.stat(impl, relation)
-        per_row = lse_neg - prob.positive_logits()
+        per_row = lse_neg - positive
     if n == 1 and denominator == "negatives":  # no negative at all: nothing to contrast
         per_row = torch.where(torch.isfinite(per_row), per_row, 0.0)
     return reduce_losses(per_row, reduction)
+
+
+def _logaddexp(a, b):
+    """logaddexp with a zero gradient (not 0/0) where both sides are -inf (N = 1: a row with
+    no pair left in either block)."""
+    live = torch.maximum(a, b) > float("-inf")
+    merged = torch.logaddexp(torch.where(live, a, 0.0), torch.where(live, b, 0.0))
+    return torch.where(live, merged, float("-inf"))
 
 
 def _distributed_ntxent(z1, z2, *, group, temperature, geometry, denominator, curvature,
