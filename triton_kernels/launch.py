@@ -21,7 +21,10 @@ csr -> its transposed t_* tensors, targets -> the same t with ``SWAPPED`` (t[col
 ``specialisation`` gives a launch's compile-time arguments; it is the only place they are
 derived, so the ahead-of-time compile test enumerates exactly what the launchers issue.
 
-Configs: hand-picked defaults per operand dtype (``DEFAULT_CONFIGS``). Setting
+Configs: hand-picked defaults per operand dtype (``DEFAULT_CONFIGS``), with smaller tiles
+where those spill registers (``CONFIG_RULES``, by pass, stat, kind, dtype, the device's
+architecture and relation; tests/test_triton_aot.py compiles them for sm_80 / sm_90 and
+asserts zero spills). Setting
 ``FLASHNCE_TRITON_AUTOTUNE=1`` (read on every call) switches to ``triton.autotune`` over
 ``AUTOTUNE_*_CONFIGS``, keyed on power-of-two buckets of N and M plus K and the compile-time
 flags (Triton adds the tensor dtypes to the key), so a new batch size inside a known bucket
@@ -65,6 +68,38 @@ DEFAULT_CONFIGS = {
     torch.bfloat16: dict(fwd=(128, 64, 64, 8, 3), bwd=(64, 64, 64, 128, 8, 2)),
     torch.float16: dict(fwd=(128, 64, 64, 8, 3), bwd=(64, 64, 64, 128, 8, 2)),
 }
+
+# Exceptions to DEFAULT_CONFIGS, for the specialisations whose default config spills
+# registers (ptxas' report in tests/test_triton_aot.py, which asserts zero spill stores for
+# the configs issued here): (pass, stat, kind, operand dtype, arch, relation) patterns, None
+# matching anything, the first matching rule wins. arch is the device's major * 10 + minor.
+# Backward / fwd_grad rules keep BLOCK_A >= _MIN_BWD_BLOCK_A (the theta partial buffer) and
+# BLOCK_A = 64 (sm_90's wgmma takes 64-row tiles per warpgroup).
+_16BIT = (torch.bfloat16, torch.float16)
+_BWD = ("bwd", "fwd_grad")  # one kernel: the same config, so fwd_grad's gradients are bwd's
+CONFIG_RULES: tuple = tuple(
+    (dict(zip(("which", "stat", "kind", "dtype", "arch", "relation"), pattern)), config)
+    for pattern, config in (
+        # The csr relation's per-row index walk is the largest live set.
+        (("bwd", "masked_sum", None, _16BIT, 80, "csr"), (64, 16, 32, 128, 8, 2)),
+        ((_BWD, None, None, _16BIT, None, "csr"), (64, 16, 64, 128, 8, 2)),
+        ((_BWD, None, ("euclidean", "sqeuclidean"), _16BIT, 80, None), (64, 32, 32, 128, 8, 2)),
+        ((_BWD, None, None, _16BIT, None, None), (64, 32, 64, 128, 8, 2)),
+        (("fwd", None, "hyperbolic", _16BIT, None, "csr"), (64, 32, 64, 8, 3)),
+        (("fwd", None, "hyperbolic", _16BIT, 80, None), (64, 64, 64, 8, 3)),
+        (("fwd", None, "hyperbolic", _16BIT, 90, "labels"), (64, 64, 64, 8, 3)),
+        (("fwd", None, "hyperbolic", (torch.float32,), 80, None), (64, 64, 16, 8, 2)),
+        (("fwd", None, "hyperbolic", (torch.float32,), None, None), (64, 64, 32, 8, 2)),
+        ((_BWD, None, "hyperbolic", (torch.float32,), 80, None), (64, 16, 32, 128, 8, 1)),
+        ((_BWD, None, "hyperbolic", (torch.float32,), None, None), (64, 32, 32, 128, 8, 1)),
+    ))
+
+
+def _rule_matches(pattern: dict, key: dict) -> bool:
+    return all(want is None or key[field] == want
+               or (isinstance(want, tuple) and key[field] in want)
+               for field, want in pattern.items())
+
 
 _KEYS = ["KEY_NA", "KEY_NB", "K", "KIND", "STAT", "RELATION", "SKIP_SELF", "SKIP_POSITIVES",
          "SWAPPED", "POSITIVES", "INPUT_PRECISION"]
@@ -169,13 +204,29 @@ def specialisation(which: str, kind: int, stat: int, relation: int, flags: int, 
     return meta
 
 
-def block_config(which: str, dtype: torch.dtype, k: int, config=None):
-    """(block constexprs, num_warps, num_stages) of a launch: the dtype default or
-    ``config`` ((BLOCK_A, BLOCK_B, BLOCK_K, warps, stages), plus BLOCK_D before warps for
-    the backward and fwd_grad, which share a kernel and its configs), with BLOCK_K / BLOCK_D
-    clamped to K."""
+def default_config(which: str, dtype: torch.dtype, stat=None, kind=None, arch=None,
+                   relation=None):
+    """The config a launch of ``which`` uses when none is given: the first ``CONFIG_RULES``
+    entry matching (which, stat name, kind name, dtype, arch, relation name), else the dtype
+    default. Off a GPU (arch None) only the rules that match any arch apply."""
+    key = dict(which=which, dtype=dtype, arch=arch,
+               stat=None if stat is None else spec.STATS[stat],
+               kind=None if kind is None else spec.KINDS[kind],
+               relation=None if relation is None else spec.RELATIONS[relation])
+    for pattern, config in CONFIG_RULES:
+        if _rule_matches(pattern, key):
+            return config
+    return DEFAULT_CONFIGS[dtype]["fwd" if which == "fwd" else "bwd"]
+
+
+def block_config(which: str, dtype: torch.dtype, k: int, config=None, *, stat=None,
+                 kind=None, arch=None, relation=None):
+    """(block constexprs, num_warps, num_stages) of a launch: ``config`` ((BLOCK_A, BLOCK_B,
+    BLOCK_K, warps, stages), plus BLOCK_D before warps for the backward and fwd_grad, which
+    share a kernel and its configs) or ``default_config``'s (``arch``: the device's
+    capability, major * 10 + minor; None off a GPU), with BLOCK_K / BLOCK_D clamped to K."""
+    cfg = config or default_config(which, dtype, stat, kind, arch, relation)
     which = "fwd" if which == "fwd" else "bwd"
-    cfg = config or DEFAULT_CONFIGS[dtype][which]
     if which == "fwd":
         ba, bb, bk, warps, stages = cfg
         return dict(BLOCK_A=ba, BLOCK_B=bb, BLOCK_K=_block_k(bk, k)), warps, stages
@@ -226,6 +277,14 @@ class Options:
                               dtype, kappa)
 
 
+def _arch(device: torch.device):
+    """major * 10 + minor of a CUDA device (CONFIG_RULES' arch), None for any other device."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def _launch(which, kernel_args, na, meta, dtype, k, grid_k, config):
     if autotune_enabled():
         def grid(m):
@@ -234,7 +293,9 @@ def _launch(which, kernel_args, na, meta, dtype, k, grid_k, config):
 
         wrap_triton(_autotuned_kernel(which))[grid](*kernel_args, **meta)
         return
-    blocks, warps, stages = block_config(which, dtype, k, config)
+    blocks, warps, stages = block_config(
+        "fwd_grad" if meta.get("FWD_GRAD") else which, dtype, k, config, stat=meta["STAT"],
+        kind=meta["KIND"], arch=_arch(kernel_args[0].device), relation=meta["RELATION"])
     grid = (triton.cdiv(na, blocks["BLOCK_A"]),)
     if grid_k:
         grid = grid + (triton.cdiv(k, blocks["BLOCK_D"]),)
