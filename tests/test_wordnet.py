@@ -173,7 +173,85 @@ def test_tiny_wordnet_loader():
     assert ("rex.n.01", "dog.n.01") in direct  # an instance hypernym
     assert got == brute_closure(direct)
     assert ("rex.n.01", "mammal.n.01") in got
+    # Nickel & Kiela's instance closure (what --subset nouns uses) is the same here: no
+    # synset of the fixture has both hypernyms and instance hypernyms
+    nk = H.instance_closure(*W.noun_parents(wn))
+    assert {(nk.names[u], nk.names[v]) for u, v in nk.edges.tolist()} == got
     sub = H.transitive_closure(W.subtree_direct_edges(wn, "mammal.n.01"))
     assert {sub.names[u] for u in sub.edges[:, 0].tolist()} == {
         "canine.n.01", "dog.n.01", "cat.n.01", "feline.n.01", "carnivore.n.01", "rex.n.01"}
     assert "animal.n.01" not in sub.names
+
+
+def test_rsgd_step_reduces_loss_and_stays_in_ball():
+    h = H.transitive_closure(random_dag(20, 0.2, 4))
+    x = W.init_embeddings(h.num_nodes, 2, seed=0, init=0.3)
+    with torch.no_grad():
+        x[0] = torch.tensor([0.7, 0.7 - 1e-6])  # |x| just under 1: the step must not leave
+    loss = W.loss_on(x, h, h.edges, "poincare", on_manifold=True)
+    loss.backward()
+    W.rsgd_step_(x, lr=0.5)
+    assert float(x.detach().norm(dim=1).max()) <= 1 - W.BALL_EPS + 1e-7
+    after = W.loss_on(x, h, h.edges, "poincare", on_manifold=True)
+    assert float(after.detach()) < float(loss.detach())
+
+
+def test_ball_to_tangent_keeps_distances():
+    x = torch.randn(7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x = 0.95 * x / (1 + x.norm(dim=1, keepdim=True))  # ball points, |x| < 0.95
+    want = -flashnce.reference_logits(x, x, geometry="poincare", on_manifold=True)
+    got = H.distances(W.ball_to_tangent(x), W.ball_to_tangent(x), "poincare")
+    off = ~torch.eye(7, dtype=torch.bool)
+    assert torch.allclose(got[off], want[off], rtol=1e-9)
+
+
+def test_rowadam_step_reduces_loss_and_is_rotation_equivariant():
+    h = H.transitive_closure(random_dag(20, 0.2, 4))
+    x = W.init_embeddings(h.num_nodes, 2, seed=0, init=0.3)
+    loss = W.loss_on(x, h, h.edges, "poincare")
+    loss.backward()
+    g = x.grad.clone()
+    x0 = x.detach().clone()
+    W.RowAdam([x], lr=0.02).step()
+    assert float(W.loss_on(x, h, h.edges, "poincare").detach()) < float(loss.detach())
+    # a rotated gradient gives the rotated step (per-coordinate Adam would not)
+    rot = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    y = torch.nn.Parameter(x0 @ rot.T)
+    y.grad = g @ rot.T
+    W.RowAdam([y], lr=0.02).step()
+    assert torch.allclose(y.detach(), x.detach() @ rot.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["rsgd", "sgd", "rowadam"])
+def test_train_sgd_optimizers_improve_map(optimizer):
+    h = H.transitive_closure(DIRECT)
+    before = H.reconstruction(W.init_embeddings(h.num_nodes, 2, seed=0), h, "poincare")
+    emb, losses, _ = W.train(h, "poincare", 2, epochs=20, lr=W.DEFAULT_LR[optimizer], batch=64,
+                             burnin=2, optimizer=optimizer, progress=False)
+    after = H.reconstruction(emb, h, "poincare")
+    assert losses[-1] < losses[0]
+    assert after["map"] > before["map"]
+
+
+def test_train_rejects_rsgd_off_the_ball():
+    h = H.transitive_closure(DIRECT)
+    with pytest.raises(ValueError, match="rsgd"):
+        W.train(h, "lorentz", 2, epochs=1, lr=1.0, batch=8, optimizer="rsgd", progress=False)
+
+
+def test_instance_closure_follows_nickel_kiela():
+    # hypernyms a <- b <- c <- d and r <- q; x is an instance of c, and c an instance of q.
+    # x: I(x) = {c, q}, so x -> c, q and their hypernyms b, a, r. The class d below c gets
+    # only its hypernyms (d -> c -> instance q is an instance edge above a hypernym edge),
+    # although the closure of both edge kinds would add (d, q), (d, r).
+    hyper = {"b": ["a"], "c": ["b"], "d": ["c"], "r": [], "q": ["r"], "x": []}
+    inst = {"x": ["c"], "c": ["q"]}
+    h = H.instance_closure(hyper, inst)
+    got = {(h.names[u], h.names[v]) for u, v in h.edges.tolist()}
+    want = {("b", "a"), ("c", "b"), ("c", "a"), ("d", "c"), ("d", "b"), ("d", "a"),
+            ("q", "r"), ("c", "q"), ("c", "r"), ("x", "c"), ("x", "b"), ("x", "a"),
+            ("x", "q"), ("x", "r")}
+    assert got == want
+    # without instances it is the plain transitive closure
+    plain = H.instance_closure({"b": ["a"], "c": ["b"]}, {})
+    assert plain.edges.tolist() == H.transitive_closure([("b", "a"), ("c", "b")]).edges.tolist()
