@@ -1,11 +1,12 @@
 """ArcFace / CosFace against a million class centres, next to one-way InfoNCE of the same shape.
 
     python bench/class_softmax_bench.py [--n 4096] [--classes 1000000] [--d 512]
-        [--providers arcface infonce] [--repeats 1] [--out bench/results/<file>.json]
+        [--providers arcface infonce] [--repeats 1] [--warmup 1]
+        [--out bench/results/<file>.json]
 
 Each provider runs in a fresh child process (so peak memory is its own): x [N, d] and the
-centres [C, d] as fp32 leaves requiring grad, labels uniform in [0, C); one warm-up
-forward + backward, then ``--repeats`` timed ones. Recorded per provider: the median
+centres [C, d] as fp32 leaves requiring grad, labels uniform in [0, C); ``--warmup``
+untimed forward + backward passes, then ``--repeats`` timed ones. Recorded per provider: the median
 forward + backward seconds, and the peak RSS above the inputs during a timed pass minus the
 gradients it creates (x.grad and centres.grad: (N + C) d floats), i.e. the memory the loss
 needs beyond inputs and gradients. The materialised N x C logits would be N C 4 bytes
@@ -43,7 +44,7 @@ def _loss(provider):
     raise SystemExit(f"unknown provider {provider!r}")
 
 
-def child(provider, n, c, d, repeats):
+def child(provider, n, c, d, repeats, warmup):
     from flashnce.bench.measure import CpuPeak
 
     g = torch.Generator().manual_seed(0)
@@ -52,7 +53,7 @@ def child(provider, n, c, d, repeats):
     labels = torch.randint(0, c, (n,), generator=g)
     fn = _loss(provider)
     times, peaks, value = [], [], None
-    for rep in range(repeats + 1):
+    for rep in range(warmup + repeats):
         x.grad = w.grad = None
         tracker = CpuPeak()
         tracker.start()
@@ -61,10 +62,10 @@ def child(provider, n, c, d, repeats):
         loss.backward()
         elapsed = time.perf_counter() - t0
         peak = tracker.peak_bytes()
-        value = float(loss)
-        print(f"  {provider} pass {rep} ({'warm-up' if rep == 0 else 'timed'}): "
+        value = float(loss.detach())
+        print(f"  {provider} pass {rep} ({'warm-up' if rep < warmup else 'timed'}): "
               f"{elapsed:.1f} s, loss {value:.4f}", file=sys.stderr, flush=True)
-        if rep:
+        if rep >= warmup:
             times.append(elapsed)
             peaks.append(peak)
     grads = (n + c) * d * 4
@@ -83,11 +84,13 @@ def main():
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--providers", nargs="+", default=["arcface", "infonce"])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.n, args.classes, args.d, args.repeats)))
+        print(json.dumps(child(args.child, args.n, args.classes, args.d, args.repeats,
+                               args.warmup)))
         return
     from flashnce.bench.report import environment
 
@@ -97,10 +100,12 @@ def main():
               flush=True)
         out = subprocess.run(
             [sys.executable, __file__, "--child", provider, "--n", str(args.n), "--classes",
-             str(args.classes), "--d", str(args.d), "--repeats", str(args.repeats)],
+             str(args.classes), "--d", str(args.d), "--repeats", str(args.repeats),
+             "--warmup", str(args.warmup)],
             check=True, stdout=subprocess.PIPE, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    base = {r["provider"]: r["fwd_bwd_s"] for r in rows}.get("infonce")
+    infonce = [r["fwd_bwd_s"] for r in rows if r["provider"] == "infonce"]
+    base = statistics.median(infonce) if infonce else None
     print(f"{'provider':>9} {'fwd+bwd s':>10} {'x infonce':>10} {'peak MiB':>9} "
           f"{'beyond in+grad MiB':>19}")
     for r in rows:

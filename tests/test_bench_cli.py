@@ -283,7 +283,7 @@ def test_backend_resolution_asks_for_the_walk_the_loss_runs(monkeypatch, loss, g
     C.resolve_flashnce_backend(case)  # the small stand-in: same walk
     assert calls == ran[:1]
     expected = {"infonce": "lse", "siglip": "pair_sum", "supcon": "masked_sum",
-                "ntxent": "masked_sum", "uniformity": "lse"}[loss]
+                "ntxent": "lse", "uniformity": "lse"}[loss]
     assert ran[0][4] == expected
 
 

@@ -375,9 +375,11 @@ def _flashnce_walk(case: Case, inputs):
     """(x, y, relation, stat) of the tile walk the case's loss runs, as the loss builds them:
 
     infonce: ``lse`` over the negatives, the diagonal skipped (losses.py); siglip:
-    ``pair_sum`` on the diagonal; supcon / ntxent: ``masked_sum`` with the labels / partner
-    targets, self skipped, no column stat (same_set.py); uniformity: ``lse`` of the
-    normalised x against itself, self skipped, no column stat (uniformity.py).
+    ``pair_sum`` on the diagonal; supcon: ``masked_sum`` with the labels, self skipped, no
+    column stat; ntxent: its first walk, ``lse`` of z1 against z2 with the partners (the
+    diagonal) skipped (same_set.py; the other two walks are self-skipping ``lse`` walks);
+    uniformity: ``lse`` of the normalised x against itself, self skipped, no column stat
+    (uniformity.py).
     """
     from flashnce.core.relation import Relation
 
@@ -388,10 +390,7 @@ def _flashnce_walk(case: Case, inputs):
         return x, x, Relation.labels(labels, labels, skip_self=True, cols_both=0), "masked_sum"
     if case.loss == "ntxent":
         z1, z2 = inputs
-        n = z1.shape[0]
-        z = torch.cat([z1, z2])
-        partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-        return z, z, Relation.targets(partner, skip_self=True, cols_both=0), "masked_sum"
+        return z1, z2, Relation.diagonal(skip_positives=True), "lse"
     if case.loss == "uniformity":
         (x,) = inputs
         x = torch.nn.functional.normalize(x, dim=-1)
