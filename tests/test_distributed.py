@@ -15,17 +15,14 @@ whole spawn is killed after SPAWN_TIMEOUT_S, so a hang fails instead of blocking
 
 from __future__ import annotations
 
-import datetime
-import os
-import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import flashnce
+from _gloo import gloo_results, record, spawn_gloo
 from _helpers import assert_close, make_features, rel_maxnorm_error
 
 SPAWN_TIMEOUT_S = 150
@@ -329,31 +326,16 @@ def _ring_relation_check(world, rank, group):
 
 
 def _worker(rank, world, store_dir, cases):
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{os.path.join(store_dir, 'store')}", rank=rank,
-        world_size=world, timeout=datetime.timedelta(seconds=60))
-    group = dist.group.WORLD
-    results = {}
-    try:
+    with gloo_results(rank, world, store_dir) as (group, results):
         for case in cases:
-            try:
-                results[case["name"]] = _run_case(case, world, rank, group)
-            except Exception:
-                results[case["name"]] = traceback.format_exc()
+            record(results, case["name"], _run_case, case, world, rank, group)
         results["errors"] = _error_checks(world, rank, group)
         results["ddp"] = {mode: _ddp_check(world, rank, group, mode) for mode in MODES}
         results["ddp_siglip"] = {mode: _ddp_check(world, rank, group, mode,
                                                   "SigmoidContrastiveLoss") for mode in MODES}
         results["subgroup"] = _subgroup_check(world, rank)
         results["supcon"] = _supcon_check(world, rank, group)
-        try:
-            results["ring_relation"] = _ring_relation_check(world, rank, group)
-        except Exception:
-            results["ring_relation"] = traceback.format_exc()
-    finally:
-        torch.save(results, os.path.join(store_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        record(results, "ring_relation", _ring_relation_check, world, rank, group)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,25 +343,11 @@ def _worker(rank, world, store_dir, cases):
 # --------------------------------------------------------------------------------------------
 
 
-def _spawn(world, store_dir):
-    ctx = mp.start_processes(_worker, args=(world, store_dir, CASES), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:  # only the processes this test started
-                proc.kill()
-            pytest.fail(f"{world} gloo processes did not finish within {SPAWN_TIMEOUT_S} s")
-    return [torch.load(os.path.join(store_dir, f"rank{r}.pt"), weights_only=False)
-            for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=sorted(LAYOUTS), ids=lambda w: f"world{w}")
 def spawned(request, tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available in this torch build")
     world = request.param
-    return world, _spawn(world, str(tmp_path_factory.mktemp(f"gloo{world}")))
+    return world, spawn_gloo(_worker, world, str(tmp_path_factory.mktemp(f"gloo{world}")),
+                             CASES, timeout_s=SPAWN_TIMEOUT_S)
 
 
 def _get(per_rank, name):

@@ -14,17 +14,12 @@ One spawn per world size runs every case; a hang fails after SPAWN_TIMEOUT_S.
 
 from __future__ import annotations
 
-import datetime
-import os
-import time
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import flashnce
+from _gloo import gloo_results, record, spawn_gloo
 
 SPAWN_TIMEOUT_S = 120
 RTOL = 1e-9
@@ -128,45 +123,19 @@ def _error_run(world, rank, group):
 
 
 def _worker(rank, world, store_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{os.path.join(store_dir, 'store')}", rank=rank,
-        world_size=world, timeout=datetime.timedelta(seconds=60))
-    group = dist.group.WORLD
-    results = {}
-    try:
+    with gloo_results(rank, world, store_dir) as (group, results):
         for case in CASES:
-            try:
-                results[case] = _run(world, rank, group, case)
-            except Exception:
-                results[case] = traceback.format_exc()
+            record(results, case, _run, world, rank, group, case)
         for name, fn in (("module", _module_run), ("errors", _error_run),
                          ("infonce_margin", _infonce_margin_run)):
-            try:
-                results[name] = fn(world, rank, group)
-            except Exception:
-                results[name] = traceback.format_exc()
-    finally:
-        torch.save(results, os.path.join(store_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+            record(results, name, fn, world, rank, group)
 
 
 @pytest.fixture(scope="module", params=sorted(ROWS), ids=lambda w: f"world{w}")
 def spawned(request, tmp_path_factory):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available in this torch build")
     world = request.param
-    store_dir = str(tmp_path_factory.mktemp(f"classes{world}"))
-    ctx = mp.start_processes(_worker, args=(world, store_dir), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail(f"{world} gloo processes did not finish within {SPAWN_TIMEOUT_S} s")
-    return world, [torch.load(os.path.join(store_dir, f"rank{r}.pt"), weights_only=False)
-                   for r in range(world)]
+    return world, spawn_gloo(_worker, world, str(tmp_path_factory.mktemp(f"classes{world}")),
+                             timeout_s=SPAWN_TIMEOUT_S)
 
 
 def _results(per_rank, name):
