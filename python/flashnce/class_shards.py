@@ -33,9 +33,10 @@ import torch.distributed as dist
 from . import dispatch
 from .core.margin import check_margin
 from .core.numerics import MAX_RADIUS
-from .core.problem import TileProblem, reduce_losses
+from .core.problem import TileProblem
 from .core.relation import Relation
-from .distributed import _grad_mask, _handshake, all_gather_with_grad, check_group, gather_rows
+from .distributed import (_grad_mask, _handshake, all_gather_with_grad, check_group,
+                          ddp_reduce, gather_rows)
 from .validate import REDUCTIONS, check_choice, check_class_labels, check_features
 
 
@@ -131,8 +132,5 @@ def sharded_margin_softmax(x, centres, labels, *, group, margin_type, scale, mar
     lse_neg, positive = _MergeShards.apply(lse_r, pos_r, group)
 
     mine = slice(comm.offset, comm.offset + comm.n_local)
-    per_row = torch.nn.functional.softplus(lse_neg[mine] - positive[mine])
-    if reduction == "none":
-        return per_row
-    factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
-    return reduce_losses(per_row, "sum") * factor
+    return ddp_reduce(torch.nn.functional.softplus(lse_neg[mine] - positive[mine]), comm,
+                      reduction)

@@ -507,10 +507,15 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
                                         b_all[targets], margin)
     else:
         positive = prob.positive_logits(margin)
-    per_row = per_row_losses(row_lse, col_lse, positive, symmetric)
+    return ddp_reduce(per_row_losses(row_lse, col_lse, positive, symmetric), comm, reduction)
+
+
+def ddp_reduce(per_row, comm: Comm, reduction: str):
+    """A rank's per-row losses under the DDP convention: "mean" (W / N) * sum, "sum" W * sum,
+    "none" the rows themselves. The mean over ranks of the returned losses is then the global
+    loss (DDP averages gradients)."""
     if reduction == "none":
         return per_row
-    # mean over ranks of the returned losses = the global loss (DDP averages gradients).
     factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
     return per_row.sum() * factor
 

@@ -30,7 +30,7 @@ from .core.numerics import MAX_RADIUS
 from .core.problem import TileProblem, reduce_losses
 from .core.relation import Relation
 from .distributed import (_grad_mask, _handshake, _shifted, all_gather_with_grad, check_group,
-                          gather_rows)
+                          ddp_reduce, gather_rows)
 from .validate import (REDUCTIONS, autocast_off, check_choice, check_features,
                        check_label_tensor, check_positive_number)
 
@@ -404,11 +404,7 @@ def _distributed_ntxent(z1, z2, *, group, temperature, geometry, denominator, cu
             per_row = torch.where(torch.isfinite(per_row), per_row, 0.0)
     else:
         per_row = row[:, 0] - row[:, 1]
-    if reduction == "none":
-        return per_row
-    # mean over ranks of the returned losses = the global loss (DDP averages gradients).
-    factor = comm.world / comm.total if reduction == "mean" else float(comm.world)
-    return per_row.sum() * factor
+    return ddp_reduce(per_row, comm, reduction)
 
 
 def _ntxent_stat(negatives: bool) -> str:
