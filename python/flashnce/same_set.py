@@ -27,6 +27,7 @@ import torch
 
 from . import dispatch
 from .core.numerics import MAX_RADIUS
+from .core.block_walk import Walk, block_walk
 from .core.problem import TileProblem, reduce_losses
 from .core.relation import Relation
 from .distributed import (_grad_mask, _handshake, _shifted, all_gather_with_grad, check_group,
@@ -319,29 +320,25 @@ def ntxent(z1, z2, *, temperature=0.5, geometry="cosine", denominator="all", cur
     n = z1.shape[0]
     scale = _temperature_scale(temperature)
     kw = dict(features_checked=True, max_radius=max_radius)
-    # Three walks over the blocks of the 2N x 2N matrix, no copy of cat(z1, z2): z1 x z1 and
-    # z2 x z2 with the self pairs skipped (row statistics; the same operand, so one gradient
-    # each), z1 x z2 with its diagonal (the partners) skipped, whose row statistic is z1's
-    # side and column statistic z2's (the logits are symmetric in their two arguments).
-    # 3 N^2 pairs instead of the 4 N^2 of one walk over z without column statistics.
-    self_rel = Relation.none(skip_self=True, cols_both=0)
-    cross = TileProblem(z1, z2, geometry, scale, curvature, on_manifold, with_positives=True,
-                        **kw)
+    # Three walks over the blocks of the 2N x 2N matrix, no copy of cat(z1, z2): z1 x z2 with
+    # its diagonal (the partners) skipped, whose row statistic is z1's side and column
+    # statistic z2's (the logits are symmetric in their two arguments), then z1 x z1 and
+    # z2 x z2 with the self pairs skipped (row statistics): 3 N^2 pairs instead of the 4 N^2 of
+    # one walk over z. One node for the three (core.block_walk), so its backward holds one
+    # gradient per view plus a chunk pair's transients, not a walk's dX and dY each.
+    prob = TileProblem(z1, z2, geometry, scale, curvature, on_manifold, with_positives=True,
+                       **kw)
     cross_rel = Relation.diagonal(skip_positives=True)
-    row_12, col_12 = cross.stat(dispatch.select_backend(
-        backend, cross.x_op, cross.y_op, cross.tspec(cross_rel)), cross_rel)
-    # Memory: each walk returns a gradient for all of its rows, so the backward holds the
-    # within-view gradients next to the cross walk's dX and dY until autograd adds them: about
-    # one [2N, d] beyond the gradients, what one walk over z spent on its copy of
-    # cat(z1, z2) (building the cross walk first measured lowest of the three orders).
-    lse_neg = []
-    for z_v, cross_lse in ((z1, row_12), (z2, col_12)):
-        prob = TileProblem(z_v, z_v, geometry, scale, curvature, on_manifold, **kw)
-        within, _ = prob.stat(dispatch.select_backend(
-            backend, prob.x_op, prob.y_op, prob.tspec(self_rel)), self_rel)
-        lse_neg.append(_logaddexp(within, cross_lse))
+    self_rel = Relation.none(skip_self=True, cols_both=0)
+    ops, scalars = (prob.x_op, prob.y_op), (prob.x_scalars, prob.y_scalars)
+    walks = [Walk(r, c, prob.tspec(rel), dispatch.select_backend(
+        backend, ops[r], ops[c], prob.tspec(rel)))
+        for r, c, rel in ((0, 1, cross_rel), (0, 0, self_rel), (1, 1, self_rel))]
+    (row_12, col_12), (within_1, _), (within_2, _) = block_walk(walks, ops, scalars,
+                                                                prob.theta)
+    lse_neg = [_logaddexp(within_1, row_12), _logaddexp(within_2, col_12)]
     lse_neg = torch.cat(lse_neg)
-    positive = cross.positive_logits().repeat(2)
+    positive = prob.positive_logits().repeat(2)
     if denominator == "all":  # lse over j != i (partner included) - l_partner, >= 0
         per_row = torch.nn.functional.softplus(lse_neg - positive)
     else:

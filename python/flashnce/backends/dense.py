@@ -13,7 +13,7 @@ import torch
 
 from ..core import spec
 from ..core.relation import Relation, dense_roles
-from ..core.stats import PairSumStat
+from ..core.stats import PairSumStat, get_stat
 from ..geometry import tile_logits
 from .base import Backend, TileSpec
 
@@ -77,12 +77,18 @@ class MaterialisedReference(Backend):
 
     def backward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec, row_stat, col_stat,
                      g_row, g_col):
+        """The contract's backward: G from the *given* statistics (the stat's upstream rule,
+        ``flashnce.core.stats``), then the gradients of sum_ij G_ij l_ij by autograd on the
+        materialised logits. Recomputing the statistics here instead would be right for a
+        whole walk but not for a block of one (``flashnce.core.block_walk``)."""
         inputs = [t.detach().requires_grad_() for t in (x, y, alpha, beta, theta)]
+        rel = tspec.relation.resolved(y.shape[0])
         with torch.enable_grad():
-            row, col = self.tile_stat(*inputs, tspec)
-            # -inf stats (rows with every pair skipped) have no gradient: leave them out.
-            total = (torch.where(torch.isfinite(row), row, 0.0) * g_row).sum() + (
-                torch.where(torch.isfinite(col), col, 0.0) * g_col).sum()
+            logits = dense_logits(*inputs, tspec.kind, tspec.kappa)
+            roles = dense_roles(rel, x.shape[0], y.shape[0], x.device)
+            g = get_stat(tspec.stat).upstream(logits.detach(), roles, row_stat, col_stat,
+                                              g_row, g_col)
+            total = (g * logits.masked_fill(roles == spec.ROLE_SKIP, 0.0)).sum()
             grads = torch.autograd.grad(total, inputs, allow_unused=True)
         return tuple(torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads))
 
