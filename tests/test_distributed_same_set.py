@@ -47,6 +47,7 @@ CASES = [_case("ntxent", g, denominator=den) for g in ("cosine", "lorentz")
 ] + [_case("alignment", g) for g in ("euclidean", "lorentz")] + [
     _case("supcon_in", g, lay) for g in ("cosine", "lorentz") for lay in ("even", "uneven")] + [
     _case("supcon_in", "cosine", reduction="sum"),
+    _case("supcon_views", "dot"), _case("supcon_views", "cosine", "even", simclr=True),
 ]
 
 
@@ -57,6 +58,12 @@ def _hyperbolic(case) -> bool:
 def _global_inputs(case, sizes):
     """The global float64 features (the loss's tensor arguments) and labels (supcon)."""
     n, geo = sum(sizes), case["geometry"]
+    if case["loss"] == "supcon_views":  # SupContrast's [bsz, n_views, d], two views
+        feats = [make_features(2 * n, DIM, dtype=torch.float64, seed=37, geometry=geo)
+                 .reshape(n, 2, DIM)]
+        labels = None if case.get("simclr") else torch.randint(
+            0, 3, (n,), generator=torch.Generator().manual_seed(6))
+        return feats, labels
     feats = [make_features(n, DIM, dtype=torch.float64, seed=31 + k, geometry=geo)
              for k in range(1 if case["loss"] in ("uniformity", "supcon_in") else 2)]
     labels = None
@@ -69,6 +76,8 @@ def _global_inputs(case, sizes):
 def _params(case):
     """(temperature or t, curvature for the hyperbolic geometries), float64 leaves."""
     first = T0 if case["loss"] == "uniformity" else TEMP0
+    if case["loss"] == "supcon_views":  # the module holds a float temperature
+        return []
     ps = [torch.tensor(first, dtype=torch.float64, requires_grad=True)]
     if _hyperbolic(case):
         ps.append(torch.tensor(CURV0, dtype=torch.float64, requires_grad=True))
@@ -91,6 +100,11 @@ def _call(case, feats, labels, params, group):
         return fn(feats[0], t=params[0], normalize=geo != "lorentz", **kw, **dist_kw)
     if loss == "alignment":  # O(N) in one process: its own oracle
         return flashnce.alignment(*feats, **kw, **({"group": group} if group else {}))
+    if loss == "supcon_views":  # the module; its single-process value is tested against
+        # SupContrast's formula in test_same_set.py
+        module = flashnce.nn.SupConLoss(temperature=TEMP0, base_temperature=0.3,
+                                        geometry=geo, **dist_kw)
+        return module(feats[0], labels)
     fn = flashnce.supcon if group is not None else flashnce.reference_supcon
     return fn(feats[0], labels, temperature=params[0], variant="in",
               reduction=case["reduction"], **kw, **dist_kw)
@@ -143,6 +157,9 @@ def _error_checks(world, rank, group):
     lab = torch.zeros(n + (1 if rank == 1 else 0), dtype=torch.int64)
     out["supcon_in_labels"] = _expect_error(
         lambda: flashnce.supcon(feats(), lab, variant="in", group=group))
+    views = torch.randn(n, 2, DIM, dtype=torch.float64)
+    out["supcon_views_shape"] = _expect_error(lambda: flashnce.nn.SupConLoss(group=group)(
+        views if rank != 1 else views[:, 0]))
     x = torch.randn(n, DIM, dtype=torch.float64, requires_grad=rank != 0)
     out["uniformity_grad"] = _expect_error(lambda: flashnce.uniformity(x, group=group))
     t = torch.ones(1)  # the group still works (nothing left half-way in a collective)
@@ -211,7 +228,7 @@ def test_errors_raise_on_every_rank(spawned):
     world, per_rank = spawned
     expected = {"ntxent_nan": (1, "NaN"), "ntxent_shape": (0, "same shape"),
                 "uniformity_nan": (1, "NaN"), "alignment_shape": (1, "same shape"),
-                "supcon_in_labels": (1, "labels")}
+                "supcon_in_labels": (1, "labels"), "supcon_views_shape": (1, "n_views")}
     for rank, r in enumerate(per_rank):
         err = r["errors"]
         for name, (bad_rank, words) in expected.items():

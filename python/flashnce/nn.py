@@ -290,17 +290,24 @@ class SupConLoss(nn.Module):
     counts them as 0 in its mean; its earlier versions returned NaN), and their number after
     each forward is ``rows_without_positive``.
     ``geometry`` defaults to "dot" like the reference (which expects normalised features).
+    ``group`` (a torch.distributed process group, ``contrast_mode="all"``): each rank passes
+    its samples; positives on other ranks count, and the loss follows the DDP convention of
+    ``flashnce.supcon(group=)`` (``rows_without_positive`` is then the global count).
     """
 
     def __init__(self, temperature=0.07, contrast_mode="all", base_temperature=0.07, *,
-                 geometry="dot", backend="auto"):
+                 geometry="dot", backend="auto", group=None):
         super().__init__()
         check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
         get_geometry(geometry)
         dispatch.check_backend_name(backend)
         self.temperature = check_positive_number(temperature, "temperature")
         self.base_temperature = check_positive_number(base_temperature, "base_temperature")
+        if group is not None and contrast_mode != "all":
+            raise ValueError(f"SupConLoss(group=...) supports contrast_mode='all' only, got "
+                             f"{contrast_mode!r}")
         self.contrast_mode, self.geometry, self.backend = contrast_mode, geometry, backend
+        self.group = group
         self.rows_without_positive = 0
 
     def forward(self, features, labels=None, mask=None):
@@ -310,7 +317,7 @@ class SupConLoss(nn.Module):
         loss, self.rows_without_positive = supcon_views(
             features, labels, temperature=self.temperature,
             base_temperature=self.base_temperature, contrast_mode=self.contrast_mode,
-            geometry=self.geometry, backend=self.backend, return_count=True)
+            geometry=self.geometry, backend=self.backend, return_count=True, group=self.group)
         return loss
 
     def extra_repr(self) -> str:

@@ -193,13 +193,18 @@ def _supcon_walk_spec(prob, row_lab, col_lab, variant):
 
 
 def _distributed_supcon(e, labels, *, group, temperature, variant, geometry, curvature,
-                        on_manifold, reduction, backend, return_count, max_radius):
+                        on_manifold, reduction, backend, return_count, max_radius,
+                        pending=None):
     """SupCon across ranks: local rows against the all-gathered embeddings (gather). "in"
     adds, per class of the local rows, the lse of its local rows against the gathered columns
-    of that class (``_lse_within`` on the gathered block, self pairs at global indices)."""
+    of that class (``_lse_within`` on the gathered block, self pairs at global indices).
+    ``pending``: an error the caller met while preparing this rank's inputs, raised here after
+    the handshake like any other (so the other ranks raise too instead of hanging)."""
     check_group(group)
     error, prob, impl, grad_mask, lab = None, None, None, 0, None
     try:
+        if pending is not None:
+            raise pending
         check_features(e, e)
         lab = check_label_tensor(labels, "labels", e.shape[0], e.device)
         prob = TileProblem(e, e, geometry, _temperature_scale(temperature), curvature,
@@ -245,7 +250,7 @@ CONTRAST_MODES = ("all", "one")
 @autocast_off(towers=1)
 def supcon_views(features, labels=None, *, temperature=0.07, base_temperature=0.07,
                  contrast_mode="all", geometry="dot", curvature=1.0, on_manifold=False,
-                 backend="auto", return_count=False):
+                 backend="auto", return_count=False, group=None):
     """SupContrast's multi-view form (HobbitLong/SupContrast ``SupConLoss.forward``).
 
     features [bsz, n_views, ...] (flattened to [bsz, n_views, d]); labels [bsz] or None
@@ -254,9 +259,35 @@ def supcon_views(features, labels=None, *, temperature=0.07, base_temperature=0.
     (``contrast_mode="all"``) or view 0 (``"one"``). The loss is (temperature /
     base_temperature) times the mean of the "out" row losses over anchors with a positive.
     geometry "dot" as the reference code (it expects L2-normalised features).
+
+    ``group`` (torch.distributed, ``contrast_mode="all"``): each rank passes its samples'
+    views and labels; the contrast set is every rank's views (the loss does not depend on
+    their order), and the result follows ``supcon(group=)``'s DDP convention. labels=None
+    means every sample is its own class across ranks too (label i * W + rank).
     """
     check_choice(contrast_mode, "contrast_mode", CONTRAST_MODES)
     dispatch.check_backend_name(backend)
+    factor = float(temperature) / check_positive_number(base_temperature, "base_temperature")
+    if group is not None:
+        return _distributed_supcon_views(features, labels, group=group, factor=factor,
+                                         temperature=temperature, contrast_mode=contrast_mode,
+                                         geometry=geometry, curvature=curvature,
+                                         on_manifold=on_manifold, backend=backend,
+                                         return_count=return_count)
+    contrast, lab, views = _contrast_set(features, labels)
+    col_lab = lab.repeat(views)
+    anchors, row_lab = (contrast, col_lab) if contrast_mode == "all" else (features[:, 0], lab)
+    per_row, counts = _supcon_rows(
+        anchors, contrast, row_lab, col_lab, scale=_temperature_scale(temperature),
+        variant="out", geometry=geometry, curvature=curvature, on_manifold=on_manifold,
+        backend=backend)
+    loss = factor * _reduce_over_positive_rows(per_row, counts, "mean")
+    return (loss, int((counts == 0).sum())) if return_count else loss
+
+
+def _contrast_set(features, labels, label_of_sample=None):
+    """(contrast [n_views * bsz, d] view-major, labels [bsz], n_views) of SupContrast's
+    features [bsz, n_views, ...]; labels None: ``label_of_sample(bsz)`` (arange by default)."""
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a tensor, got {type(features).__name__}")
     if features.dim() < 3:
@@ -267,17 +298,32 @@ def supcon_views(features, labels=None, *, temperature=0.07, base_temperature=0.
     contrast = torch.cat(torch.unbind(features, dim=1))  # [views * bsz, d], view-major
     check_features(contrast, contrast)
     if labels is None:
-        labels = torch.arange(bsz, device=features.device)
-    lab = check_label_tensor(labels, "labels", bsz, features.device)
-    col_lab = lab.repeat(views)
-    anchors, row_lab = (contrast, col_lab) if contrast_mode == "all" else (features[:, 0], lab)
-    per_row, counts = _supcon_rows(
-        anchors, contrast, row_lab, col_lab, scale=_temperature_scale(temperature),
-        variant="out", geometry=geometry, curvature=curvature, on_manifold=on_manifold,
-        backend=backend)
-    factor = float(temperature) / check_positive_number(base_temperature, "base_temperature")
-    loss = factor * _reduce_over_positive_rows(per_row, counts, "mean")
-    return (loss, int((counts == 0).sum())) if return_count else loss
+        labels = (label_of_sample or (lambda n: torch.arange(n)))(bsz).to(features.device)
+    return contrast, check_label_tensor(labels, "labels", bsz, features.device), views
+
+
+def _distributed_supcon_views(features, labels, *, group, factor, contrast_mode, **kw):
+    """supcon_views across ranks: every rank's contrast rows against the gathered ones is
+    ``supcon(variant="out", group=)`` on the contrast set with each view's labels."""
+    check_group(group)
+    contrast, col_lab, pending = features, labels, None
+    try:
+        if contrast_mode != "all":
+            raise ValueError(f"supcon_views(group=...) supports contrast_mode='all' only, got "
+                             f"{contrast_mode!r}")
+        world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+        contrast, lab, views = _contrast_set(
+            features, labels, lambda n: torch.arange(n) * world + rank)
+        col_lab = lab.repeat(views)
+    except (TypeError, ValueError) as exc:  # raised after the handshake, on every rank
+        pending = exc
+        if not isinstance(contrast, torch.Tensor) or contrast.dim() != 2:
+            contrast = torch.zeros(1, 1)
+    out = _distributed_supcon(contrast, col_lab, variant="out", reduction="mean",
+                              max_radius=MAX_RADIUS, pending=pending, group=group, **kw)
+    if kw["return_count"]:
+        return factor * out[0], out[1]
+    return factor * out
 
 
 @autocast_off
