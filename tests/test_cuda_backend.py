@@ -26,6 +26,7 @@ on a GPU.
    the CPU kernel): a self-check of this file's logic and tolerances on machines without a GPU.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from flashnce import _extension, dispatch
 from flashnce.core import spec
 
 from _helpers import tile_spec
+from _ptxas import check_resources, demangle, parse_ptxas_log, sass_functions
 from _tile_cases import (TOL, check_against_oracle, check_forward_grad, check_grad, check_stat,
                          make_problem, oracle, relation_case)
 from flashnce.backends.base import TileSpec
@@ -58,7 +60,9 @@ DEVICE = "cpu" if DRY_RUN else "cuda"
 # --------------------------------------------------------------------------------------------
 
 
-def test_nvcc_compile_check(tmp_path):
+@pytest.fixture(scope="module")
+def cuda_core_build(tmp_path_factory):
+    """The torch-free core built once per module by check_compile.sh: (build dir, stdout)."""
     if os.environ.get("FLASHNCE_NVCC_CHECK", "1") == "0":
         pytest.skip("FLASHNCE_NVCC_CHECK=0")
     if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
@@ -67,15 +71,138 @@ def test_nvcc_compile_check(tmp_path):
         pytest.skip(reason)
     if shutil.which("bash") is None:
         pytest.skip("bash is not available to run csrc/cuda/check_compile.sh")
+    build = tmp_path_factory.mktemp("cuda_core") / "build"
     start = time.monotonic()
-    proc = subprocess.run(["bash", str(CHECK_SCRIPT), str(tmp_path / "build")],
-                          capture_output=True, text=True, timeout=1200)
-    elapsed = time.monotonic() - start
+    proc = subprocess.run(["bash", str(CHECK_SCRIPT), str(build)],
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (
         f"CUDA core failed to compile (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n"
         f"{proc.stderr[-6000:]}")
-    print(f"nvcc compile check: {elapsed:.0f} s")
-    assert "compiled for sm_80, sm_90" in proc.stdout
+    print(f"nvcc compile check: {time.monotonic() - start:.0f} s")
+    return build, proc.stdout
+
+
+def test_nvcc_compile_check(cuda_core_build):
+    assert "compiled for sm_80, sm_90" in cuda_core_build[1]
+
+
+# Kernels whose p tile runs on tensor cores for 16-bit operands (tile_gemm.cuh: WMMA), as
+# mangled-name pieces: the walk kernels, instantiated for __nv_bfloat16 / __half.
+_WALK_KERNELS = ("tile_fwd_kernel", "tile_bwd_kernel")
+_16BIT = ("13__nv_bfloat16", "6__half")
+CUDA_REPORT = ROOT / "bench" / "results" / "cuda_compile_report.json"
+
+
+def _kernel_rows(build: Path) -> list[dict]:
+    """Every kernel's ptxas report (``_ptxas.parse_ptxas_log``) with its readable name and,
+    where cuobjdump is found, whether its SASS has HMMA (tensor-core) instructions."""
+    rows = parse_ptxas_log((build / "ptxas.log").read_text())
+    names = demangle(sorted({r["name"] for r in rows}))
+    sass = {}
+    cuobjdump = _cuobjdump()
+    if cuobjdump is not None:
+        objects = sorted(build.rglob("*.cu.o")) or sorted(build.glob("*.o"))
+        # only the 16-bit translation units: theirs is the HMMA question (and the dump of
+        # the others would double this step's time)
+        for obj in [o for o in objects if "bf16" in o.name or "f16" in o.name]:
+            dump = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True,
+                                  text=True, timeout=600)
+            assert dump.returncode == 0, dump.stderr[-2000:]
+            sass.update(sass_functions(dump.stdout))
+    for r in rows:
+        r["kernel"] = names[r["name"]]
+        body = sass.get(r["name"])
+        r["hmma"] = None if body is None else "HMMA" in body
+    return rows
+
+
+def _cuobjdump():
+    """cuobjdump: on PATH, else the one Triton bundles (triton/backends/nvidia/bin)."""
+    found = shutil.which("cuobjdump")
+    if found is None:
+        try:
+            import triton
+        except ImportError:
+            return None
+        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        found = str(bundled) if bundled.is_file() else None
+    return found
+
+
+def _baseline_spills() -> dict:
+    """{(mangled name, arch): spill-store bytes} of the committed report: the kernels that
+    spill today (to be retuned on a GPU); every other kernel must stay spill-free."""
+    if not CUDA_REPORT.is_file():
+        return {}
+    rows = json.loads(CUDA_REPORT.read_text())["kernels"]
+    return {(r["name"], r["arch"]): r["spill_stores"] for r in rows}
+
+
+def test_cuda_kernel_resources(cuda_core_build):
+    """ptxas' report of every kernel of the core on sm_80 and sm_90: registers <= 255, static
+    shared memory <= 48 KiB, no spill store beyond the committed report's (a kernel not in it,
+    or spill-free there, must have none), and HMMA in the SASS of every 16-bit walk kernel.
+    FLASHNCE_CUDA_REPORT=path writes the rows as JSON (bench/results/cuda_compile_report.json)."""
+    build, _ = cuda_core_build
+    rows = _kernel_rows(build)
+    assert {r["arch"] for r in rows} == {80, 90}, "expected kernels for sm_80 and sm_90"
+    baseline = _baseline_spills()
+    bad = []
+    for r in rows:
+        problems = check_resources(r, baseline.get((r["name"], r["arch"]), 0))
+        is_walk = any(k in r["name"] for k in _WALK_KERNELS)
+        if is_walk and any(t in r["name"] for t in _16BIT) and r["hmma"] is False:
+            problems.append("no HMMA (tensor-core) instruction in its SASS")
+        bad += [f"sm_{r['arch']} {r['kernel']}: {p}" for p in problems]
+    spilling = [r for r in rows if r["spill_stores"]]
+    print(f"\n{len(rows)} kernels; {len(spilling)} spill "
+          f"({sum(r['spill_stores'] for r in spilling)} bytes of stores in all); "
+          f"HMMA checked: {any(r['hmma'] is not None for r in rows)}")
+    if os.environ.get("FLASHNCE_CUDA_REPORT"):
+        Path(os.environ["FLASHNCE_CUDA_REPORT"]).write_text(json.dumps(dict(
+            nvcc=subprocess.run([os.environ.get("NVCC", "nvcc"), "--version"],
+                                capture_output=True, text=True).stdout.strip().splitlines()[-1],
+            kernels=rows), indent=1) + "\n")
+    assert not bad, "\n".join(bad[:40]) + (f"\n... {len(bad) - 40} more" if len(bad) > 40
+                                            else "")
+
+
+_SPILL_PROBE = r"""
+// 64 live accumulators per thread: under -maxrregcount=24 ptxas must spill them.
+extern "C" __global__ void spill_probe(const float* in, float* out, int n) {
+  float acc[64];
+#pragma unroll
+  for (int k = 0; k < 64; ++k) acc[k] = in[threadIdx.x + k];
+  for (int i = 0; i < n; ++i) {
+#pragma unroll
+    for (int k = 0; k < 64; ++k) acc[k] = acc[k] * acc[(k + 7) % 64] + in[i + k];
+  }
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < 64; ++k) s += acc[k];
+  out[threadIdx.x] = s;
+}
+"""
+
+
+def test_cuda_resource_check_flags_a_spilling_kernel(tmp_path):
+    """The mutation: a kernel compiled with too few registers is reported as spilling, and
+    the checker refuses it (and a 16-bit walk kernel without HMMA would be refused the same
+    way: that branch is the same test on the parsed SASS)."""
+    nvcc = shutil.which(os.environ.get("NVCC", "nvcc"))
+    if nvcc is None or os.environ.get("FLASHNCE_NVCC_CHECK", "1") == "0":
+        pytest.skip("nvcc is not on PATH (or FLASHNCE_NVCC_CHECK=0)")
+    src = tmp_path / "probe.cu"
+    src.write_text(_SPILL_PROBE)
+    proc = subprocess.run([nvcc, "-O3", "-arch=sm_90", "-maxrregcount=24", "-Xptxas=-v", "-c",
+                           str(src), "-o", str(tmp_path / "probe.o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (row,) = parse_ptxas_log(proc.stdout + proc.stderr)
+    assert row["name"] == "spill_probe" and row["arch"] == 90 and row["regs"] <= 24
+    assert row["spill_stores"] > 0
+    assert any("spill stores" in p for p in check_resources(row))
+    assert check_resources(row, baseline_spills=row["spill_stores"]) == []
 
 
 def _cuda_include_dir():

@@ -64,6 +64,8 @@ import subprocess
 import sys
 import time
 
+from _ptxas import MAX_REGS, REGS, SPILLS  # tests/ is on the path as a test and as a worker
+
 ARCHS = (80, 90)
 PASSES = ("fwd", "bwd", "fwd_grad")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
@@ -98,13 +100,10 @@ _OPERANDS = {"A", "B", "DA"}
 _FP32 = {"SA", "SB", "THETA", "OUT", "ST_A", "ST_B", "G_A", "G_B", "DSA", "PART"}
 _STAT_LSE = 0  # spec.stat_id("lse"), checked in work()
 _INDEX = {"R0", "R1", "R2"}
-_REGS = re.compile(r"Used (\d+) registers")
-_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 # mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, wgmma.mma_async.sync.aligned.m64n64k16
 # .f32.bf16.bf16 (the operand types follow the accumulator's).
 _MMA = re.compile(r"\b(?:mma\.sync|wgmma\.mma_async)\.[\w.]+")
 _MMA_16BIT = re.compile(r"\.(?:bf16|f16)\b")
-MAX_REGS = 255
 _PTXAS_FILE = "flashnce_ptxas.json"
 # Opt-in maximum dynamic shared memory per block: 163 KiB on sm_80, 227 KiB on sm_90.
 SHARED_LIMIT = {80: 166912, 90: 232448}
@@ -197,7 +196,7 @@ def _compile_with_report(triton, src, target, options):
             triton.knobs.nvidia.dump_ptxas_log = True
             triton.knobs.compilation.always_compile = always
             compiled = triton.compile(src, target=target, options=options)
-        regs, spills = _REGS.search(log.getvalue()), _SPILLS.search(log.getvalue())
+        regs, spills = REGS.search(log.getvalue()), SPILLS.search(log.getvalue())
         if not (regs and spills):
             return compiled, None
         stores, loads = map(int, spills.groups())

@@ -7,6 +7,8 @@
 # Uses CMake + Ninja (target flashnce_cuda_core of csrc/cuda/CMakeLists.txt) when both are
 # found, else plain nvcc invocations, in parallel either way (CMake: FLASHNCE_JOBS, default nproc).
 # NVCC (default: nvcc on PATH) and CUDA_ARCHS (default "80;90") can be overridden.
+# ptxas reports every kernel's registers, spills and shared memory (-Xptxas -v) into
+# BUILD_DIR/ptxas.log; tests/test_cuda_backend.py checks them.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,9 +27,12 @@ mkdir -p "$build"
 
 if command -v cmake >/dev/null && command -v ninja >/dev/null; then
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_CUDA_COMPILER="$nvcc" \
-    -DCMAKE_CUDA_ARCHITECTURES="$archs" -DCMAKE_BUILD_TYPE=Release >"$build/configure.log" ||
+    -DCMAKE_CUDA_ARCHITECTURES="$archs" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_FLAGS="-Xptxas=-v" >"$build/configure.log" ||
     { cat "$build/configure.log"; exit 1; }
-  cmake --build "$build" --target flashnce_cuda_core -j "$jobs"
+  # ninja prints each job's output in one piece: the ptxas reports of one source stay together
+  cmake --build "$build" --target flashnce_cuda_core -j "$jobs" >"$build/ptxas.log" 2>&1 ||
+    { tail -c 20000 "$build/ptxas.log"; exit 1; }
 else
   gencode=()
   IFS=';' read -ra arch_list <<<"$archs"
@@ -37,12 +42,14 @@ else
   for src in "$here"/tile_*.cu; do
     [[ "$src" == */tile_binding.cu ]] && continue
     "$nvcc" -std=c++17 -O3 -I"$csrc" -I"$here" "${gencode[@]}" -Werror all-warnings \
-      -c "$src" -o "$build/$(basename "$src").o" &
+      -Xptxas=-v -c "$src" -o "$build/$(basename "$src").o" \
+      >"$build/$(basename "$src").ptxas.log" 2>&1 &
     pids+=($!)
   done
   status=0
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
   exit_if_failed=$status
-  [[ $exit_if_failed -eq 0 ]] || { echo "check_compile: nvcc failed" >&2; exit 1; }
+  cat "$build"/*.ptxas.log >"$build/ptxas.log"
+  [[ $exit_if_failed -eq 0 ]] || { tail -c 20000 "$build/ptxas.log"; echo "check_compile: nvcc failed" >&2; exit 1; }
 fi
 echo "check_compile: CUDA core compiled for sm_${archs//;/, sm_} in $build"
