@@ -34,12 +34,14 @@ def _require(backend, x):
                     "matrix (tests/test_triton.py covers its walks)")
 
 
-WALKS = (  # (row operand, column operand, relation)
-    (0, 1, Relation.diagonal(skip_positives=True)),           # row + column statistics
-    (0, 0, Relation.none(skip_self=True, cols_both=0)),       # self block, rows only
-    (1, 1, Relation.none(skip_self=True, cols_both=0)),
-    (1, 0, Relation.diagonal(diag_offset=-2)),                # an offset diagonal, positives in
-    (0, 1, Relation.none()),
+WALKS = (  # (row operand, column operand, relation, row slice, column slice)
+    (0, 1, Relation.diagonal(skip_positives=True), None, None),     # row + column statistics
+    (0, 0, Relation.none(skip_self=True, cols_both=0), None, None),  # self block, rows only
+    (1, 1, Relation.none(skip_self=True, cols_both=0), None, None),
+    (1, 0, Relation.diagonal(diag_offset=-2), None, None),  # an offset diagonal, positives in
+    (0, 1, Relation.none(), None, None),
+    (0, 0, Relation.none(skip_self=True, diag_offset=1, cols_both=0), (2, 9), (1, 10)),  # slices
+    (1, 0, Relation.diagonal(), (3, 4), (0, 11)),                    # a one-row slice
 )
 
 
@@ -57,12 +59,17 @@ def test_chunked_walks_equal_separate_walks(small_chunks, backend, geometry):
         prob = TileProblem(a, b, geometry, scale, 1.0, False)
         ops, sc = (prob.x_op, prob.y_op), (prob.x_scalars, prob.y_scalars)
         impl = dispatch.get_backend(backend)
-        walks = [bw.Walk(r, c, prob.tspec(rel), impl) for r, c, rel in WALKS]
+        walks = [bw.Walk(r, c, prob.tspec(rel), impl, rows=rs, cols=cs)
+                 for r, c, rel, rs, cs in WALKS]
         if chunked:
             stats = bw.block_walk(walks, ops, sc, prob.theta)
         else:
-            stats = [impl.tile_stat(ops[w.row], ops[w.col], sc[w.row], sc[w.col], prob.theta,
-                                    w.tspec) for w in walks]
+            stats = []
+            for w in walks:
+                (r0, r1), (c0, c1) = w.row_range(ops), w.col_range(ops)
+                stats.append(impl.tile_stat(ops[w.row][r0:r1], ops[w.col][c0:c1],
+                                            sc[w.row][r0:r1], sc[w.col][c0:c1], prob.theta,
+                                            w.tspec))
         flat = [s for pair in stats for s in pair]
         return flat, (a, b)
 

@@ -68,29 +68,56 @@ def label_positive_counts(row_labels, col_labels, *, skip_self: bool,
 
 
 def _lse_within(prob, rows_lab, cols_lab, backend, cols=None, row_start=0):
-    """log sum_{p in P(i)} exp l_ip per row (-inf without positives): one walk per class,
-    rows of the class against its columns with the self pairs skipped. The rows are columns
-    row_start, row_start + 1, ... of the columns (y[:N] is x in one process; the local block
-    of the gathered columns across ranks), so the columns of a class contain its rows in the
-    same order, after the class's ``before`` columns ahead of row_start: the self pair of the
-    a-th row is the (before + a)-th column of the block. ``cols``: (operand, scalars) of the
-    columns, the problem's y by default."""
-    y_op, y_scalars = (prob.y_op, prob.y_scalars) if cols is None else cols
-    out = prob.x_scalars.new_full((prob.x_op.shape[0],), float("-inf"),
-                                  dtype=prob.theta.dtype)
-    tspec = prob.tspec(Relation.none(skip_self=True, cols_both=0))
-    for c in torch.unique(rows_lab).tolist():
-        r = (rows_lab == c).nonzero().squeeze(1)
-        k = (cols_lab == c).nonzero().squeeze(1)
-        if k.numel() < 2:
+    """log sum_{p in P(i)} exp l_ip per row (-inf without positives).
+
+    Rows and columns are sorted by label (stable), so each class is one contiguous block of
+    each; one ``core.block_walk`` node then walks every class's rows against its columns with
+    the self pairs skipped (one raw call per class forward and backward, one gradient buffer:
+    no autograd node per class). The rows are columns row_start, row_start + 1, ... of the
+    columns (y[:N] is x in one process; the local block of the gathered columns across
+    ranks), so within a class its rows appear among its columns in the same order, after the
+    class's ``before`` columns ahead of row_start: the a-th row's self pair is column
+    before + a of the class block. ``cols``: (operand, scalars) of the columns, the problem's y
+    by default. Memory: the sorted copies of the operands, O((N + M) d)."""
+    y_op, y_scalars = (prob.x_op, prob.x_scalars) if cols is None else cols
+    n = prob.x_op.shape[0]
+    out = prob.x_scalars.new_full((n,), float("-inf"), dtype=prob.theta.dtype)
+    row_lab_s, row_order = torch.sort(rows_lab, stable=True)
+    col_lab_s, col_order = torch.sort(cols_lab, stable=True)
+    classes, row_counts = torch.unique_consecutive(row_lab_s, return_counts=True)
+    col_lo = torch.searchsorted(col_lab_s, classes)
+    col_hi = torch.searchsorted(col_lab_s, classes, right=True)
+    before = torch.zeros_like(classes)  # class-c columns ahead of row_start
+    if row_start:
+        ahead = torch.sort(cols_lab[:row_start]).values
+        before = (torch.searchsorted(ahead, classes, right=True)
+                  - torch.searchsorted(ahead, classes))
+    spans = torch.stack([torch.cumsum(row_counts, 0) - row_counts, row_counts, col_lo,
+                         col_hi - col_lo, before]).T.tolist()  # one host sync for all classes
+    same = cols is None  # one operand: the rows are the columns
+    ops = (prob.x_op[row_order],) if same else (prob.x_op[row_order], y_op[col_order])
+    scalars = ((prob.x_scalars[row_order],) if same else
+               (prob.x_scalars[row_order], y_scalars[col_order]))
+    base = prob.tspec(Relation.none(skip_self=True, cols_both=0))
+    impl = dispatch.select_backend(backend, ops[0], ops[-1], base)
+    walks, starts = [], []
+    for r0, nr, c0, nc, bef in spans:
+        if nc < 2:  # one column of the class (the row itself, or another rank's): no positive
             continue
-        before = int((cols_lab[:row_start] == c).sum()) if row_start else 0
-        xs, ys = prob.x_op[r], y_op[k]
-        impl = dispatch.select_backend(backend, xs, ys, tspec)
-        row, _ = impl.tile_stat(xs, ys, prob.x_scalars[r], y_scalars[k], prob.theta,
-                                _shifted(tspec, before, 0))
-        out = out.index_put((r,), row)
-    return out
+        walks.append(Walk(0, 0 if same else 1, _shifted(base, bef, 0), impl,
+                          rows=(r0, r0 + nr), cols=(c0, c0 + nc)))
+        starts.append((r0, nr))
+    if not walks:
+        return out
+    stats = block_walk(walks, ops, scalars, prob.theta)
+    pieces, at = [], 0
+    for (r0, nr), (row, _) in zip(starts, stats):
+        if r0 > at:
+            pieces.append(out[at:r0])  # classes without a positive: -inf
+        pieces.append(row)
+        at = r0 + nr
+    pieces.append(out[at:])
+    return out.index_put((row_order,), torch.cat(pieces))
 
 
 def _supcon_rows(x, y, row_lab, col_lab, *, scale, variant, geometry, curvature, on_manifold,

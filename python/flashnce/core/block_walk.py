@@ -43,13 +43,22 @@ CHUNKED_RELATIONS = ("none", "diagonal")
 
 @dataclass(frozen=True)
 class Walk:
-    """One walk: rows = operand ``row``, columns = operand ``col``, under ``tspec`` run by
-    ``backend`` (a ``flashnce.backends.base.Backend``)."""
+    """One walk: rows = operand ``row`` (its rows ``rows[0]:rows[1]``, all when None),
+    columns = operand ``col`` (its rows ``cols[0]:cols[1]``), under ``tspec`` run by
+    ``backend`` (a ``flashnce.backends.base.Backend``). The statistics cover the slices."""
 
     row: int
     col: int
     tspec: TileSpec
     backend: object
+    rows: tuple | None = None
+    cols: tuple | None = None
+
+    def row_range(self, ops) -> tuple:
+        return self.rows or (0, ops[self.row].shape[0])
+
+    def col_range(self, ops) -> tuple:
+        return self.cols or (0, ops[self.col].shape[0])
 
 
 def check_walk(walk: Walk) -> None:
@@ -76,8 +85,10 @@ class _BlockWalk(torch.autograd.Function):
         ops, scalars = tensors[:n_ops], tensors[n_ops:]
         out = []
         for w in walks:
-            out.extend(w.backend.forward_raw(ops[w.row], ops[w.col], scalars[w.row],
-                                             scalars[w.col], theta, w.tspec))
+            (r0, r1), (c0, c1) = w.row_range(ops), w.col_range(ops)
+            out.extend(w.backend.forward_raw(ops[w.row][r0:r1], ops[w.col][c0:c1],
+                                             scalars[w.row][r0:r1], scalars[w.col][c0:c1],
+                                             theta, w.tspec))
         return tuple(out)
 
     @staticmethod
@@ -108,8 +119,13 @@ class _BlockWalk(torch.autograd.Function):
                 continue  # this walk's statistics do not reach the loss
             g_row = torch.zeros_like(row) if g_row is None else g_row.contiguous()
             g_col = torch.zeros_like(col) if g_col is None else g_col.contiguous()
-            x, y, a, b = ops[w.row], ops[w.col], scalars[w.row], scalars[w.col]
-            cols_both = col.shape[0] > 0 or w.tspec.relation.cols_both is None
+            (r0, r1), (c0, c1) = w.row_range(ops), w.col_range(ops)
+            x, y = ops[w.row][r0:r1], ops[w.col][c0:c1]
+            a, b = scalars[w.row][r0:r1], scalars[w.col][c0:c1]
+            d_x = None if d_ops[w.row] is None else d_ops[w.row][r0:r1]
+            d_y = None if d_ops[w.col] is None else d_ops[w.col][c0:c1]
+            d_a, d_b = d_sc[w.row][r0:r1], d_sc[w.col][c0:c1]
+            cols_both = w.tspec.relation.cols_both is None
             n, m = x.shape[0], y.shape[0]
             for i0, i1 in _ranges(n, step or n):
                 for j0, j1 in _ranges(m, step or m):
@@ -120,12 +136,12 @@ class _BlockWalk(torch.autograd.Function):
                     dx, dy, da, db, dt = w.backend.backward_raw(
                         x[i0:i1], y[j0:j1], a[i0:i1], b[j0:j1], theta, tspec, row[i0:i1],
                         col[cs], g_row[i0:i1], g_col[cs])
-                    if d_ops[w.row] is not None:
-                        d_ops[w.row][i0:i1] += dx
-                    if d_ops[w.col] is not None:
-                        d_ops[w.col][j0:j1] += dy
-                    d_sc[w.row][i0:i1] += da
-                    d_sc[w.col][j0:j1] += db
+                    if d_x is not None:
+                        d_x[i0:i1] += dx
+                    if d_y is not None:
+                        d_y[j0:j1] += dy
+                    d_a[i0:i1] += da
+                    d_b[j0:j1] += db
                     d_theta += dt
         d_ops = [None if d is None else d.to(op.dtype) for d, op in zip(d_ops, ops)]
         return (None, None, d_theta, *d_ops, *d_sc)
