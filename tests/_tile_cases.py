@@ -137,6 +137,8 @@ def oracle(x, y, alpha, beta, theta, tspec, g_row, g_col):
     rel = replace(tspec.relation, tensors=tuple(t.cpu() for t in tspec.relation.tensors))
     row, col = dense_tile_stat(*ins, rel, tspec.kind, tspec.stat,
                                1e-14 if x.dtype == torch.float64 else tspec.kappa)
+    if not spec.STAT_INFO[tspec.stat]["has_backward"]:
+        return row.detach(), col.detach(), None
     fin = lambda s: torch.where(torch.isfinite(s), s, 0.0)  # noqa: E731
     total = (fin(row) * g_row.cpu().double()).sum() + (fin(col) * g_col.cpu().double()).sum()
     grads = torch.autograd.grad(total, ins, allow_unused=True)
@@ -188,6 +190,22 @@ def check_forward_grad(forward_grad, problem):
     assert grads[0].dtype == x.dtype and grads[1].dtype == x.dtype
     for name, got, want in zip(("dx", "dy", "d_alpha", "d_beta", "d_theta"), grads, want_grads):
         check_grad(f"one-pass {name}", got, want, t_grad)
+
+
+def check_forward_only(forward, problem):
+    """A stat without a backward (``count``): both statistics equal the float64 dense oracle's
+    exactly (ranks are integers; -1 for rows / columns without a positive), in the compute
+    dtype on x's device."""
+    x, y, alpha, beta, theta, tspec, g_row, g_col = problem
+    row, col = forward(x, y, alpha, beta, theta, tspec)
+    assert row.device == x.device and row.dtype == compute_dtype(x.dtype)
+    assert col.dtype == compute_dtype(x.dtype)
+    want_row, want_col, _ = oracle(x, y, alpha, beta, theta, tspec, g_row, g_col)
+    for name, got, want in (("row_stat", row, want_row), ("col_stat", col, want_col)):
+        got = got.cpu().double()
+        assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)}"
+        bad = (got != want).nonzero().flatten()[:5].tolist()
+        assert not bad, f"{name}: differs at {bad}: {got[bad].tolist()} != {want[bad].tolist()}"
 
 
 def check_against_oracle(forward, backward, problem):

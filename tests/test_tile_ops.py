@@ -13,7 +13,10 @@ zero gradient, no NaN). Stats with a local G (``pair_sum``) also check the one-p
 Backends are called through ``forward_raw`` / ``backward_raw``: the op pair itself, not
 autograd (that is tested in test_op_registration.py). The Triton interpreter is slow, so it runs
 the relation cases on two kinds and the kinds on two relation cases, in fp32 and bf16
-(``_budget``); the other backends run the full product.
+(``_budget``); the other backends run the full product. A forward-only stat (``count``: exact
+integer ranks, checked for equality) runs every kind x case in fp32 and the other dtypes and
+shapes on the cases with positives; its backward is not run (it has none), and
+``test_forward_only_stat_has_no_backward`` checks that each backend refuses it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from flashnce import dispatch
 from flashnce.core import spec
 
 from _tile_cases import (CASE_RELATION, RELATION_CASES, check_against_oracle, check_forward_grad,
-                         make_problem)
+                         check_forward_only, make_problem)
 
 SHAPES = ((1, 5, 3), (17, 23, 4), (70, 33, 48))
 BIG_SHAPES = ((300, 700, 16), (600, 530, 8))  # cross the cpu (256 x 512), torch (512) tiles
@@ -36,15 +39,28 @@ def _budget(backend):
     """(stat, kind, case, dtype, shape) tuples this backend runs, from its declared
     capabilities: every stat it declares gets the same product."""
     return [(stat, *entry) for stat in spec.STATS if stat in backend.stats
-            for entry in _budget_per_stat(backend)]
+            for entry in _budget_per_stat(backend, stat)]
 
 
-def _budget_per_stat(backend):
+def _budget_per_stat(backend, stat):
     """(kind, case, dtype, shape) tuples of one stat."""
     kinds = [k for k in spec.KINDS if k in backend.kinds]
     cases = [c for c in RELATION_CASES if CASE_RELATION[c] in backend.relations]
     dtypes = [d for d in DTYPES if d in backend.dtypes]
     out = []
+    if not spec.STAT_INFO[stat]["has_backward"] and backend.name != "triton":
+        # Forward only (count, cheap per case but many cases): every kind x case in fp32 on
+        # one odd shape; the other dtypes, the other shapes and several tiles on the cases
+        # that carry positives (the others are -1 everywhere).
+        pos_cases = [c for c in ("diagonal", "targets", "labels_self", "csr") if c in cases]
+        for k in kinds:
+            out += [(k, c, torch.float32, SHAPES[1]) for c in cases]
+            out += [(k, c, d, SHAPES[1]) for c in pos_cases for d in dtypes
+                    if d != torch.float32]
+            out += [(k, c, torch.float32, s) for c in pos_cases for s in (SHAPES[0], SHAPES[2])]
+            if backend.name in ("cpu", "torch"):
+                out += [(k, c, torch.float32, s) for c in pos_cases[::2] for s in BIG_SHAPES]
+        return out
     if backend.name == "triton":  # interpreter: a covering subset
         for d in (torch.float32, torch.bfloat16):
             for c in cases:
@@ -111,6 +127,11 @@ def test_matches_dense_oracle(backend_name, case):
                            stat=stat)
     x, y, *_ = problem
     assert backend.not_supported_reasons(x, y, problem[5]) == []
+    if not spec.STAT_INFO[stat]["has_backward"]:
+        # Forward only (count: ranks are piecewise constant); its backward refusal is
+        # tested once in test_forward_only_stat_has_no_backward.
+        check_forward_only(backend.forward_raw, problem)
+        return
     check_against_oracle(backend.forward_raw, backend.backward_raw, problem)
     if spec.STAT_INFO[stat]["local_grad"]:
         check_forward_grad(backend.forward_grad_raw, problem)
@@ -125,3 +146,15 @@ def test_matrix_covers_every_declared_capability():
         assert {st for st, *_ in budget} == set(backend.stats), name
         assert {k for _, k, *_ in budget} == set(backend.kinds), name
         assert {CASE_RELATION[c] for _, _, c, *_ in budget} == set(backend.relations), name
+
+
+@pytest.mark.parametrize("name", [n for n, b, why in _available() if why is None
+                                  and "count" in b.stats])
+def test_forward_only_stat_has_no_backward(name):
+    """A backend declaring ``count`` refuses its backward with a clear error, not zeros."""
+    backend = dispatch.BACKENDS[name]
+    x, y, alpha, beta, theta, tspec, g_row, g_col = make_problem(
+        "cosine", "diagonal", torch.float32, (5, 7, 4), device=_device(name), stat="count")
+    row, col = backend.forward_raw(x, y, alpha, beta, theta, tspec)
+    with pytest.raises((ValueError, RuntimeError), match="count"):
+        backend.backward_raw(x, y, alpha, beta, theta, tspec, row, col, g_row, g_col)

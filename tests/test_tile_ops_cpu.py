@@ -11,6 +11,9 @@ skipped, empty sides, determinism, fresh output tensors, and the op's argument c
 x every kind, odd / tile-spanning shapes, fp32 / bf16 / fp16 inputs, a wide logit range,
 exact zeros for skipped pairs and empty sides, and ``tile_fwd_grad`` against both the two-pass
 ops (g_row = 1, g_col = 0) and the oracle; lse refused by it; determinism and 1 vs 2 threads.
+For ``count`` (ranks, cpu/walk_count.h): exact ranks across tiles and thread parts with
+duplicated rows in other tiles and row-only columns, every kind x the positive-carrying
+relations, 1 vs 2 threads bitwise, empty sides, and its backward / one-pass refusals.
 
 The oracle gets the per-row scalars alpha / beta as leaves, so its d_alpha is the op's d_alpha
 (the op never differentiates the prologue q = |x|^2 -> alpha; flashnce.features does).
@@ -19,6 +22,7 @@ The oracle gets the per-row scalars alpha / beta as leaves, so its d_alpha is th
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -561,3 +565,74 @@ def test_pair_sum_threads_agree():
         torch.set_num_threads(threads)
     for i, (u, v) in enumerate(zip(one, two)):
         assert_close(u, v.to(torch.float64), 1e-5, f"output {i}")
+
+
+# ---- count: ranks, forward only (cpu/walk_count.h) ------------------------------------------
+COUNT_CASES = ("none", "diagonal", "diagonal_pos_and_self", "targets", "labels",
+               "labels_skip_pos_self0", "csr", "csr_full_skip")
+
+
+def _count_problem(kind, dtype, case, n=600, m=1100, m0=900, seed=2):
+    """3 row blocks (2 thread parts on 2 threads), 3 column tiles, row-only columns, and
+    duplicated rows of both operands in other tiles (exact ties across tiles)."""
+    x, y, alpha, beta, theta = make_inputs(kind, n, m, 8, dtype, seed)
+    for t, s, dst, src in ((y, beta, m - 70, 5), (x, alpha, n - 200, 7), (y, beta, 2, 600)):
+        t[dst], s[dst] = t[src], s[src]
+    rel = CASES[case](n, m, torch.Generator().manual_seed(seed))
+    return x, y, alpha, beta, theta, replace(rel, cols_both=m0)
+
+
+def _count(x, y, alpha, beta, theta, rel, kind, kappa=1e-6):
+    return torch.ops.flashnce.tile_fwd(x, y, alpha, beta, theta, list(rel.tensors),
+                                       rel.options(kind, "count", y.shape[0]), kappa)
+
+
+@pytest.mark.parametrize("kind,case", [(k, c) for k in KINDS for c in ("diagonal", "labels",
+                                                                        "csr_full_skip")]
+                         + [("cosine", c) for c in COUNT_CASES
+                            if c not in ("diagonal", "labels", "csr_full_skip")])
+def test_count_tiles_and_parts(kind, case):
+    """fp64 ranks across tiles and thread parts equal the materialised rule exactly."""
+    x, y, alpha, beta, theta, rel = _count_problem(kind, torch.float64, case)
+    row, col = _count(x, y, alpha, beta, theta, rel, kind, kappa_for(torch.float64))
+    want_row, want_col = dense_tile_stat(x, y, alpha, beta, theta, rel, kind, "count",
+                                         kappa_for(torch.float64))
+    assert row.dtype == torch.float64 and col.shape == (900,)
+    assert torch.equal(row, want_row), (row - want_row).abs().max()
+    assert torch.equal(col, want_col), (col - want_col).abs().max()
+    if case == "none" or rel.skip_positives:  # no positive pair anywhere
+        assert (row == -1).all() and (col == -1).all()
+    else:
+        assert row.max() > 0 and col.max() > 0  # the ranks are not all trivial
+
+
+def test_count_threads_agree():
+    """fp32: bitwise the same ranks on 1 and 2 threads (the column thresholds and counts of
+    the parts are merged in part order)."""
+    x, y, alpha, beta, theta, rel = _count_problem("hyperbolic", torch.float32, "labels")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _count(x, y, alpha, beta, theta, rel, "hyperbolic")
+        torch.set_num_threads(2)
+        two = _count(x, y, alpha, beta, theta, rel, "hyperbolic")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_count_empty_sides_and_refusals():
+    x, y, alpha, beta, theta = make_inputs("cosine", 4, 3, 5, torch.float32, 0)
+    rel = Relation.diagonal()
+    row, col = _count(x[:0], y, alpha[:0], beta, theta, rel, "cosine")
+    assert row.shape == (0,) and (col == -1).all()
+    row, col = torch.ops.flashnce.tile_fwd(x, y[:0], alpha, beta[:0], theta, [],
+                                           rel.options("cosine", "count", 0), 1e-6)
+    assert (row == -1).all() and col.shape == (0,)
+    row, col = _count(x, y, alpha, beta, theta, rel, "cosine")
+    opts = rel.options("cosine", "count", 3)
+    with pytest.raises(RuntimeError, match="count has no backward"):
+        torch.ops.flashnce.tile_bwd(x, y, alpha, beta, theta, [], opts, 1e-6, row, col,
+                                    torch.zeros_like(row), torch.zeros_like(col))
+    with pytest.raises(RuntimeError, match="count has no one-pass gradient"):
+        torch.ops.flashnce.tile_fwd_grad(x, y, alpha, beta, theta, [], opts, 1e-6)

@@ -99,6 +99,9 @@ def _group_selected(arch, which, dtype_name, kind_name) -> bool:
 _OPERANDS = {"A", "B", "DA"}
 _FP32 = {"SA", "SB", "THETA", "OUT", "ST_A", "ST_B", "G_A", "G_B", "DSA", "PART"}
 _STAT_LSE = 0  # spec.stat_id("lse"), checked in work()
+# The stats the Triton kernels implement (flashnce.backends.triton.TritonBackend.stats; not
+# imported here: the workers load the kernels without the package's dispatch).
+TRITON_STATS = ("lse", "pair_sum", "masked_sum")
 _INDEX = {"R0", "R1", "R2"}
 # mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, wgmma.mma_async.sync.aligned.m64n64k16
 # .f32.bf16.bf16 (the operand types follow the accumulator's).
@@ -113,7 +116,8 @@ def _variants(launch, spec, which, kind, dtype) -> list[dict]:
     """Distinct compile-time argument sets the launchers issue for one (pass, kind, dtype)."""
     seen = {}
     for stat, rel, flags, swapped in itertools.product(
-            range(len(spec.STATS)), range(len(spec.RELATIONS)), range(spec.ALL_FLAGS + 1),
+            [spec.stat_id(s) for s in TRITON_STATS], range(len(spec.RELATIONS)),
+            range(spec.ALL_FLAGS + 1),
             (False, True)):
         if which == "fwd_grad" and not launch.has_fwd_grad(stat):
             continue

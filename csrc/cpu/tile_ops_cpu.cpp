@@ -2,7 +2,8 @@
 // semantics in python/flashnce/core/spec.py): argument checks, the options vector, the kind
 // and stat dispatch, and the registration. The walks are cpu/walk_forward.h and
 // cpu/walk_backward.h (tile_fwd_grad is the backward walk with the stat's OnePass hooks), the
-// statistics cpu/stats.h, the pair roles cpu/relation.h.
+// statistics cpu/stats.h, the pair roles cpu/relation.h. The count statistic (ranks, forward
+// only) is not a fold / merge stat: its two-phase walk is cpu/walk_count.h.
 //
 // This file is compiled once per ISA (csrc/cpu/isa/*.cpp set FLASHNCE_ISA = avx2 / avx512 and
 // setup.py / CMakeLists.txt the matching -m flags) into separate extension modules;
@@ -31,6 +32,7 @@
 #include "cpu/relation.h"
 #include "cpu/stats.h"
 #include "cpu/walk_backward.h"
+#include "cpu/walk_count.h"
 #include "cpu/walk_forward.h"
 
 namespace flashnce {
@@ -89,8 +91,9 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& al
               "flashnce: dimensions must fit in int32 (BLAS)");
 }
 
-// One branch per kind and stat; an unknown id is an error (parse_options checks first, so
-// these defaults are a second line for callers that skip it).
+// One branch per kind and fold / merge stat (TileStat); an unknown id is an error
+// (parse_options checks first, so these defaults are a second line for callers that skip it).
+// count has its own walk and is branched on before (tile_fwd_cpu), refused by the others.
 template <class F>
 void dispatch_kind(int64_t kind, const F& f) {
   switch (kind) {
@@ -108,17 +111,22 @@ void dispatch_stat(int64_t stat, const F& f) {
     case kStatLse: f(std::integral_constant<int, kStatLse>{}); break;
     case kStatPairSum: f(std::integral_constant<int, kStatPairSum>{}); break;
     case kStatMaskedSum: f(std::integral_constant<int, kStatMaskedSum>{}); break;
+    case kStatCount:
+      TORCH_CHECK(false, "flashnce: statistic count is forward only (tile_fwd): it has no "
+                  "backward and no one-pass gradient");
+      break;
     default: TORCH_CHECK(false, "flashnce: unknown statistic ", stat);
   }
 }
 
 const char* stat_name(int64_t stat) {
-  static const char* const names[kNumStats] = {"lse", "pair_sum", "masked_sum"};
+  static const char* const names[kNumStats] = {"lse", "pair_sum", "masked_sum", "count"};
   return stat >= 0 && stat < kNumStats ? names[stat] : "?";
 }
 
 // The statistic of a row / column that has seen no pair (N = 0 or M = 0).
 double stat_empty(int64_t stat) {
+  if (stat == kStatCount) return -1.0;  // no positive
   double v = 0;
   dispatch_stat(stat, [&](auto sc) { v = TileStat<decltype(sc)::value, double>::kEmpty; });
   return v;
@@ -208,6 +216,11 @@ std::tuple<at::Tensor, at::Tensor> tile_fwd_cpu(const at::Tensor& x, const at::T
   AT_DISPATCH_FLOATING_TYPES(row_stat.scalar_type(), "tile_fwd_cpu", [&] {
     const auto pb = make_problem<scalar_t>(p, kappa);
     dispatch_kind(p.opt.kind, [&](auto kc) {
+      if (p.opt.stat == kStatCount) {
+        count_walk<decltype(kc)::value, scalar_t>(pb, p.rel, row_stat.data_ptr<scalar_t>(),
+                                                  col_stat.data_ptr<scalar_t>());
+        return;
+      }
       dispatch_stat(p.opt.stat, [&](auto sc) {
         forward_walk<decltype(kc)::value, decltype(sc)::value, scalar_t>(
             pb, p.rel, row_stat.data_ptr<scalar_t>(), col_stat.data_ptr<scalar_t>());
@@ -265,6 +278,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_bwd_
     const at::Tensor& row_stat, const at::Tensor& col_stat, const at::Tensor& g_row,
     const at::Tensor& g_col) {
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options);
+  TORCH_CHECK(p.opt.stat != kStatCount,
+              "flashnce: statistic count has no backward (ranks are piecewise constant)");
   const auto cd = compute_dtype(x.scalar_type());
   const int64_t n = x.size(0), m = y.size(0), m0 = p.opt.m0, r = alpha.size(1);
   const int64_t w = stat_width(p.opt.stat);
@@ -337,6 +352,8 @@ tile_fwd_grad_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& al
                   const at::Tensor& beta, const at::Tensor& theta, at::TensorList relation,
                   at::IntArrayRef options, double kappa) {
   const Prepared p = prepare(x, y, alpha, beta, theta, relation, options);
+  TORCH_CHECK(p.opt.stat != kStatCount, "flashnce: statistic count has no one-pass gradient "
+              "(it is forward only: use tile_fwd)");
   bool local = false;
   dispatch_stat(p.opt.stat,
                 [&](auto sc) { local = TileStat<decltype(sc)::value, double>::kLocalGrad; });

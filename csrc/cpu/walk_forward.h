@@ -40,12 +40,33 @@ inline void logits_chunk(const Problem<T>& pb, T* row, int64_t j, const RowScala
   Lanes<VT>::store(VT(pb.scale) * h + VT(pb.bias), row + j);
 }
 
-template <int KIND, int STAT, class T>
-void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T* col_stat) {
-  using S = TileStat<STAT, T>;
+// tile[r, c] = <x_{i0+r}, y_{j0+c}>, row-major with leading dimension bm: one single-threaded
+// BLAS call. The same call for the same tile gives the same bits (walk_count.h relies on it).
+template <class T>
+inline void tile_dots(const Problem<T>& pb, int64_t i0, int64_t bn, int64_t j0, int64_t bm,
+                      T* tile) {
+  gemm('T', 'N', bm, bn, pb.k, T(1), pb.y + j0 * pb.k, pb.k, pb.x + i0 * pb.k, pb.k, T(0), tile,
+       bm);
+}
+
+// Row i of a tile at column j0 (bm entries), in place: dot products -> logits, in vector
+// chunks from the tile's first column and a scalar tail (so a given (i, j) of a given tile grid
+// always takes the same path).
+template <int KIND, class T>
+inline void row_logits(const Problem<T>& pb, T* row, int64_t i, int64_t j0, int64_t bm) {
   using V = Vectorized<T>;
   constexpr int R = Epilogue<KIND, T>::kR;
   constexpr int64_t L = V::size();
+  const auto av = row_scalars<V, R>(pb.alpha, i);
+  const auto as = row_scalars<T, R>(pb.alpha, i);
+  int64_t j = 0;
+  for (; j + L <= bm; j += L) logits_chunk<KIND>(pb, row, j, av, j0 + j);
+  for (; j < bm; ++j) logits_chunk<KIND>(pb, row, j, as, j0 + j);
+}
+
+template <int KIND, int STAT, class T>
+void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T* col_stat) {
+  using S = TileStat<STAT, T>;
   const int64_t n = pb.n, m = pb.m, m0 = pb.m0;
   const int64_t nblocks = (n + kBlockN - 1) / kBlockN;
   const int64_t nparts = num_parts(nblocks);
@@ -62,18 +83,12 @@ void forward_walk(const Problem<T>& pb, const RelationView& rel, T* row_stat, T*
       for (int64_t j0 = 0; j0 < m; j0 += kBlockM) {
         const int64_t bm = std::min(kBlockM, m - j0);
         const int64_t bc = std::clamp<int64_t>(m0 - j0, 0, bm);
-        // tile[r, c] = <x_{i0+r}, y_{j0+c}>, row-major with leading dimension bm.
-        gemm('T', 'N', bm, bn, pb.k, T(1), pb.y + j0 * pb.k, pb.k, pb.x + i0 * pb.k, pb.k, T(0),
-             tile.data(), bm);
+        tile_dots(pb, i0, bn, j0, bm, tile.data());
         S::begin_tile(rows, bc);
         for (int64_t r = 0; r < bn; ++r) {
           const int64_t i = i0 + r;
           T* row = tile.data() + r * bm;
-          const auto av = row_scalars<V, R>(pb.alpha, i);
-          const auto as = row_scalars<T, R>(pb.alpha, i);
-          int64_t j = 0;
-          for (; j + L <= bm; j += L) logits_chunk<KIND>(pb, row, j, av, j0 + j);
-          for (; j < bm; ++j) logits_chunk<KIND>(pb, row, j, as, j0 + j);
+          row_logits<KIND>(pb, row, i, j0, bm);
           int64_t ns = 0;
           if (rel.any_skips) {
             ns = rel.row_skips(i, j0, bm, skips.data());

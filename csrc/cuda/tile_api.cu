@@ -14,6 +14,7 @@ bool tile_problem_valid(const TileProblem& pb) {
     return false;
   if (pb.kind < 0 || pb.kind >= kNumEpilogueKinds) return false;
   if (pb.stat < 0 || pb.stat >= kNumStats) return false;
+  if (pb.stat == kStatCount) return false;  // no CUDA count walk (cpu / torch backends)
   if ((pb.flags & ~kAllFlags) != 0) return false;
   const RelationIndex& ix = pb.index;
   switch (pb.relation) {
@@ -68,6 +69,7 @@ bool tile_stat_local_grad(int stat) {
     case kStatLse: return false;
     case kStatPairSum: return true;
     case kStatMaskedSum: return false;
+    case kStatCount: return false;
   }
   return false;  // unknown stat id
 }

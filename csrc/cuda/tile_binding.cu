@@ -61,6 +61,9 @@ void set_options(TileProblem& pb, at::IntArrayRef options, int64_t m) {
               " (known: 0..", kNumEpilogueKinds - 1, ")");
   TORCH_CHECK(stat >= 0 && stat < kNumStats, "flashnce: unknown statistic ", stat,
               " (known: 0..", kNumStats - 1, ")");
+  TORCH_CHECK(stat != kStatCount,
+              "flashnce: statistic 'count' is not implemented by the CUDA kernels (use the "
+              "cpu or torch backend)");
   TORCH_CHECK(relation >= 0 && relation < kNumRelations, "flashnce: unknown relation ",
               relation, " (known: 0..", kNumRelations - 1, ")");
   TORCH_CHECK((flags & ~kAllFlags) == 0, "flashnce: unknown relation flags ", flags,
@@ -161,7 +164,7 @@ void check_cuda(cudaError_t err, const char* what) {
 
 // Names of the stats (python: spec.STATS), for messages.
 const char* stat_name(int stat) {
-  static const char* const names[] = {"lse", "pair_sum", "masked_sum"};
+  static const char* const names[] = {"lse", "pair_sum", "masked_sum", "count"};
   static_assert(sizeof(names) / sizeof(names[0]) == kNumStats, "one name per stat");
   return stat >= 0 && stat < kNumStats ? names[stat] : "?";
 }

@@ -23,12 +23,14 @@ namespace flashnce {
 
 // lse: row / column log-sum-exp; pair_sum: row / column sums of softplus(-z l) (z = +1 for
 // positives, -1 for negatives), G local to the pair (tile_fwd_grad); masked_sum: the lse and the
-// sum of the positives' logits, a state of two values per row ([N, 2]: lse, masked sum).
-enum Stat : int { kStatLse = 0, kStatPairSum = 1, kStatMaskedSum = 2 };
-constexpr int kNumStats = 3;
+// sum of the positives' logits, a state of two values per row ([N, 2]: lse, masked sum);
+// count: the rank of each row's (column's) best positive among its negatives, ties broken by
+// index, -1 without a positive (forward only; thresholds found in the op, two phases).
+enum Stat : int { kStatLse = 0, kStatPairSum = 1, kStatMaskedSum = 2, kStatCount = 3 };
+constexpr int kNumStats = 4;
 // Values per row of each stat's state (python: STAT_INFO[stat]["state_width"]): row_stat,
 // col_stat, g_row and g_col are [N, w] / [M0, w] row-major (1: [N]).
-constexpr int kStatStateWidth[kNumStats] = {1, 1, 2};
+constexpr int kStatStateWidth[kNumStats] = {1, 1, 2, 1};
 
 enum Relation : int {
   kRelNone = 0,

@@ -8,6 +8,7 @@ Public API:
     uniformity(x, *, t), alignment(x, y, *, alpha)      Wang & Isola's two terms
     margin_softmax(x, centres, labels, *, margin_type)  ArcFace / CosFace against class centres
     pairwise_lse(x, y, *, geometry, ...)                 the row/column log-sum-exp primitive
+    retrieval_metrics(x, y, *, geometry, ks, ...)       exact recall@K / ranks, both directions
     explain_backends(x, y, geometry=...)                 why each backend would refuse x, y
     GEOMETRIES                                           the geometry registry
     project_radius_(x, geometry=..., max_radius=...)     keep hyperbolic rows inside the cap
@@ -22,6 +23,7 @@ from .losses import explain_backends, infonce, pairwise_lse, siglip
 from .same_set import ntxent, supcon
 from .class_softmax import margin_softmax
 from .uniformity import alignment, uniformity
+from .retrieval import RetrievalMetrics, retrieval_metrics
 from . import distributed, nn
 from .nn import ClipLoss, ContrastiveLoss, SigLipLoss, SigmoidContrastiveLoss
 from .reference import (reference_infonce, reference_logits, reference_ntxent,
@@ -50,6 +52,8 @@ __all__ = [
     "reference_siglip",
     "reference_supcon",
     "reference_uniformity",
+    "RetrievalMetrics",
+    "retrieval_metrics",
     "siglip",
     "alignment",
     "margin_softmax",

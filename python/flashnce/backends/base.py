@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..core import spec
+from ..core.numerics import compute_dtype
 from ..core.autograd import row_sum_function, same_operand, tile_stat_function, with_same_operand
 from ..core.tilespec import TileSpec
 from ..validate import functorch_transform
@@ -100,7 +101,7 @@ class Backend:
         if not self.supports_func_grad and functorch_transform() == "grad":
             reasons.append("does not run under torch.func.grad (use backend='torch', or "
                            "torch.autograd.grad)")
-        return reasons + self.input_reasons(x, y, tspec)
+        return reasons + count_size_reasons(x, y, tspec) + self.input_reasons(x, y, tspec)
 
     # -- the contract ------------------------------------------------------------------------
     def forward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
@@ -128,6 +129,17 @@ class Backend:
     def row_sum(self, x, y, alpha, beta, theta, tspec: TileSpec):
         """Differentiable sum_i row_stat[i] from one walk (stats with a local G)."""
         return row_sum_function(self, x, y, alpha, beta, theta, tspec)
+
+
+def count_size_reasons(x: torch.Tensor, y: torch.Tensor, tspec: TileSpec) -> list[str]:
+    """``count`` holds ranks in the compute dtype: refuse sizes where fp32 is not exact."""
+    if tspec.stat != "count" or compute_dtype(x.dtype) == torch.float64:
+        return []
+    if max(x.shape[0], y.shape[0]) >= spec.COUNT_EXACT_FP32:
+        return [f"statistic 'count' holds ranks in float32 for {x.dtype} inputs, exact only "
+                f"below 2**24 rows and columns (got N={x.shape[0]}, M={y.shape[0]}): pass "
+                f"float64 features"]
+    return []
 
 
 class OpBackend(Backend):

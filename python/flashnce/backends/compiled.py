@@ -10,10 +10,11 @@ cpu: fused forward (row and column statistics in one pass over the tiles) and fu
 (each tile recomputed once, both gradient GEMMs on it), parallel over row blocks,
 deterministic for a given thread count; ``tile_fwd_grad`` (pair_sum) is the backward walk
 that also folds the forward sums. Supports ``spec.FLAG_SAME_OPERAND`` (dY accumulated into
-dX for y is x, no N x K dY).
+dX for y is x, no N x K dY). ``count`` (retrieval ranks, forward only) is its own two-phase
+walk over the forward walk's tile grid (csrc/cpu/walk_count.h).
 cuda: forward by row blocks and by column blocks, backward likewise; no atomics; bf16 / fp16
-tiles on tensor cores with fp32 accumulation. No same-operand backward yet (dX and dY come
-back separately and ``flashnce.features`` adds them).
+tiles on tensor cores with fp32 accumulation; no ``count`` kernel yet. No same-operand
+backward yet (dX and dY come back separately and ``flashnce.features`` adds them).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class CompiledOpBackend(OpBackend):
 
 CPU = CompiledOpBackend("cpu", "cpu", _extension.why_unavailable, 2**31,
                         "dimensions must be below 2**31 (BLAS int32 sizes)",
-                        ("lse", "pair_sum", "masked_sum"), supports_same_operand=True)
+                        ("lse", "pair_sum", "masked_sum", "count"), supports_same_operand=True)
 CUDA = CompiledOpBackend("cuda", "cuda", _extension.why_cuda_unavailable, 2**35,
                          "2**35 rows or more do not fit the CUDA grid",
                          ("lse", "pair_sum", "masked_sum"))

@@ -4,7 +4,8 @@
 (row_stat, col_stat) ([N], [M0]; [N, w], [M0, w] for a state of w values) exactly as ``flashnce::tile_fwd`` defines them
 (``flashnce.core.spec``), built from the torch epilogue spec and the dense role matrix, with
 autograd for the backward (d_theta = dL/d theta follows from autograd on theta). Memory
-O(N M): for tests of the compiled and Triton ops at small sizes, in float64.
+O(N M): for tests of the compiled and Triton ops at small sizes, in float64. ``count`` (ranks,
+no backward) takes its thresholds and counts from the one materialised matrix.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from ..core import spec
 from ..core.relation import Relation, dense_roles
-from ..core.stats import PairSumStat, get_stat
+from ..core.stats import CountStat, PairSumStat, get_stat
 from ..geometry import tile_logits
 from .base import Backend, TileSpec
 
@@ -38,6 +39,9 @@ def dense_tile_stat(x, y, alpha, beta, theta, relation: Relation, kind: str, sta
     if stat == "pair_sum":
         f = PairSumStat.values(logits, roles)
         return f.sum(1), f[:, :m0].sum(0)
+    if stat == "count":
+        return _dense_count(logits.detach(), roles), _dense_count(logits[:, :m0].detach().T,
+                                                                  roles[:, :m0].T)
     skip = roles == spec.ROLE_SKIP
     row, col = _masked_lse(logits, skip, 1), _masked_lse(logits[:, :m0], skip[:, :m0], 0)
     if stat == "masked_sum":
@@ -45,6 +49,12 @@ def dense_tile_stat(x, y, alpha, beta, theta, relation: Relation, kind: str, sta
         row = torch.stack([row, pos.sum(1)], dim=-1)
         col = torch.stack([col, pos[:, :m0].sum(0)], dim=-1)
     return row, col
+
+
+def _dense_count(logits, roles):
+    """count's rule (``flashnce.core.spec``) on a whole [n, m] matrix, per row."""
+    tau, t = CountStat.thresholds(logits, roles, 0)
+    return CountStat.finish(CountStat.count(logits, roles, tau, t, 0), t, logits.dtype)
 
 
 def _masked_lse(logits, skip, dim: int):

@@ -9,6 +9,11 @@ the relation's roles (``flashnce.core.relation.tile_roles``), then the stat
 G with the stat's rule and does both gradient GEMMs on it. A stat whose G is local to the
 pair (``pair_sum``) also has a one-pass ``forward_grad_raw``: each tile folded and turned into
 G while it exists (3 GEMMs per tile instead of 1 + 3).
+
+``count`` (ranks, forward only) walks twice over the same tile grid, so each logit is the same
+bits in both phases: phase 1 only the tiles that can hold a positive (for ``diagonal`` the
+diagonal band of tiles, for ``targets`` the tiles holding a target, else those whose roles
+have one), folding the thresholds (``CountStat.thresholds``); phase 2 every tile, counting.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import torch
 from ..core import spec
 from ..core.autograd import theta_grad
 from ..core.numerics import compute_dtype
-from ..core.relation import tile_roles
-from ..core.stats import get_stat
+from ..core.relation import Relation, tile_roles
+from ..core.stats import CountStat, get_stat
 from ..geometry import tile_logit_grads, tile_logits
 from .base import Backend, TileSpec
 
@@ -50,6 +55,8 @@ class TorchBlockwise(Backend):
         return p, logits, tile_roles(tspec.relation, i0, i1, j0, j1, p.device)
 
     def forward_raw(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        if tspec.stat == "count":
+            return self._count_walk(x, y, alpha, beta, theta, tspec)
         stat = get_stat(tspec.stat)
         cd = compute_dtype(x.dtype)
         xc, yc = x.to(cd), y.to(cd)
@@ -61,6 +68,40 @@ class TorchBlockwise(Backend):
             _, logits, roles = self._tile(xc, yc, alpha, beta, theta, tspec, i0, i1, j0, j1)
             self._fold(stat, row, col, logits, roles, i0, i1, j0, max(j0, min(j1, m0)))
         return row, col
+
+    def _count_walk(self, x, y, alpha, beta, theta, tspec: TileSpec):
+        """The two phases of ``count`` (module docstring): thresholds, then counts."""
+        cd = compute_dtype(x.dtype)
+        xc, yc = x.to(cd), y.to(cd)
+        n, m = x.shape[0], y.shape[0]
+        m0 = tspec.cols_both(m)
+        rel = tspec.relation
+        row_th = CountStat.threshold_identity(n, cd, x.device)
+        col_th = CountStat.threshold_identity(m0, cd, x.device)
+        tiles = list(self._tiles(n, m))
+        for i0, i1, j0, j1 in tiles:
+            if not _may_hold_positives(rel, i0, i1, j0, j1):
+                continue
+            _, logits, roles = self._tile(xc, yc, alpha, beta, theta, tspec, i0, i1, j0, j1)
+            if roles is None:
+                continue
+            row_th = _merge_into(row_th, i0, i1, CountStat.thresholds(logits, roles, j0))
+            c1 = max(j0, min(j1, m0))
+            if c1 > j0:
+                col_part = CountStat.thresholds(logits[:, : c1 - j0].T, roles[:, : c1 - j0].T, i0)
+                col_th = _merge_into(col_th, j0, c1, col_part)
+        row_n = torch.zeros(n, dtype=torch.int64, device=x.device)
+        col_n = torch.zeros(m0, dtype=torch.int64, device=x.device)
+        for i0, i1, j0, j1 in tiles:
+            _, logits, roles = self._tile(xc, yc, alpha, beta, theta, tspec, i0, i1, j0, j1)
+            row_n[i0:i1] += CountStat.count(logits, roles, row_th[0][i0:i1], row_th[1][i0:i1],
+                                            j0)
+            c1 = max(j0, min(j1, m0))
+            if c1 > j0:
+                col_n[j0:c1] += CountStat.count(
+                    logits[:, : c1 - j0].T, None if roles is None else roles[:, : c1 - j0].T,
+                    col_th[0][j0:c1], col_th[1][j0:c1], i0)
+        return CountStat.finish(row_n, row_th[1], cd), CountStat.finish(col_n, col_th[1], cd)
 
     @staticmethod
     def _fold(stat, row, col, logits, roles, i0, i1, j0, c1):
@@ -133,6 +174,26 @@ class TorchBlockwise(Backend):
         d_theta = theta_grad(sum_gh, sum_g, theta, tspec.kind)
         dy = y.new_empty((0, y.shape[1])) if same else dy.to(y.dtype)
         return dx.to(x.dtype), dy, d_alpha, d_beta, d_theta
+
+
+def _may_hold_positives(rel: Relation, i0, i1, j0, j1) -> bool:
+    """Whether tile [i0, i1) x [j0, j1) can hold a positive pair, without its GEMM (False only
+    when it certainly holds none)."""
+    if rel.name == "none" or rel.skip_positives:
+        return False
+    if rel.name == "diagonal":  # j = i + offset for some i in [i0, i1)
+        return i0 + rel.diag_offset < j1 and i1 - 1 + rel.diag_offset >= j0
+    if rel.name == "targets":
+        t = rel.tensors[0][i0:i1]
+        return bool(((t >= j0) & (t < j1)).any())
+    return True  # labels / csr: the tile's roles decide
+
+
+def _merge_into(th, a0, a1, part):
+    """th (tau, t) with rows [a0, a1) merged with part (thresholds of those rows)."""
+    tau, t = CountStat.merge_thresholds((th[0][a0:a1], th[1][a0:a1]), part)
+    th[0][a0:a1], th[1][a0:a1] = tau, t
+    return th
 
 
 BACKEND = TorchBlockwise()

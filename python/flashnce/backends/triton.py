@@ -45,6 +45,7 @@ class TritonBackend(OpBackend):
     bwd_op_name = "triton_tile_bwd"
     devices = ("cuda", "cpu")
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    stats = ("lse", "pair_sum", "masked_sum")  # no count kernel yet
 
     def unavailable(self):
         return _WHY

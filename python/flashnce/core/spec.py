@@ -126,6 +126,25 @@ contiguous in the compute dtype, value 0 = the lse, value 1 = the masked sum:
   + g_col[j, 0] exp(l_ij - col_stat[j, 0]) + g_col[j, 1] [ij positive] (column terms only for
   j < M0), G = 0 exactly on skipped pairs. No one-pass op (the lse part of G needs the
   finished rows).
+
+Statistic ``count`` (retrieval ranks; forward only, no backward, no one-pass op). P(i) = the
+pairs of row i of the positive role that are not skipped, N(i) = its negatives (neither
+skipped nor positive):
+
+* tau_i = max_{j in P(i)} l_ij (the best positive), t_i = the smallest j in P(i) with
+  l_ij == tau_i;
+* row_stat[i] = #{j in N(i): l_ij > tau_i} + #{j in N(i): j < t_i, l_ij == tau_i} (the
+  0-based rank of the best positive; ties with it are broken by column index), as a number
+  in the compute dtype (exact below 2**24 in fp32: backends refuse N or M >= 2**24 there);
+  -1 for a row without any positive;
+* col_stat[j] (j < M0): the same rule on column j, over rows i (tau_j, s_j = the smallest
+  row attaining it); row-only columns j >= M0 take part in the row counts only.
+
+Exactness: tau_i must come from the same arithmetic as the l_ij it is compared with, so the
+op finds the thresholds itself, on the same tile grid as its count: phase 1 walks the tiles
+holding positives (max and smallest index per row and column), phase 2 walks every tile and
+counts. The state is final only at the end of both phases: there is no partial-state merge
+(``merge`` None).
 """
 
 # --- kinds: index = the compiled kernels' kind id ---------------------------------------------
@@ -134,7 +153,7 @@ NUM_ROW_SCALARS = {"dot": 0, "sqeuclidean": 1, "euclidean": 1, "hyperbolic": 3, 
 MAX_ROW_SCALARS = 3
 
 # --- stats ------------------------------------------------------------------------------------
-STATS = ("lse", "pair_sum", "masked_sum")
+STATS = ("lse", "pair_sum", "masked_sum", "count")
 # Per stat: how two partial states of one row merge ("logaddexp" / "sum"; a tuple per value for
 # a state of several values), the value of a row that has seen no pair, whether it has a
 # backward, the number of values per row of its state (1: row_stat [N]; w > 1: [N, w]), and
@@ -146,7 +165,12 @@ STAT_INFO = {
                      local_grad=True),
     "masked_sum": dict(merge=("logaddexp", "sum"), empty=(float("-inf"), 0.0),
                        has_backward=True, state_width=2, local_grad=False),
+    "count": dict(merge=None, empty=-1.0, has_backward=False, state_width=1,
+                  local_grad=False),
 }
+# Largest N or M for which every rank of ``count`` is an exact integer in fp32 (bf16 / fp16
+# inputs count in fp32 too); fp64 state is exact far beyond any batch.
+COUNT_EXACT_FP32 = 2**24
 
 
 def state_shape(stat: str, n: int) -> tuple:

@@ -25,6 +25,20 @@ G_ij = (g_row_i + g_col_j) * -z sigmoid(-z l_ij). G is local to the pair, so
 ``masked_sum``: state [n, 2] = (the lse above, the sum of the positives' logits); merge =
 (logaddexp, +); G_ij = g_row_i0 exp(l_ij - row_i0) + g_row_i1 [ij positive] + the same for
 the column. One walk and one arithmetic give a loss both, so lse - positive >= 0 always.
+
+``count`` (retrieval ranks, forward only): not a fold / merge stat -- a rank needs the row's
+threshold before its first comparison -- but two folds over the same tiles, run by the
+walk as two phases:
+
+    thresholds(logits, roles, j0)       phase 1: per row of the tile, the best positive logit
+                                        tau (-inf without one) and the smallest global column
+                                        index t attaining it (NO_INDEX without one)
+    merge_thresholds(a, b)              larger tau wins, equal tau: smaller index
+    count(logits, roles, tau, t, j0)    phase 2: per row, #{negatives with l > tau} +
+                                        #{negatives with l == tau and j < t} (int64)
+    finish(counts, t, dtype)            the state: the count, -1 where t is NO_INDEX
+
+Columns use the same functions on the transposed tile (rows' global offset as j0).
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from __future__ import annotations
 import torch
 
 from . import spec
+from .relation import NEGATIVE
 
 
 def _skip(roles):
@@ -160,7 +175,59 @@ class MaskedSumStat:
         return g + torch.where(roles == spec.ROLE_POSITIVE, g_pos, 0.0)
 
 
-STATS = {"lse": LseStat, "pair_sum": PairSumStat, "masked_sum": MaskedSumStat}
+class CountStat:
+    name = "count"
+    NO_INDEX = torch.iinfo(torch.int64).max  # t of a row without a positive
+
+    @staticmethod
+    def identity(n: int, dtype, device) -> torch.Tensor:
+        return torch.full((n,), -1.0, dtype=dtype, device=device)
+
+    @staticmethod
+    def threshold_identity(n: int, dtype, device):
+        return (torch.full((n,), float("-inf"), dtype=dtype, device=device),
+                torch.full((n,), CountStat.NO_INDEX, dtype=torch.int64, device=device))
+
+    @staticmethod
+    def thresholds(logits, roles, j0: int):
+        """(tau [bn], t [bn]) of one tile [bn, bm] whose first column is global column j0."""
+        bn, bm = logits.shape
+        if roles is None:  # no positives anywhere
+            return CountStat.threshold_identity(bn, logits.dtype, logits.device)
+        pos = roles == spec.ROLE_POSITIVE
+        tau = torch.where(pos, logits, float("-inf")).amax(1)
+        cols = torch.arange(j0, j0 + bm, device=logits.device).expand(bn, bm)
+        hit = pos & (logits == tau[:, None])
+        t = torch.where(hit, cols, CountStat.NO_INDEX).amin(1)
+        return torch.where(t == CountStat.NO_INDEX, float("-inf"), tau), t
+
+    @staticmethod
+    def merge_thresholds(a, b):
+        (tau_a, t_a), (tau_b, t_b) = a, b
+        take_b = (tau_b > tau_a) | ((tau_b == tau_a) & (t_b < t_a))
+        return torch.where(take_b, tau_b, tau_a), torch.where(take_b, t_b, t_a)
+
+    @staticmethod
+    def count(logits, roles, tau, t, j0: int) -> torch.Tensor:
+        """#{negatives j: l_ij > tau_i, or l_ij == tau_i and j < t_i} per row (int64)."""
+        bn, bm = logits.shape
+        cols = torch.arange(j0, j0 + bm, device=logits.device)[None, :]
+        above = (logits > tau[:, None]) | ((logits == tau[:, None]) & (cols < t[:, None]))
+        if roles is not None:
+            above = above & (roles == NEGATIVE)
+        return above.sum(1)
+
+    @staticmethod
+    def finish(counts, t, dtype) -> torch.Tensor:
+        return torch.where(t == CountStat.NO_INDEX, -1.0, counts.to(dtype)).to(dtype)
+
+    @staticmethod
+    def upstream(*args):
+        raise ValueError("statistic 'count' has no backward (ranks are piecewise constant)")
+
+
+STATS = {"lse": LseStat, "pair_sum": PairSumStat, "masked_sum": MaskedSumStat,
+         "count": CountStat}
 
 
 def get_stat(name: str):
