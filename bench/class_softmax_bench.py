@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -92,7 +91,7 @@ def main():
         print(json.dumps(child(args.child, args.n, args.classes, args.d, args.repeats,
                                args.warmup)))
         return
-    from flashnce.bench.report import environment
+    from flashnce.bench.report import environment, save_result
 
     rows = []
     for provider in args.providers:
@@ -115,10 +114,7 @@ def main():
               f"{r['peak_above_inputs_mib']:>9.0f} {r['beyond_inputs_and_gradients_mib']:>19.1f}")
     result = dict(rows=rows, environment=environment("cpu"))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ matrix alone is N^2 * 4 bytes (4 GiB at N = 32768).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,17 +28,6 @@ import time
 import torch
 
 MIB = 2**20
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _timed(fn, repeats):
@@ -93,14 +81,12 @@ def main():
     print(f"retrieval / mm = {ratio:.3f}")
     note = ("mm is torch.mm alone, including allocating and writing its N x N fp32 output; "
             "retrieval is the whole retrieval_metrics call (both directions, both phases)")
-    result = dict(rows=rows, retrieval_over_mm=ratio, note=note, cpu_model=_cpu_model(),
-                  threads=torch.get_num_threads(), torch=torch.__version__,
+    from flashnce.bench.report import environment, save_result
+
+    result = dict(rows=rows, retrieval_over_mm=ratio, note=note, environment=environment("cpu"),
                   command=" ".join([os.path.basename(sys.executable), *sys.argv]))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,12 @@ best of two, written as JSON with the machine: the cost of the per-class lse ove
 """
 
 import argparse
-import json
-import platform
-import subprocess
 import time
 
 import torch
 
 import flashnce
-
-
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from flashnce.bench.report import environment, save_result
 
 
 def main():
@@ -38,14 +29,11 @@ def main():
         start = time.perf_counter()
         flashnce.supcon(e, labels, variant=variant).backward()
         best[variant] = min(best.get(variant, float("inf")), time.perf_counter() - start)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    result = dict(cpu_model=cpu_model(), threads=torch.get_num_threads(),
-                  torch_version=torch.__version__, git_sha=sha.strip(), n=args.n, d=args.d,
+    print({k: round(v, 3) for k, v in best.items()})
+    result = dict(environment=environment("cpu"), n=args.n, d=args.d,
                   per_class=args.per_class, seconds=best)
-    print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        save_result(args.out, result)
 
 
 if __name__ == "__main__":

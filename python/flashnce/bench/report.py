@@ -138,6 +138,15 @@ def write_json(path: Path, env: dict, config: dict, rows: list[dict]) -> None:
     path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
+def save_result(path, result: dict) -> None:
+    """A standalone bench script's result (its own layout, with ``environment(...)`` in it) as
+    JSON at ``path`` (folders created); says where it went."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def write_csv(path: Path, env: dict, rows: list[dict]) -> None:
     """One row per case, each stamped with the environment (Liger's BenchmarkDataCSVRow idea)."""
     with path.open("w", newline="") as f:
