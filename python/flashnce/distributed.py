@@ -69,8 +69,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dataclasses import replace
-
 from . import dispatch
 from .core.autograd import scale_saved_gradients
 from .core.numerics import MAX_RADIUS
@@ -221,15 +219,6 @@ def _shift(comm: Comm, parts, src_rows: int, widths):
     return _unpack(recv, src_rows, widths)
 
 
-def _shifted(tspec, row_start: int, col_start: int):
-    """tspec for a block whose rows start at global row ``row_start`` and columns at global
-    column ``col_start``: self / diagonal pairs j_global == i_global + offset become
-    j == i + offset + row_start - col_start in block coordinates."""
-    rel = tspec.relation
-    return replace(tspec, relation=replace(
-        rel, diag_offset=rel.diag_offset + row_start - col_start))
-
-
 RING_RELATIONS = ("none", "diagonal")  # relations whose index data need not travel
 
 
@@ -250,7 +239,7 @@ def _ring_gradients(comm: Comm, x, y, alpha, beta, theta, tspec, block_grads, ca
     dbeta_b = torch.zeros_like(beta)
     for step in range(w):
         owner = (comm.rank - step) % w
-        step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
+        step_spec = tspec.shifted(starts[comm.rank], starts[owner])
         dx_p, dy_p, da_p, db_p, dt_p = block_grads(y_b, beta_b, step_spec, carried)
         dx += dx_p.to(cd)
         d_alpha += da_p
@@ -286,7 +275,7 @@ class _RingStat(torch.autograd.Function):
         col_b = stat.identity(y.shape[0], cd, x.device)
         for step in range(w):
             owner = (comm.rank - step) % w
-            step_spec = _shifted(tspec, starts[comm.rank], starts[owner])
+            step_spec = tspec.shifted(starts[comm.rank], starts[owner])
             r_part, c_part = impl.forward_raw(x, y_b, alpha, beta_b, theta, step_spec)
             row = stat.merge(row, r_part)
             col_b = stat.merge(col_b, c_part)
@@ -493,12 +482,12 @@ def distributed_infonce(x, y, *, group, group_mode, geometry, scale, curvature, 
         b_all = all_gather_with_grad(prob.y_scalars, y_comm)
         # Local rows start at global row comm.offset; the gathered columns at 0.
         row_lse, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta,
-                                    _shifted(tspec, comm.offset, 0))
+                                    tspec.shifted(comm.offset, 0))
         if symmetric:
             x_all = all_gather_with_grad(prob.x_op, comm)
             a_all = all_gather_with_grad(prob.x_scalars, comm)
             _, col_lse = impl.tile_stat(x_all, prob.y_op, a_all, prob.y_scalars, prob.theta,
-                                        _shifted(tspec, 0, comm.offset))
+                                        tspec.shifted(0, comm.offset))
         else:
             col_lse = None
 
@@ -563,7 +552,7 @@ def distributed_siglip(x, y, *, group, group_mode, geometry, scale, bias, labels
     y_all = all_gather_with_grad(prob.y_op, y_comm)
     b_all = all_gather_with_grad(prob.y_scalars, y_comm)
     if labels is None:  # local rows start at global row comm.offset, the columns at 0
-        tspec = _shifted(prob.tspec(relation, "pair_sum"), comm.offset, 0)
+        tspec = prob.tspec(relation, "pair_sum").shifted(comm.offset, 0)
     else:
         tspec = prob.tspec(Relation.labels(labels[0], gather_rows(labels[1], y_comm)),
                            "pair_sum")

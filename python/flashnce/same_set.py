@@ -30,7 +30,7 @@ from .core.numerics import MAX_RADIUS
 from .core.block_walk import Walk, block_walk
 from .core.problem import TileProblem, reduce_losses
 from .core.relation import Relation
-from .distributed import (_grad_mask, _handshake, _shifted, all_gather_with_grad, check_group,
+from .distributed import (_grad_mask, _handshake, all_gather_with_grad, check_group,
                           ddp_reduce, gather_rows)
 from .validate import (REDUCTIONS, autocast_off, check_choice, check_features,
                        check_label_tensor, check_positive_number)
@@ -104,7 +104,7 @@ def _lse_within(prob, rows_lab, cols_lab, backend, cols=None, row_start=0):
     for r0, nr, c0, nc, bef in spans:
         if nc < 2:  # one column of the class (the row itself, or another rank's): no positive
             continue
-        walks.append(Walk(0, 0 if same else 1, _shifted(base, bef, 0), impl,
+        walks.append(Walk(0, 0 if same else 1, base.shifted(bef, 0), impl,
                           rows=(r0, r0 + nr), cols=(c0, c0 + nc)))
         starts.append((r0, nr))
     if not walks:
@@ -246,7 +246,7 @@ def _distributed_supcon(e, labels, *, group, temperature, variant, geometry, cur
     b_all = all_gather_with_grad(prob.y_scalars, comm)
     lab_all = gather_rows(lab, comm)
     # Local row i is global row offset + i: its self pair is column i + offset.
-    tspec = _shifted(_supcon_walk_spec(prob, lab, lab_all, variant), comm.offset, 0)
+    tspec = _supcon_walk_spec(prob, lab, lab_all, variant).shifted(comm.offset, 0)
     row, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec)
     counts = label_positive_counts(lab, lab_all, skip_self=True, diag_offset=comm.offset)
     has_pos = counts > 0
@@ -466,7 +466,7 @@ def _distributed_ntxent(z1, z2, *, group, temperature, geometry, denominator, cu
     b_all = all_gather_with_grad(prob.y_scalars, comm)
     # Local row i is gathered column comm.offset + i (its self pair); partners likewise.
     relation = _ntxent_relation(relation.tensors[0] + comm.offset, negatives)
-    tspec = _shifted(prob.tspec(relation, _ntxent_stat(negatives)), comm.offset, 0)
+    tspec = prob.tspec(relation, _ntxent_stat(negatives)).shifted(comm.offset, 0)
     row, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta, tspec)
     if negatives:
         per_row = row - prob.positive_logits()

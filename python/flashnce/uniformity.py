@@ -30,7 +30,7 @@ from . import dispatch
 from .core.numerics import MAX_RADIUS
 from .core.problem import TileProblem
 from .core.relation import Relation
-from .distributed import (_grad_mask, _handshake, _shifted, all_gather_with_grad,
+from .distributed import (_grad_mask, _handshake, all_gather_with_grad,
                           all_reduce_with_grad, check_group, grad_mask_of)
 from .validate import autocast_off, check_features, check_positive_number
 
@@ -112,7 +112,7 @@ def _distributed_uniformity(x, *, group, t, geometry, normalize, curvature, on_m
     b_all = all_gather_with_grad(prob.y_scalars, comm)
     # Local row i is global row offset + i: its self pair is gathered column offset + i.
     row, _ = impl.tile_stat(prob.x_op, y_all, prob.x_scalars, b_all, prob.theta,
-                            _shifted(prob.tspec(relation), comm.offset, 0))
+                            prob.tspec(relation).shifted(comm.offset, 0))
     # Every rank merges all N row lse into the same U; the gather's backward sums the W
     # ranks' gradients of U into each row (hence W dU/dx_r).
     return torch.logsumexp(all_gather_with_grad(row, comm), 0) - math.log(n * (n - 1))

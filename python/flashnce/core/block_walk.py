@@ -25,7 +25,7 @@ the columns all seen from both sides or none of them (``cols_both`` None or 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -129,12 +129,10 @@ class _BlockWalk(torch.autograd.Function):
             n, m = x.shape[0], y.shape[0]
             for i0, i1 in _ranges(n, step or n):
                 for j0, j1 in _ranges(m, step or m):
-                    rel = w.tspec.relation
-                    tspec = replace(w.tspec, relation=replace(
-                        rel, diag_offset=rel.diag_offset + i0 - j0))
                     cs = slice(j0, j1) if cols_both else slice(0, 0)
                     dx, dy, da, db, dt = w.backend.backward_raw(
-                        x[i0:i1], y[j0:j1], a[i0:i1], b[j0:j1], theta, tspec, row[i0:i1],
+                        x[i0:i1], y[j0:j1], a[i0:i1], b[j0:j1], theta,
+                        w.tspec.shifted(i0, j0), row[i0:i1],
                         col[cs], g_row[i0:i1], g_col[cs])
                     if d_x is not None:
                         d_x[i0:i1] += dx

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .relation import Relation
 
@@ -21,3 +21,12 @@ class TileSpec:
     def cols_both(self, m: int) -> int:
         """M0: the columns seen from both sides (the rest are row-only)."""
         return self.relation.m0(m)
+
+    def shifted(self, row_start: int, col_start: int) -> "TileSpec":
+        """This spec for the block of a walk whose rows start at row ``row_start`` and columns
+        at column ``col_start`` of the whole walk: self / diagonal pairs j == i + offset there
+        are j == i + offset + row_start - col_start in block coordinates (the distributed ring,
+        gathered blocks, ``core.block_walk``'s chunk pairs)."""
+        rel = self.relation
+        return replace(self, relation=replace(
+            rel, diag_offset=rel.diag_offset + row_start - col_start))
